@@ -1,0 +1,255 @@
+"""The acoustic model: a Hugging Face wav2vec2-style CTC checkpoint loaded from a local folder.
+
+`Recognizer` turns batches of 16 kHz clips into per-frame log-probabilities over the model's
+vocabulary. It knows nothing of decoding or search; `decoding.py` turns its output into text.
+Any local folder that `AutoModelForCTC` and `AutoProcessor` load works (our bundled model,
+facebook/wav2vec2-base-960h, ...); nothing is fetched from a hub.
+"""
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from asr.audio import SAMPLE_RATE_HZ, Samples
+from asr.errors import ModelError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+Device = Literal["cpu", "cuda", "auto"]
+LogProbs = npt.NDArray[np.float32]
+
+WORD_DELIMITER = "|"
+"""wav2vec2's word separator token; decoders treat it as the space between words."""
+BLANK_TOKEN = "<pad>"
+"""In wav2vec2 vocabularies the CTC blank is the pad token."""
+DEFAULT_ALPHABET = tuple("abcdefghijklmnopqrstuvwxyz'")
+"""Letters of models this project creates: the output alphabet of `asr.text.normalize_text`."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The model's output tokens, indexed by id, with the CTC blank and word delimiter."""
+
+    tokens: tuple[str, ...]
+    blank_id: int
+    delimiter_id: int
+
+    def token_for_char(self, char: str) -> str | None:
+        """The model token spelling `char` (" " -> the delimiter); None if the model lacks it.
+
+        Checkpoints differ in case (wav2vec2-base-960h spells in capitals), so both are tried.
+        """
+        if char == " ":
+            return self.tokens[self.delimiter_id]
+        for candidate in (char, char.upper(), char.lower()):
+            if candidate in self._index:
+                return candidate
+        return None
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    def index(self, token: str) -> int:
+        return self._index[token]
+
+
+@dataclass(frozen=True)
+class Emissions:
+    """One clip's CTC output: `log_probs` is float32 (frames, vocabulary), one row per `frame_s`."""
+
+    log_probs: LogProbs
+    frame_s: float
+
+
+class AcousticModel(Protocol):
+    """What the pipeline needs from a recognizer; `Recognizer` is the real one."""
+
+    vocab: Vocabulary
+    version: str
+
+    def log_probs(self, clips: Sequence[Samples]) -> list[Emissions]: ...
+
+
+class Recognizer:
+    """A CTC acoustic model on one device. Not thread-safe: serialize calls or hold one per worker."""
+
+    def __init__(
+        self, model: Any, feature_extractor: Any, vocab: Vocabulary, device: str, version: str
+    ) -> None:
+        self._model = model
+        self._features = feature_extractor
+        self.vocab = vocab
+        self.device = device
+        self.version = version
+        strides = getattr(model.config, "conv_stride", (5, 2, 2, 2, 2, 2, 2))
+        self.frame_s = float(np.prod(strides)) / SAMPLE_RATE_HZ
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: Device = "auto") -> "Recognizer":
+        """Load a local HF CTC checkpoint folder; half precision on CUDA, float32 on CPU."""
+        from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
+
+        path = Path(directory)
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"not a model folder (no config.json): {path}")
+        resolved = resolve_device(device)
+        dtype = torch.float16 if resolved == "cuda" else torch.float32
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            features = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
+            model = AutoModelForCTC.from_pretrained(path, local_files_only=True, dtype=dtype)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelLoadError(f"cannot load a CTC model from {path}: {e}") from e
+        model.to(resolved).eval()
+        vocab = vocabulary_from_tokenizer(tokenizer)
+        logger.info("loaded %s on %s (%d tokens)", path, resolved, len(vocab.tokens))
+        return cls(model, features, vocab, resolved, model_version(path))
+
+    @torch.inference_mode()
+    def log_probs(self, clips: Sequence[Samples]) -> list[Emissions]:
+        """Per-frame log-probabilities for a batch of float32 mono 16 kHz clips, padding removed."""
+        if not clips:
+            return []
+        inputs = self._features(
+            [np.asarray(c, dtype=np.float32) for c in clips],
+            sampling_rate=SAMPLE_RATE_HZ,
+            padding=True,
+            return_tensors="pt",
+        )
+        values = inputs["input_values"].to(self.device, dtype=self._model.dtype)
+        # Models built with group norm (e.g. wav2vec2-base) were trained without an attention mask
+        # and their feature extractor says so; passing one there changes the outputs.
+        mask = inputs.get("attention_mask")
+        try:
+            logits = self._model(values, attention_mask=None if mask is None else mask.to(self.device)).logits
+        except RuntimeError as e:
+            raise ModelError(f"the model failed on a batch of {len(clips)} clips: {e}") from e
+        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        lengths = self._model._get_feat_extract_output_lengths(torch.tensor([len(c) for c in clips]))
+        return [
+            Emissions(log_probs=lp[: int(n)], frame_s=self.frame_s)
+            for lp, n in zip(log_probs, lengths, strict=True)
+        ]
+
+
+def resolve_device(device: Device) -> str:
+    """ "auto" picks CUDA when present; asking for CUDA without it is a load error, not a fallback."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but no CUDA device is available")
+    return device
+
+
+def vocabulary_from_tokenizer(tokenizer: Any) -> Vocabulary:
+    """Build the id-ordered vocabulary; the blank is the tokenizer's pad token."""
+    vocab: dict[str, int] = tokenizer.get_vocab()
+    tokens = [""] * (max(vocab.values()) + 1)
+    for token, index in vocab.items():
+        tokens[index] = token
+    delimiter = getattr(tokenizer, "word_delimiter_token", WORD_DELIMITER) or WORD_DELIMITER
+    if tokenizer.pad_token_id is None or delimiter not in vocab:
+        raise ModelLoadError("the tokenizer needs a pad token (the CTC blank) and a word delimiter")
+    return Vocabulary(tuple(tokens), blank_id=int(tokenizer.pad_token_id), delimiter_id=vocab[delimiter])
+
+
+def model_version(directory: Path) -> str:
+    """A stable id for a checkpoint: folder name plus a hash of its config and weights' sizes/names.
+
+    Hashing names and sizes rather than the bytes keeps start-up fast for large checkpoints; a
+    retrained model always changes the weights file's size or the config's training metadata.
+    """
+    digest = hashlib.sha256((directory / "config.json").read_bytes())
+    for weights in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return f"{directory.resolve().name}@{digest.hexdigest()[:10]}"
+
+
+# Named shapes for models built from scratch. "tiny" exists for tests (random, ~70k parameters);
+# "small" is the bundled-model shape measured in DESIGN.md (~4.8M parameters, 20 ms frames).
+MODEL_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32),
+        conv_kernel=(10, 8, 4),
+        conv_stride=(5, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    ),
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        conv_dim=(256,) * 7,
+        conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        conv_stride=(5, 2, 2, 2, 2, 2, 2),
+        num_conv_pos_embeddings=64,
+        num_conv_pos_embedding_groups=16,
+    ),
+}
+
+
+def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0) -> Path:
+    """Write a randomly initialised wav2vec2 CTC checkpoint (model, tokenizer, feature extractor).
+
+    Uses the layer-norm feature encoder (`feat_extract_norm="layer"`, stable layer norm): the
+    variant that trains from scratch without stalling, and that takes an attention mask.
+    """
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    if shape not in MODEL_SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; choose from {sorted(MODEL_SHAPES)}")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = [BLANK_TOKEN, "<unk>", WORD_DELIMITER, *DEFAULT_ALPHABET]
+    vocab_file = out / "vocab.json"
+    vocab_file.write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    tokenizer = Wav2Vec2CTCTokenizer(
+        str(vocab_file),
+        unk_token="<unk>",
+        pad_token=BLANK_TOKEN,
+        word_delimiter_token=WORD_DELIMITER,
+        bos_token=None,
+        eos_token=None,
+        do_lower_case=False,
+    )
+    features = Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=SAMPLE_RATE_HZ,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=True,
+    )
+    config = Wav2Vec2Config(
+        vocab_size=len(tokens),
+        pad_token_id=0,
+        ctc_loss_reduction="mean",
+        ctc_zero_infinity=True,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        **MODEL_SHAPES[shape],
+    )
+    torch.manual_seed(seed)
+    Wav2Vec2ForCTC(config).save_pretrained(out)
+    Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
+    return out

@@ -1,0 +1,1 @@
+"""The composition root of voice-search: settings, the CLI and (later) the HTTP service."""

@@ -1,0 +1,354 @@
+"""`voice-search`: the command-line interface.
+
+Exit codes: 0 every input succeeded; 1 some inputs failed (each is reported, the rest still
+processed); 2 a usage error (bad flags, no inputs, a model or decoder option that cannot load).
+User errors print one line to stderr, never a traceback.
+"""
+
+import argparse
+import csv
+import glob
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from asr.audio import AudioLimits
+from asr.decoding import BeamOptions, read_word_list
+from asr.errors import AudioError, DecoderConfigError, ManifestError, ModelLoadError
+from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, summarize
+from asr.model import Device
+from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_pipeline
+from serving.runtime import limit_allocator_caching
+from serving.settings import DEFAULT_MODEL_DIR, Settings
+
+logger = logging.getLogger("voice_search")
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+"""Files picked up from folders and globs; a file named explicitly is tried whatever its suffix."""
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem with how the command was called: reported in one line, exit code 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as e:
+        print(f"voice-search: error: invalid VOICE_SEARCH_* setting: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging("INFO" if args.verbose else settings.log_level)
+    limit_allocator_caching()
+    try:
+        code: int = args.command(args, settings)
+    except (UsageError, ModelLoadError, DecoderConfigError, ManifestError) as e:
+        print(f"voice-search: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("voice-search: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voice-search", description="Offline voice search and speech recognition."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    transcribe = commands.add_parser("transcribe", help="transcribe audio files, folders or globs")
+    transcribe.add_argument(
+        "paths", nargs="+", metavar="PATH", help="audio files, folders (searched recursively) or globs"
+    )
+    transcribe.add_argument(
+        "--format", choices=("text", "jsonl", "csv"), default="text", help="output format (default: text)"
+    )
+    transcribe.add_argument("--output", type=Path, help="write results to FILE instead of stdout")
+    _add_recognition_options(transcribe)
+    transcribe.set_defaults(command=_transcribe)
+
+    evaluate = commands.add_parser("evaluate", help="measure WER/CER and speed on a labelled JSONL manifest")
+    evaluate.add_argument(
+        "manifest", type=Path, metavar="MANIFEST", help="JSONL rows with 'audio' (relative path) and 'text'"
+    )
+    evaluate.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="also report per value of FIELD (repeatable)",
+    )
+    evaluate.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="keep only rows where FIELD equals VALUE (repeatable)",
+    )
+    evaluate.add_argument("--limit", type=int, metavar="N", help="evaluate at most N rows (after --where)")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_recognition_options(evaluate)
+    evaluate.set_defaults(command=_evaluate)
+    return parser
+
+
+def _add_recognition_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("recognition")
+    group.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help=f"local Hugging Face CTC checkpoint (default: {DEFAULT_MODEL_DIR.name})",
+    )
+    group.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), help="where the model runs (default: auto)"
+    )
+    group.add_argument(
+        "--no-vad", action="store_true", help="recognize whole clips instead of detected speech"
+    )
+    group.add_argument(
+        "--beam-size", type=_positive_int, metavar="N", help="beam search with N hypotheses (default: greedy)"
+    )
+    group.add_argument(
+        "--hotwords", type=Path, metavar="FILE", help="words or phrases to favour, one per line (beam search)"
+    )
+    group.add_argument(
+        "--lexicon",
+        type=Path,
+        metavar="FILE",
+        help="restrict output to these words, one per line (beam search)",
+    )
+    group.add_argument(
+        "--lm", type=Path, metavar="FILE", help="KenLM n-gram model, ARPA or binary; needs --lexicon"
+    )
+    group.add_argument("--max-clip-s", type=float, metavar="S", help="refuse clips longer than S seconds")
+    group.add_argument("--batch-size", type=_positive_int, metavar="N", help="speech segments per model call")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # transformers prints loading progress bars to stderr; they are noise in a CLI.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _pipeline(args: argparse.Namespace, settings: Settings) -> Pipeline:
+    model_dir: Path = args.model or settings.model_dir
+    if not model_dir.is_dir():
+        hint = " (the bundled model is not in this checkout yet)" if model_dir == DEFAULT_MODEL_DIR else ""
+        raise UsageError(f"no model folder at {model_dir}{hint}; pass --model DIR with a local checkpoint")
+    beam = _beam_options(args)
+    device: Device = args.device or settings.device
+    options = PipelineOptions(
+        limits=AudioLimits(max_clip_s=args.max_clip_s or settings.max_clip_s),
+        batch_size=args.batch_size or settings.batch_size,
+    )
+    return build_pipeline(model_dir, device=device, use_vad=not args.no_vad, beam=beam, options=options)
+
+
+def _beam_options(args: argparse.Namespace) -> BeamOptions | None:
+    wants_beam = args.beam_size or args.hotwords or args.lexicon or args.lm
+    if not wants_beam:
+        return None
+    return BeamOptions(
+        beam_size=args.beam_size or BeamOptions.beam_size,
+        lexicon=read_word_list(args.lexicon) if args.lexicon else None,
+        lm_path=args.lm,
+        hotwords=read_word_list(args.hotwords) if args.hotwords else (),
+    )
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[Path]:
+    """Files as given; folders searched recursively for audio; globs expanded. Order is kept.
+
+    A path that names nothing is kept, so that it is reported as a failed input.
+    """
+    found: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            )
+        elif not path.exists() and glob.has_magic(pattern):
+            matches = glob.glob(pattern, recursive=True)  # noqa: PTH207 - Path.glob takes no absolute patterns
+            found.extend(sorted(Path(p) for p in matches if Path(p).is_file()))
+        else:
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
+    paths = expand_inputs(args.paths)
+    if not paths:
+        raise UsageError("no audio files matched " + " ".join(args.paths))
+    pipeline = _pipeline(args, settings)
+    with _open_output(args.output) as out:
+        writer = _ResultWriter(args.format, out, single=len(paths) == 1)
+        failures = 0
+        for path in tqdm(
+            paths, desc="transcribing", unit="file", disable=args.quiet or None, file=sys.stderr
+        ):
+            try:
+                writer.write(path, pipeline.transcribe(path))
+            except AudioError as e:
+                failures += 1
+                print(f"voice-search: {path}: {type(e).__name__}: {e}", file=sys.stderr)
+                writer.write_error(path, e)
+    if failures:
+        print(f"voice-search: {failures} of {len(paths)} files failed", file=sys.stderr)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _open_output(path: Path | None) -> Any:
+    if path is None:
+        return _NoClose(sys.stdout)
+    try:
+        return path.open("w", encoding="utf-8", newline="")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e}") from e
+
+
+class _NoClose:
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> TextIO:
+        return self.stream
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.flush()
+
+
+CSV_COLUMNS = ("path", "text", "confidence", "duration_s", "no_speech", "missing_audio", "error")
+
+
+class _ResultWriter:
+    """Writes one row per input as soon as it is done, so long runs stream their output."""
+
+    def __init__(self, fmt: str, out: TextIO | io.TextIOBase, single: bool) -> None:
+        self.fmt, self.out, self.single = fmt, out, single
+        self.csv = csv.writer(out) if fmt == "csv" else None
+        if self.csv:
+            self.csv.writerow(CSV_COLUMNS)
+
+    def write(self, path: Path, result: Transcript) -> None:
+        if self.fmt == "jsonl":
+            self._line(json.dumps({"path": str(path), **transcript_to_dict(result)}))
+        elif self.csv:
+            self.csv.writerow(
+                [
+                    path,
+                    result.text,
+                    f"{result.confidence:.4f}",
+                    f"{result.duration_s:.3f}",
+                    result.no_speech,
+                    result.missing_audio,
+                    "",
+                ]
+            )
+        else:
+            self._line(result.text if self.single else f"{path}\t{result.text}")
+        self.out.flush()
+
+    def write_error(self, path: Path, error: Exception) -> None:
+        if self.fmt == "jsonl":
+            self._line(
+                json.dumps(
+                    {"path": str(path), "error": {"type": type(error).__name__, "message": str(error)}}
+                )
+            )
+        elif self.csv:
+            self.csv.writerow([path, "", "", "", "", "", f"{type(error).__name__}: {error}"])
+
+    def _line(self, text: str) -> None:
+        self.out.write(text + "\n")
+
+
+def transcript_to_dict(result: Transcript) -> dict[str, Any]:
+    """The JSON shape of a transcript, shared by the CLI's JSONL and (later) the API."""
+    row = asdict(result)
+    row["confidence"] = round(result.confidence, 4)
+    return row
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    entries = read_manifest(args.manifest)
+    for condition in args.where:
+        key, sep, value = condition.partition("=")
+        if not sep:
+            raise UsageError(f"--where takes FIELD=VALUE, got {condition!r}")
+        entries = [e for e in entries if e.fields.get(key) == value]
+    entries = entries[: args.limit] if args.limit else entries
+    if not entries:
+        raise UsageError("no manifest rows left after --where/--limit")
+    pipeline = _pipeline(args, settings)
+
+    def transcribe(path: Path) -> tuple[str, float]:
+        result = pipeline.transcribe(path)
+        return result.text, result.duration_s
+
+    progress = tqdm(entries, desc="evaluating", unit="clip", disable=args.quiet or None, file=sys.stderr)
+    report = summarize((run_entry(transcribe, e) for e in progress), by=args.by)
+    for path, error in report.failures:
+        print(f"voice-search: {path}: {error}", file=sys.stderr)
+    print(
+        json.dumps(report.to_dict(), indent=2)
+        if args.json
+        else format_report(report, pipeline.recognizer.version)
+    )
+    return EXIT_SOME_FAILED if report.failures else EXIT_OK
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _score_cells(s: Scores) -> list[str]:
+    return [str(s.utterances), _pct(s.wer), _pct(s.cer), _pct(s.exact_match), _pct(s.false_speech)]
+
+
+def format_report(report: EvaluationReport, model_version: str) -> str:
+    """A plain-text table: overall, then one block per slice field."""
+    header = ["slice", "clips", "WER", "CER", "exact", "false speech"]
+    rows = [["overall", *_score_cells(report.overall)]]
+    for key, by_value in report.slices.items():
+        rows.extend([f"{key}={value}", *_score_cells(s)] for value, s in by_value.items())
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    rtf = "-" if report.real_time_factor is None else f"{report.real_time_factor:.3f}"
+    p50 = "-" if report.latency_p50_s is None else f"{1000 * report.latency_p50_s:.0f} ms"
+    p95 = "-" if report.latency_p95_s is None else f"{1000 * report.latency_p95_s:.0f} ms"
+    lines += [
+        "",
+        f"model {model_version}; audio {report.audio_s:.1f} s; real-time factor {rtf}; "
+        f"latency p50 {p50}, p95 {p95}",
+    ]
+    if report.failures:
+        lines.append(f"{len(report.failures)} clips failed (listed on stderr)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Shared fixtures: a tiny random wav2vec2 CTC checkpoint built from a config, once per session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from asr.model import create_model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised ~36k-parameter model in Hugging Face format (outputs are noise)."""
+    return create_model_dir(tmp_path_factory.mktemp("models") / "tiny", shape="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, the real recordings. CI lays shared/ beside the clone; absence is an error."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = Path(os.environ.get("VOICE_SEARCH_SHARED_DATA", default))
+    if not path.is_dir():
+        pytest.fail(f"the real data sets are expected at {path} (shared/ beside the checkout)")
+    return path

@@ -1,0 +1,271 @@
+"""The `voice-search` CLI end to end, with the tiny model and real files on disk."""
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.cli import expand_inputs, main
+from tests.signals import SAMPLES_DIR, SPEECH_SAMPLE, encode, tone
+
+
+@pytest.fixture
+def audio_dir(tmp_path: Path) -> Path:
+    """Two good files in a folder tree (one nested, one 8 kHz) and a non-audio file."""
+    folder = tmp_path / "clips"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(SPEECH_SAMPLE, folder / "speech.flac")
+    shutil.copy(SAMPLES_DIR / "fsdd_7_george_0.flac", folder / "nested" / "digit.flac")
+    (folder / "readme.txt").write_text("not audio")
+    return folder
+
+
+@pytest.fixture
+def broken_files(tmp_path: Path) -> list[Path]:
+    renamed = tmp_path / "renamed.wav"
+    renamed.write_text("this is a text file\n" * 10)
+    zero = tmp_path / "zero.wav"
+    zero.touch()
+    flac = encode(tone(seconds=2.0), 16000, "FLAC")
+    truncated = tmp_path / "truncated.flac"
+    truncated.write_bytes(flac[: len(flac) // 2])
+    return [renamed, zero, truncated]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_jsonl_rows_for_a_folder(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, audio_dir: Path
+) -> None:
+    code, out, err = run(
+        capsys, "transcribe", str(audio_dir), "--model", str(tiny_model_dir), "--format", "jsonl"
+    )
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["digit.flac", "speech.flac"]  # .txt skipped
+    for row in rows:
+        assert {
+            "path",
+            "text",
+            "confidence",
+            "duration_s",
+            "segments",
+            "no_speech",
+            "stats",
+            "timings_s",
+        } <= set(row)
+        assert 0.0 <= row["confidence"] <= 1.0
+    speech = rows[1]
+    assert speech["duration_s"] == pytest.approx(3.296, abs=0.01)
+    assert speech["segments"] and {"start_s", "end_s", "text", "words"} <= set(speech["segments"][0])
+
+
+def test_some_broken_files_exit_1_and_the_rest_are_transcribed(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, broken_files: list[Path]
+) -> None:
+    paths = [str(SPEECH_SAMPLE), *map(str, broken_files), str(broken_files[0].parent / "missing.wav")]
+    code, out, err = run(capsys, "transcribe", *paths, "--model", str(tiny_model_dir), "--format", "jsonl")
+    assert code == 1
+    rows = {Path(r["path"]).name: r for r in map(json.loads, out.splitlines())}
+    assert "text" in rows["arctic_a0001.flac"]
+    assert rows["renamed.wav"]["error"]["type"] == "UndecodableAudioError"
+    assert rows["zero.wav"]["error"]["type"] == "EmptyAudioError"
+    assert rows["truncated.flac"]["error"]["type"] == "TruncatedAudioError"
+    assert rows["missing.wav"]["error"]["type"] == "UndecodableAudioError"
+    for name in ("renamed.wav", "zero.wav", "truncated.flac", "missing.wav"):
+        assert name in err
+    assert "4 of 5 files failed" in err
+    assert "Traceback" not in err
+
+
+def test_text_and_csv_formats_and_output_file(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, audio_dir: Path, tmp_path: Path
+) -> None:
+    code, out, _ = run(capsys, "transcribe", str(SPEECH_SAMPLE), "--model", str(tiny_model_dir), "--no-vad")
+    assert code == 0
+    assert len(out.splitlines()) == 1 and "\t" not in out  # one file: the transcript alone
+
+    target = tmp_path / "out.csv"
+    pattern = str(audio_dir / "**" / "*.flac")
+    code, out, _ = run(
+        capsys,
+        "transcribe",
+        pattern,
+        "--model",
+        str(tiny_model_dir),
+        "--format",
+        "csv",
+        "--output",
+        str(target),
+    )
+    assert code == 0 and out == ""
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert [Path(r["path"]).name for r in rows] == ["digit.flac", "speech.flac"]
+    assert all(r["error"] == "" for r in rows)
+
+
+def test_beam_search_with_hotwords(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    hotwords = tmp_path / "hot.txt"
+    hotwords.write_text("danger trail\n")
+    code, _, err = run(
+        capsys,
+        "transcribe",
+        str(SPEECH_SAMPLE),
+        "--model",
+        str(tiny_model_dir),
+        "--beam-size",
+        "4",
+        "--hotwords",
+        str(hotwords),
+    )
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["transcribe", "x.wav", "--model", "/nonexistent/model"], "no model folder"),
+        (["transcribe", "/nonexistent/*.wav"], "no audio files matched"),
+        (["evaluate", "/nonexistent/manifest.jsonl"], "cannot read manifest"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["transcribe"],
+        ["transcribe", "x.wav", "--format", "xml"],
+        ["transcribe", "x.wav", "--beam-size", "0"],
+        [],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    capsys.readouterr()
+
+
+def test_hotwords_file_problems_exit_2(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    code, _, err = run(
+        capsys, "transcribe", str(SPEECH_SAMPLE), "--model", str(tiny_model_dir), "--hotwords", str(empty)
+    )
+    assert code == 2 and "no words" in err
+
+
+def test_evaluate_prints_scores_slices_and_speed(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, broken_files: list[Path]
+) -> None:
+    manifest = SAMPLES_DIR / "manifest.jsonl"
+    code, out, err = run(
+        capsys, "evaluate", str(manifest), "--model", str(tiny_model_dir), "--by", "set", "--json"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["overall"]["utterances"] == 4
+    assert report["overall"]["wer"] is not None
+    assert set(report["slices"]["set"]) == {"cathy_arctic", "fsdd", "speech_commands_dev"}
+    assert report["real_time_factor"] > 0
+    assert report["latency_p95_s"] >= report["latency_p50_s"] > 0
+
+    code, out, _ = run(capsys, "evaluate", str(manifest), "--model", str(tiny_model_dir), "--by", "speaker")
+    assert code == 0
+    assert "WER" in out and "speaker=cathy" in out and "real-time factor" in out
+
+
+def test_evaluate_reports_broken_rows_and_exits_1(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, broken_files: list[Path], tmp_path: Path
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"audio": str(SPEECH_SAMPLE), "text": "author"}] + [
+        {"audio": p.name, "text": "x"} for p in broken_files
+    ]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    code, out, err = run(capsys, "evaluate", str(manifest), "--model", str(tiny_model_dir), "--json")
+    assert code == 1
+    assert len(json.loads(out)["failures"]) == 3
+    assert "truncated.flac" in err
+
+
+def test_evaluate_where_and_limit(capsys: pytest.CaptureFixture[str], tiny_model_dir: Path) -> None:
+    manifest = SAMPLES_DIR / "manifest.jsonl"
+    code, out, _ = run(
+        capsys,
+        "evaluate",
+        str(manifest),
+        "--model",
+        str(tiny_model_dir),
+        "--where",
+        "speaker=cathy",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["overall"]["utterances"] == 2
+    code, _, err = run(
+        capsys, "evaluate", str(manifest), "--model", str(tiny_model_dir), "--where", "speaker"
+    )
+    assert code == 2 and "FIELD=VALUE" in err
+    code, _, err = run(
+        capsys, "evaluate", str(manifest), "--model", str(tiny_model_dir), "--where", "speaker=nobody"
+    )
+    assert code == 2 and "no manifest rows" in err
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_real_fsdd_test_split(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, shared_data: Path
+) -> None:
+    manifest = shared_data / "fsdd" / "manifest.jsonl"
+    code, out, err = run(
+        capsys,
+        "evaluate",
+        str(manifest),
+        "--model",
+        str(tiny_model_dir),
+        "--where",
+        "split=test",
+        "--limit",
+        "30",
+        "--by",
+        "speaker",
+        "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["overall"]["utterances"] == 30
+    assert report["failures"] == []
+
+
+def test_console_script_runs_as_a_process(tiny_model_dir: Path) -> None:
+    exe = Path(sys.executable).with_name("voice-search")
+    done = subprocess.run(
+        [str(exe), "transcribe", str(SPEECH_SAMPLE), "--model", str(tiny_model_dir), "--format", "jsonl"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["duration_s"] == pytest.approx(3.296, abs=0.01)
+    assert "Loading weights" not in done.stderr  # library progress bars are silenced
+
+
+def test_expand_inputs_keeps_order_dedupes_and_keeps_missing(audio_dir: Path) -> None:
+    missing = audio_dir / "gone.wav"
+    found = expand_inputs([str(audio_dir / "speech.flac"), str(audio_dir), str(missing)])
+    assert [p.name for p in found] == ["speech.flac", "digit.flac", "gone.wav"]
