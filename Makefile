@@ -6,8 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-# Debian packages needed at run or test time.
-SYSTEM_PACKAGES := python3-venv
+# Debian packages needed at run or test time: the TTS engines that voice the training corpus.
+SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 
 .PHONY: install system-deps run test lint typecheck bench clean
 

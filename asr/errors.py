@@ -15,7 +15,8 @@ specific class here is what decides what a user sees.
     ├── ModelError                  the recognizer cannot be loaded or run (a server error)
     │   └── ModelLoadError          the directory is missing or is not a CTC checkpoint
     ├── DecoderConfigError          an invalid decoding option (lexicon, LM, hotwords)
-    └── ManifestError               an evaluation manifest is missing, malformed or names no audio
+    ├── ManifestError               an evaluation manifest is missing, malformed or names no audio
+    └── DataError                   a domain pack or training corpus is malformed
 """
 
 
@@ -65,3 +66,7 @@ class DecoderConfigError(ASRError):
 
 class ManifestError(ASRError):
     """An evaluation manifest is missing, malformed, or points at missing audio."""
+
+
+class DataError(ASRError):
+    """A domain pack or corpus is malformed: missing files, bad rows, unknown slots."""

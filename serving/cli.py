@@ -21,12 +21,12 @@ from tqdm import tqdm
 
 from asr.audio import AudioLimits
 from asr.decoding import BeamOptions, read_word_list
-from asr.errors import AudioError, DecoderConfigError, ManifestError, ModelLoadError
+from asr.errors import AudioError, DataError, DecoderConfigError, ManifestError, ModelLoadError
 from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, summarize
 from asr.model import Device
 from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_pipeline
 from serving.runtime import limit_allocator_caching
-from serving.settings import DEFAULT_MODEL_DIR, Settings
+from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, Settings
 
 logger = logging.getLogger("voice_search")
 
@@ -48,10 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"voice-search: error: invalid VOICE_SEARCH_* setting: {e}", file=sys.stderr)
         return EXIT_USAGE
     _configure_logging("INFO" if args.verbose else settings.log_level)
-    limit_allocator_caching()
+    if getattr(args, "inference", False):
+        # Only for inference: in training, sending every large tensor through mmap/munmap cost a
+        # third of the CPU time in system calls.
+        limit_allocator_caching()
     try:
         code: int = args.command(args, settings)
-    except (UsageError, ModelLoadError, DecoderConfigError, ManifestError) as e:
+    except (UsageError, ModelLoadError, DecoderConfigError, ManifestError, DataError) as e:
         print(f"voice-search: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -76,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     transcribe.add_argument("--output", type=Path, help="write results to FILE instead of stdout")
     _add_recognition_options(transcribe)
-    transcribe.set_defaults(command=_transcribe)
+    transcribe.set_defaults(command=_transcribe, inference=True)
 
     evaluate = commands.add_parser("evaluate", help="measure WER/CER and speed on a labelled JSONL manifest")
     evaluate.add_argument(
@@ -99,7 +102,90 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, metavar="N", help="evaluate at most N rows (after --where)")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_recognition_options(evaluate)
-    evaluate.set_defaults(command=_evaluate)
+    evaluate.set_defaults(command=_evaluate, inference=True)
+
+    corpus = commands.add_parser("corpus", help="build the training corpus").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    build = corpus.add_parser("build", help="synthesize and augment speech for a domain pack, resumable")
+    build.add_argument("--out", type=Path, default=Path("corpus"), help="output folder (default: corpus/)")
+    build.add_argument(
+        "--domain", type=Path, default=DEFAULT_DOMAIN_DIR, metavar="PACK", help="domain pack folder"
+    )
+    build.add_argument(
+        "--shared-data",
+        type=Path,
+        default=DEFAULT_SHARED_DATA,
+        metavar="DIR",
+        help="real recordings and texts",
+    )
+    build.add_argument("--queries", type=int, default=4000, help="domain queries to voice")
+    build.add_argument("--sentences", type=int, default=2500, help="general English sentences to voice")
+    build.add_argument("--words", type=int, default=3000, help="isolated words and digit strings to voice")
+    build.add_argument("--clean-fraction", type=float, default=0.4, help="share of clips left unaugmented")
+    build.add_argument(
+        "--engines", default="espeak,flite,festival,hibari", help="comma-separated TTS engines"
+    )
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--workers", type=_positive_int, default=2)
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(command=_corpus_build)
+
+    data = commands.add_parser("data", help="check training data").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    check = data.add_parser("check", help="label consistency and audio statistics of a manifest")
+    check.add_argument("manifest", type=Path, metavar="MANIFEST")
+    check.add_argument(
+        "--sample", type=_positive_int, metavar="N", help="measure audio on N random clips only"
+    )
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(command=_data_check)
+
+    trainer = commands.add_parser("train", help="train or fine-tune a wav2vec2 CTC model (resumable)")
+    trainer.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="run folder: checkpoints, metrics.jsonl, best/"
+    )
+    trainer.add_argument(
+        "--init", metavar="DIR|scratch:SHAPE", help="start model (default: the bundled model)"
+    )
+    trainer.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="MANIFEST[:WEIGHT]",
+        help="training manifest (repeatable)",
+    )
+    trainer.add_argument(
+        "--dev", type=Path, metavar="MANIFEST", help="dev manifest, decoded every --eval-every steps"
+    )
+    trainer.add_argument(
+        "--domain",
+        type=Path,
+        metavar="PACK",
+        help="adapt to a domain pack: build its corpus, fine-tune, evaluate before/after",
+    )
+    trainer.add_argument(
+        "--domain-queries", type=_positive_int, default=600, help="queries voiced for --domain"
+    )
+    trainer.add_argument("--steps", type=_positive_int, default=4000)
+    trainer.add_argument("--batch-size", type=_positive_int, default=8)
+    trainer.add_argument("--lr", type=float, default=1e-3)
+    trainer.add_argument("--warmup-steps", type=int, default=300)
+    trainer.add_argument(
+        "--curriculum-steps", type=int, default=600, help="first steps on clips of at most 2 s"
+    )
+    trainer.add_argument("--eval-every", type=_positive_int, default=250)
+    trainer.add_argument("--eval-clips", type=_positive_int, default=150)
+    trainer.add_argument("--max-clip-s", type=float, default=6.0)
+    trainer.add_argument("--freeze-feature-encoder", action="store_true")
+    trainer.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    trainer.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument(
+        "--export", type=Path, metavar="DIR", help="at the end, export the best model as fp16 to DIR"
+    )
+    trainer.set_defaults(command=_train)
     return parser
 
 
@@ -348,6 +434,164 @@ def format_report(report: EvaluationReport, model_version: str) -> str:
     if report.failures:
         lines.append(f"{len(report.failures)} clips failed (listed on stderr)")
     return "\n".join(lines)
+
+
+def _corpus_build(args: argparse.Namespace, settings: Settings) -> int:
+    from asr.corpus.build import CorpusConfig, build_corpus, write_real_manifests
+
+    sentences = args.shared_data / "text" / "ljspeech_sentences.tsv"
+    noise = args.shared_data / "speech_commands_dev" / "manifest.jsonl"
+    config = CorpusConfig(
+        out_dir=args.out,
+        domain_dir=args.domain,
+        sentences_tsv=sentences if sentences.is_file() else None,
+        noise_manifest=noise if noise.is_file() else None,
+        seed=args.seed,
+        queries=args.queries,
+        sentences=args.sentences,
+        words=args.words,
+        clean_fraction=args.clean_fraction,
+        engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()),
+        workers=args.workers,
+    )
+
+    def progress(items: Any, total: int) -> Any:
+        return tqdm(
+            items, total=total, desc="synthesizing", unit="clip", disable=args.quiet or None, file=sys.stderr
+        )
+
+    counts = build_corpus(config, progress)
+    if args.shared_data.is_dir():
+        counts |= write_real_manifests(args.shared_data, args.out)
+    print(json.dumps(counts))
+    return EXIT_SOME_FAILED if counts.get("failed") else EXIT_OK
+
+
+def _data_check(args: argparse.Namespace, settings: Settings) -> int:
+    from asr.corpus.check import check_manifest
+
+    report = check_manifest(args.manifest, audio_sample=args.sample)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        counts = f"{report.rows} rows, {len(report.errors)} errors, {len(report.warnings)} warnings"
+        print(f"{args.manifest}: {counts}")
+        for finding in report.errors[:50]:
+            print(f"  error   line {finding.line}: {finding.kind}: {finding.detail}")
+        for finding in report.warnings[:20]:
+            print(f"  warning {finding.kind}: {finding.detail}")
+        for name, d in report.distributions.items():
+            spread = f"p5={d.p5:.2f} p50={d.p50:.2f} p95={d.p95:.2f} max={d.max:.2f}"
+            print(f"  {name:20s} n={d.count} mean={d.mean:.2f} {spread}")
+    return EXIT_OK if report.ok else EXIT_SOME_FAILED
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from asr.train import DataSource, TrainConfig, export_model, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    init = args.init or str(settings.model_dir)
+    if not init.startswith("scratch:") and not Path(init).is_dir():
+        raise UsageError(f"no model folder at {init}; pass --init DIR or --init scratch:small")
+    if args.domain:
+        return _adapt_domain(args, init)
+    if not args.train:
+        raise UsageError("pass at least one --train MANIFEST (or --domain PACK)")
+    config = TrainConfig(
+        out_dir=args.out,
+        init=init,
+        train=tuple(DataSource.parse(t) for t in args.train),
+        dev=args.dev,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        curriculum_steps=args.curriculum_steps,
+        eval_every=args.eval_every,
+        eval_clips=args.eval_clips,
+        max_clip_s=args.max_clip_s,
+        freeze_feature_encoder=args.freeze_feature_encoder,
+        seed=args.seed,
+        device=args.device,
+    )
+    state = train(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.export:
+        best = args.out / "best" if (args.out / "best").is_dir() else args.out / "checkpoint"
+        export_model(best, args.export)
+    print(json.dumps({"step": state.step, "best_dev_wer": state.best_wer, "out": str(args.out)}))
+    return EXIT_OK
+
+
+def _adapt_domain(args: argparse.Namespace, init: str) -> int:
+    """Build the pack's corpus, measure the start model on its held-out test split, fine-tune on
+    its training split (plus any --train manifests, to keep general skills), measure again."""
+    from asr.corpus.build import CorpusConfig, build_corpus
+    from asr.train import DataSource, TrainConfig, train
+
+    corpus_dir = args.out / "corpus"
+    counts = build_corpus(
+        CorpusConfig(
+            out_dir=corpus_dir,
+            domain_dir=args.domain,
+            sentences=0,
+            queries=args.domain_queries,
+            words=0,
+            seed=args.seed,
+            workers=2,
+        )
+    )
+    print(f"voice-search: domain corpus {json.dumps(counts)}", file=sys.stderr)
+    test = corpus_dir / "test.jsonl"
+    if not counts["test"]:
+        raise UsageError("the domain corpus has no test clips; raise --domain-queries")
+    dev = corpus_dir / "dev.jsonl" if counts["dev"] else None
+    before = _score_manifest(Path(init), test, args.device) if not init.startswith("scratch:") else None
+    config = TrainConfig(
+        out_dir=args.out,
+        init=init,
+        train=(DataSource(corpus_dir / "train.jsonl"), *map(DataSource.parse, args.train)),
+        dev=dev,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        curriculum_steps=0,
+        eval_every=args.eval_every,
+        eval_clips=args.eval_clips,
+        max_clip_s=args.max_clip_s,
+        freeze_feature_encoder=args.freeze_feature_encoder,
+        seed=args.seed,
+        device=args.device,
+    )
+    train(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    best = args.out / "best" if (args.out / "best").is_dir() else args.out / "checkpoint"
+    after = _score_manifest(best, test, args.device)
+    print(
+        json.dumps(
+            {
+                "domain": str(args.domain),
+                "test_clips": counts["test"],
+                "before": before,
+                "after": after,
+                "model": str(best),
+            }
+        )
+    )
+    return EXIT_OK
+
+
+def _score_manifest(model: Path, manifest: Path, device: Device) -> dict[str, float | None]:
+    pipeline = build_pipeline(model, device=device)
+
+    def transcribe(path: Path) -> tuple[str, float]:
+        result = pipeline.transcribe(path)
+        return result.text, result.duration_s
+
+    report = summarize(run_entry(transcribe, e) for e in read_manifest(manifest))
+    return {"wer": report.overall.wer, "cer": report.overall.cer}
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ from asr.model import Device
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "data" / "models" / "voice-search-small"
 """The bundled model, trained by this project (see data/README.md for its provenance)."""
+DEFAULT_DOMAIN_DIR = REPO_ROOT / "data" / "domains" / "places"
+"""The default domain pack: world cities and countries."""
+DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+"""The real recordings and texts laid beside the checkout."""
 
 
 @dataclass(frozen=True)

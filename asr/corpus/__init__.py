@@ -1,0 +1,1 @@
+"""Training data: domain packs, text-to-speech voices, augmentation, corpus manifests and checks."""

