@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 # Debian packages needed at run or test time: the TTS engines that voice the training corpus.
 SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 
-.PHONY: install system-deps run test lint typecheck bench clean
+.PHONY: install system-deps run test lint typecheck bench eval clean
 
 install: system-deps $(STAMP)
 
@@ -26,19 +26,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-BUNDLED_MODEL := data/models/voice-search-small
-STANDIN_MODEL := .cache/models/random-small
-
-# Until the bundled model is committed, `run` uses a randomly initialised model of the same shape
-# so the whole pipeline still runs; it says so, and its transcripts are noise.
 run: install
-	@if [ -d $(BUNDLED_MODEL) ]; then \
-		$(BIN)/voice-search transcribe data/samples --format jsonl; \
-	else \
-		echo "NOTE: no bundled model at $(BUNDLED_MODEL) yet: running with an UNTRAINED stand-in model (transcripts are noise)" >&2; \
-		[ -d $(STANDIN_MODEL) ] || $(BIN)/python -c "from asr.model import create_model_dir; create_model_dir('$(STANDIN_MODEL)', 'small')" >/dev/null 2>&1; \
-		$(BIN)/voice-search transcribe data/samples --format jsonl --model $(STANDIN_MODEL); \
-	fi
+	$(BIN)/voice-search transcribe data/samples --format jsonl
 
 lint: install
 	$(BIN)/ruff check .
@@ -52,6 +41,11 @@ test: install lint typecheck
 
 bench: install
 	$(BIN)/python scripts/bench_pipeline.py
+
+# The model against offline peers (pocketsphinx, Whisper tiny.en); needs a built corpus/.
+eval: install
+	$(BIN)/pip install --quiet -e ".[dev,peers]"
+	$(BIN)/python scripts/evaluate_models.py --json docs/evaluation.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .cache

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jiwer
 import numpy as np
@@ -111,17 +111,35 @@ def _entry(line: str, number: int, manifest: Path) -> ManifestEntry:
     return ManifestEntry(audio=audio, text=row["text"], fields=fields)
 
 
-def run_entry(transcribe: Callable[[Path], tuple[str, float]], entry: ManifestEntry) -> Outcome:
-    """Transcribe one entry with `transcribe(path) -> (text, duration_s)`, timing it.
+class Transcribed(Protocol):
+    """What evaluation needs from any recognizer's result (`asr.pipeline.Transcript` is one)."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def duration_s(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class PlainTranscript:
+    """A result from a recognizer that is not ours (a peer being compared)."""
+
+    text: str
+    duration_s: float
+
+
+def run_entry(transcribe: Callable[[Path], Transcribed], entry: ManifestEntry) -> Outcome:
+    """Transcribe one entry, timing it.
 
     An `ASRError` (a broken file) becomes a failed outcome so one bad clip never stops a run.
     """
     started = time.perf_counter()
     try:
-        text, duration_s = transcribe(entry.audio)
+        result = transcribe(entry.audio)
     except ASRError as e:
         return Outcome(entry, "", time.perf_counter() - started, 0.0, error=f"{type(e).__name__}: {e}")
-    return Outcome(entry, text, time.perf_counter() - started, duration_s)
+    return Outcome(entry, result.text, time.perf_counter() - started, result.duration_s)
 
 
 def score(references: Sequence[str], hypotheses: Sequence[str]) -> Scores:

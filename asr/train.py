@@ -26,7 +26,15 @@ from asr.audio import AudioLimits, load_audio
 from asr.decoding import GreedyDecoder
 from asr.errors import AudioError, DataError
 from asr.evaluate import ManifestEntry, read_manifest, run_entry, summarize
-from asr.model import Recognizer, Vocabulary, create_model_dir, model_version, resolve_device
+from asr.model import (
+    Device,
+    Recognizer,
+    Vocabulary,
+    create_model_dir,
+    model_version,
+    resolve_device,
+    vocabulary_from_tokenizer,
+)
 from asr.pipeline import Pipeline
 from asr.text import normalize_text
 from asr.vad import SileroVAD
@@ -85,7 +93,7 @@ class TrainConfig:
     log_every: int = 50
     freeze_feature_encoder: bool = False
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -105,6 +113,7 @@ class _Example:
 class TrainState:
     step: int = 0
     best_wer: float = math.inf
+    best_cer: float = math.inf
     elapsed_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -184,11 +193,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
     config.out_dir.mkdir(parents=True, exist_ok=True)
     resume = config.out_dir / CHECKPOINT
     source_dir = resume if (resume / "state.pt").is_file() else _initial_model_dir(config)
-    device = resolve_device(config.device)  # type: ignore[arg-type]
+    device = resolve_device(config.device)
     model = AutoModelForCTC.from_pretrained(source_dir, local_files_only=True, dtype=torch.float32).to(device)
     features = AutoFeatureExtractor.from_pretrained(source_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(source_dir, local_files_only=True)
-    recognizer = Recognizer(model, features, _vocab(tokenizer), device, version="training")
+    recognizer = Recognizer(model, features, vocabulary_from_tokenizer(tokenizer), device, version="training")
     if config.freeze_feature_encoder:
         model.freeze_feature_encoder()
 
@@ -250,8 +259,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
             losses = []
             if dev:
                 record |= _evaluate_dev(recognizer, dev, log)
-                if float(record["dev_wer"]) < state.best_wer:
-                    state.best_wer = float(record["dev_wer"])
+                # CER breaks WER ties: early in training every model scores WER 1.0.
+                score = (float(record["dev_wer"]), float(record["dev_cer"] or 1.0))
+                if score < (state.best_wer, state.best_cer):
+                    state.best_wer, state.best_cer = score
                     save_model(model, source_dir, config.out_dir / BEST)
             state.history.append(record)
             with (config.out_dir / METRICS).open("a", encoding="utf-8") as f:
@@ -259,12 +270,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
             log(json.dumps(record))
             _save_checkpoint(model, source_dir, optimizer, schedule, sampler, state, config.out_dir)
     return state
-
-
-def _vocab(tokenizer: Any) -> Vocabulary:
-    from asr.model import vocabulary_from_tokenizer
-
-    return vocabulary_from_tokenizer(tokenizer)
 
 
 def _collate(
@@ -300,12 +305,8 @@ def _evaluate_dev(
     recognizer._model.eval()
     pipeline = Pipeline(recognizer, GreedyDecoder(recognizer.vocab), SileroVAD.load())
 
-    def transcribe(path: Path) -> tuple[str, float]:
-        result = pipeline.transcribe(path)
-        return result.text, result.duration_s
-
     with torch.inference_mode():
-        outcomes = [run_entry(transcribe, e) for e in dev]
+        outcomes = [run_entry(pipeline.transcribe, e) for e in dev]
     report = summarize(outcomes)
     for o in outcomes[:4]:
         log(f"  ref: {normalize_text(o.entry.text)!r}\n  hyp: {o.hypothesis!r}")

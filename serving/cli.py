@@ -391,12 +391,8 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("no manifest rows left after --where/--limit")
     pipeline = _pipeline(args, settings)
 
-    def transcribe(path: Path) -> tuple[str, float]:
-        result = pipeline.transcribe(path)
-        return result.text, result.duration_s
-
     progress = tqdm(entries, desc="evaluating", unit="clip", disable=args.quiet or None, file=sys.stderr)
-    report = summarize((run_entry(transcribe, e) for e in progress), by=args.by)
+    report = summarize((run_entry(pipeline.transcribe, e) for e in progress), by=args.by)
     for path, error in report.failures:
         print(f"voice-search: {path}: {error}", file=sys.stderr)
     print(
@@ -586,11 +582,7 @@ def _adapt_domain(args: argparse.Namespace, init: str) -> int:
 def _score_manifest(model: Path, manifest: Path, device: Device) -> dict[str, float | None]:
     pipeline = build_pipeline(model, device=device)
 
-    def transcribe(path: Path) -> tuple[str, float]:
-        result = pipeline.transcribe(path)
-        return result.text, result.duration_s
-
-    report = summarize(run_entry(transcribe, e) for e in read_manifest(manifest))
+    report = summarize(run_entry(pipeline.transcribe, e) for e in read_manifest(manifest))
     return {"wer": report.overall.wer, "cer": report.overall.cer}
 
 

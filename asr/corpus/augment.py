@@ -37,7 +37,9 @@ class AugmentSpec:
 
     @property
     def is_clean(self) -> bool:
-        return self == AugmentSpec(lead_silence_ms=self.lead_silence_ms, trail_silence_ms=self.trail_silence_ms)
+        return self == AugmentSpec(
+            lead_silence_ms=self.lead_silence_ms, trail_silence_ms=self.trail_silence_ms
+        )
 
 
 def draw_spec(rng: np.random.Generator, noise_names: Sequence[str], clean: bool) -> AugmentSpec:

@@ -29,7 +29,7 @@ from asr.corpus.augment import AugmentSpec, apply, draw_spec
 from asr.corpus.domain import DomainPack
 from asr.corpus.tts import Engine, SynthesisError, Voice, all_engines
 from asr.errors import DataError
-from asr.preprocess import normalization_gain_db, PreprocessOptions
+from asr.preprocess import PreprocessOptions, normalization_gain_db
 from asr.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,10 @@ def _stable_seed(*parts: object) -> int:
 def _texts(config: CorpusConfig, rng: np.random.Generator) -> list[tuple[str, str, dict[str, str]]]:
     """(normalized text, source, tags) for every text of the corpus, deduplicated."""
     pack = DomainPack.load(config.domain_dir)
-    texts = [(q.text, "query", {"intent": q.intent, "domain": pack.name}) for q in pack.expand(config.queries, config.seed)]
+    texts = [
+        (q.text, "query", {"intent": q.intent, "domain": pack.name})
+        for q in pack.expand(config.queries, config.seed)
+    ]
     if config.sentences and config.sentences_tsv:
         lines = config.sentences_tsv.read_text(encoding="utf-8").splitlines()[1:]
         candidates = [normalize_text(line.split("\t", 1)[-1]) for line in lines]
@@ -118,14 +121,22 @@ def _voices(engines: dict[str, Engine], config: CorpusConfig) -> dict[str, list[
 
 def _split(hashed: int, config: CorpusConfig) -> str:
     u = (hashed % 1_000_000) / 1_000_000
-    return "test" if u < config.test_text_fraction else "dev" if u < config.test_text_fraction + config.dev_text_fraction else "train"
+    return (
+        "test"
+        if u < config.test_text_fraction
+        else "dev"
+        if u < config.test_text_fraction + config.dev_text_fraction
+        else "train"
+    )
 
 
 def _is_held_out(voice_id: str) -> bool:
     return voice_id.startswith(HELD_OUT_VOICES)
 
 
-def plan_corpus(config: CorpusConfig, engines: dict[str, Engine] | None = None, noise_names: Sequence[str] = ()) -> list[PlannedClip]:
+def plan_corpus(
+    config: CorpusConfig, engines: dict[str, Engine] | None = None, noise_names: Sequence[str] = ()
+) -> list[PlannedClip]:
     """The whole corpus as data: one entry per clip, a pure function of the config."""
     rng = np.random.default_rng(config.seed)
     voices = _voices(engines or all_engines(), config)
@@ -165,7 +176,9 @@ def load_noise_bank(manifest: Path | None, split: str = "train") -> dict[str, Sa
         row = json.loads(line)
         if row.get("text") == "" and noise_split(Path(row["audio"]).name) == split:
             data, rate = sf.read(manifest.parent / row["audio"], dtype="float32", always_2d=True)
-            bank[Path(row["audio"]).stem] = soxr.resample(data.mean(axis=1), rate, SAMPLE_RATE_HZ).astype(np.float32)
+            bank[Path(row["audio"]).stem] = soxr.resample(data.mean(axis=1), rate, SAMPLE_RATE_HZ).astype(
+                np.float32
+            )
     return bank
 
 
@@ -173,12 +186,18 @@ def noise_split(name: str) -> str:
     return "train" if _stable_seed("noise", name) % 2 == 0 else "test"
 
 
-def render_clip(clip: PlannedClip, out_dir: Path, engines: dict[str, Engine], noise_bank: dict[str, Samples], seed: int) -> dict[str, Any]:
+def render_clip(
+    clip: PlannedClip, out_dir: Path, engines: dict[str, Engine], noise_bank: dict[str, Samples], seed: int
+) -> dict[str, Any]:
     """Synthesize, level, augment and write one clip (skipped if on disk); returns its manifest row."""
     path = out_dir / "audio" / f"{clip.id}.flac"
     if not path.exists():
         samples, rate = engines[clip.voice.engine].synthesize(clip.text, clip.voice)
-        clean = soxr.resample(samples, rate, SAMPLE_RATE_HZ).astype(np.float32) if rate != SAMPLE_RATE_HZ else samples
+        clean = (
+            soxr.resample(samples, rate, SAMPLE_RATE_HZ).astype(np.float32)
+            if rate != SAMPLE_RATE_HZ
+            else samples
+        )
         clean = (clean * 10 ** (normalization_gain_db(clean, CLEAN_LEVEL) / 20)).astype(np.float32)
         audio = apply(clean, clip.augment, np.random.default_rng(_stable_seed(seed, clip.id)), noise_bank)
         tmp = path.with_suffix(".tmp.flac")
@@ -212,12 +231,16 @@ def _render_in_worker(clip: PlannedClip) -> dict[str, Any] | str:
         return f"{clip.id}: {e}"
 
 
-def build_corpus(config: CorpusConfig, progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None) -> dict[str, int]:
+def build_corpus(
+    config: CorpusConfig, progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None
+) -> dict[str, int]:
     """Plan and render the corpus, then write train/dev/test manifests. Returns clips per split."""
     (config.out_dir / "audio").mkdir(parents=True, exist_ok=True)
     noise_names = sorted(load_noise_bank(config.noise_manifest))
     plan = plan_corpus(config, noise_names=noise_names)
-    (config.out_dir / "config.json").write_text(json.dumps({k: str(v) for k, v in asdict(config).items()}, indent=1))
+    (config.out_dir / "config.json").write_text(
+        json.dumps({k: str(v) for k, v in asdict(config).items()}, indent=1)
+    )
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     with ProcessPoolExecutor(config.workers, initializer=_init_worker, initargs=(config,)) as pool:

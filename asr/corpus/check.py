@@ -82,11 +82,17 @@ def check_labels(path: Path) -> CheckReport:
         audio = str(entry.audio)
         dropped = _dropped_chars(entry.text)
         if dropped:
-            errors.append(Finding(line, audio, "out-of-vocabulary", f"characters {sorted(dropped)} in {entry.text!r}"))
+            errors.append(
+                Finding(line, audio, "out-of-vocabulary", f"characters {sorted(dropped)} in {entry.text!r}")
+            )
         if _DIGIT.search(entry.text):
-            errors.append(Finding(line, audio, "unspelled-digits", f"{entry.text!r}: write numbers as spoken words"))
+            errors.append(
+                Finding(line, audio, "unspelled-digits", f"{entry.text!r}: write numbers as spoken words")
+            )
         if not normalize_text(entry.text) and entry.fields.get("label") != SILENCE_LABEL:
-            errors.append(Finding(line, audio, "empty-reference", "empty text on a row not labelled _silence_"))
+            errors.append(
+                Finding(line, audio, "empty-reference", "empty text on a row not labelled _silence_")
+            )
         if entry.audio in seen_audio:
             errors.append(Finding(line, audio, "duplicate", f"same audio as line {seen_audio[entry.audio]}"))
         seen_audio.setdefault(entry.audio, line)
@@ -95,7 +101,9 @@ def check_labels(path: Path) -> CheckReport:
             if word:
                 spellings[re.sub(r"['\s]", "", word)][word] += 1
     variants = {key: sorted(c) for key, c in spellings.items() if len(c) > 1}
-    warnings = [Finding(0, "", "spelling-variants", f"{key}: {', '.join(v)}") for key, v in sorted(variants.items())]
+    warnings = [
+        Finding(0, "", "spelling-variants", f"{key}: {', '.join(v)}") for key, v in sorted(variants.items())
+    ]
     return CheckReport(len(entries), errors, warnings, variants)
 
 
@@ -114,7 +122,9 @@ def check_manifest(path: Path, audio_sample: int | None = None, seed: int = 0) -
         try:
             audio = load_audio(entry.audio)
         except AudioError as e:
-            errors.append(Finding(int(i) + 1, str(entry.audio), "unreadable-audio", f"{type(e).__name__}: {e}"))
+            errors.append(
+                Finding(int(i) + 1, str(entry.audio), "unreadable-audio", f"{type(e).__name__}: {e}")
+            )
             continue
         stats = clip_stats(audio.samples, audio.clipping_ratio, options)
         values["duration_s"].append(stats.duration_s)

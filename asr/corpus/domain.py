@@ -67,8 +67,12 @@ class DomainPack:
             for template in templates:
                 unknown = set(_SLOT.findall(template)) - set(slots)
                 if unknown:
-                    raise DataError(f"template {template!r} ({intent}) uses undefined slots {sorted(unknown)}")
-        pack = cls(str(spec.get("name", root.name)), catalog, slots, intents, tuple(spec.get("extra_words", ())))
+                    raise DataError(
+                        f"template {template!r} ({intent}) uses undefined slots {sorted(unknown)}"
+                    )
+        pack = cls(
+            str(spec.get("name", root.name)), catalog, slots, intents, tuple(spec.get("extra_words", ()))
+        )
         for slot in slots:
             if not pack.entries_for(slot):
                 raise DataError(f"slot {slot!r} matches no catalog entry")
@@ -124,7 +128,12 @@ def _read_catalog(path: Path) -> list[CatalogEntry]:
         try:
             row = json.loads(line)
             entries.append(
-                CatalogEntry(str(row["id"]), str(row["title"]), tuple(map(str, row.get("aliases", ()))), dict(row.get("fields", {})))
+                CatalogEntry(
+                    str(row["id"]),
+                    str(row["title"]),
+                    tuple(map(str, row.get("aliases", ()))),
+                    dict(row.get("fields", {})),
+                )
             )
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"{path}:{number}: a catalog row needs 'id' and 'title' ({e})") from e

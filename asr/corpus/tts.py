@@ -53,11 +53,15 @@ class Engine(Protocol):
 
 def _run(cmd: list[str], stdin: str | None = None) -> bytes:
     try:
-        done = subprocess.run(cmd, input=stdin.encode() if stdin else None, capture_output=True, timeout=60, check=False)
+        done = subprocess.run(
+            cmd, input=stdin.encode() if stdin else None, capture_output=True, timeout=60, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SynthesisError(f"{cmd[0]} failed: {e}") from e
     if done.returncode != 0:
-        raise SynthesisError(f"{cmd[0]} exited {done.returncode}: {done.stderr.decode(errors='replace')[:200]}")
+        raise SynthesisError(
+            f"{cmd[0]} exited {done.returncode}: {done.stderr.decode(errors='replace')[:200]}"
+        )
     return done.stdout
 
 
@@ -73,8 +77,35 @@ class EspeakEngine:
     """espeak-ng: formant synthesis, 8 English accents x variants (the variant sets the voice quality)."""
 
     name = "espeak"
-    ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
-    VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt4", "croak", "whisper")
+    ACCENTS = (
+        "en-us",
+        "en-gb",
+        "en-gb-scotland",
+        "en-gb-x-rp",
+        "en-gb-x-gbclan",
+        "en-gb-x-gbcwmd",
+        "en-029",
+        "en-us-nyc",
+    )
+    VARIANTS = (
+        "m1",
+        "m2",
+        "m3",
+        "m4",
+        "m5",
+        "m6",
+        "m7",
+        "f1",
+        "f2",
+        "f3",
+        "f4",
+        "f5",
+        "klatt",
+        "klatt2",
+        "klatt4",
+        "croak",
+        "whisper",
+    )
     BASE_WPM = 165
     """espeak-ng's default speaking rate in words per minute; `Voice.rate` scales it."""
     BASE_PITCH = 50
@@ -111,8 +142,23 @@ class FliteEngine:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out.wav"
             # flite's duration_stretch is the inverse of rate.
-            _run(["flite", "-voice", voice.name, "--setf", f"duration_stretch={1 / voice.rate:.3f}",
-                  "--setf", f"int_f0_target_mean={110 * voice.pitch:.0f}", "-t", text, "-o", str(out)])  # fmt: skip
+            stretch = f"duration_stretch={1 / voice.rate:.3f}"
+            pitch = f"int_f0_target_mean={110 * voice.pitch:.0f}"
+            _run(
+                [
+                    "flite",
+                    "-voice",
+                    voice.name,
+                    "--setf",
+                    stretch,
+                    "--setf",
+                    pitch,
+                    "-t",
+                    text,
+                    "-o",
+                    str(out),
+                ]
+            )
             return _read_wav(out)
 
 
@@ -132,7 +178,9 @@ class FestivalEngine:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out.wav"
             stretch = f"(Parameter.set 'Duration_Stretch {1 / voice.rate:.3f})"
-            _run(["text2wave", "-eval", f"(voice_{voice.name})", "-eval", stretch, "-o", str(out)], stdin=text)
+            _run(
+                ["text2wave", "-eval", f"(voice_{voice.name})", "-eval", stretch, "-o", str(out)], stdin=text
+            )
             return _read_wav(out)
 
 
@@ -162,7 +210,7 @@ class HibariEngine:
             self._tts = Hibari(threads=1)
         try:
             audio = self._tts(text, speed=voice.rate, seed=0)
-        except Exception as e:  # noqa: BLE001 - a third-party model: any failure is a synthesis failure
+        except Exception as e:
             raise SynthesisError(f"hibari failed on {text!r}: {e}") from e
         return np.asarray(audio, dtype=np.float32), 24_000
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from asr.errors import ManifestError, TruncatedAudioError
-from asr.evaluate import ManifestEntry, Outcome, read_manifest, run_entry, score, summarize
+from asr.evaluate import ManifestEntry, Outcome, PlainTranscript, read_manifest, run_entry, score, summarize
 
 
 def test_score_counts_word_and_character_errors() -> None:
@@ -64,7 +64,7 @@ def test_missing_manifest(tmp_path: Path) -> None:
 
 
 def test_run_entry_records_failures_instead_of_raising() -> None:
-    def broken(path: Path) -> tuple[str, float]:
+    def broken(path: Path) -> PlainTranscript:
         raise TruncatedAudioError("cut short")
 
     outcome = run_entry(broken, ManifestEntry(Path("x.flac"), "yes"))

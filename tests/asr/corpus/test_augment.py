@@ -28,7 +28,9 @@ def test_recorded_noise_is_looped_to_length() -> None:
 
 def test_gain_silence_and_clipping() -> None:
     clean = tone(seconds=1.0, amplitude=0.5)
-    out = apply(clean, AugmentSpec(gain_db=12.0, lead_silence_ms=250, trail_silence_ms=500), np.random.default_rng(0))
+    out = apply(
+        clean, AugmentSpec(gain_db=12.0, lead_silence_ms=250, trail_silence_ms=500), np.random.default_rng(0)
+    )
     assert len(out) == 16000 + 4000 + 8000
     assert not out[:4000].any() and not out[-8000:].any()
     assert np.abs(out).max() == 1.0  # +12 dB on a 0.5 sine clips

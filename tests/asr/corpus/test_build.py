@@ -14,7 +14,9 @@ from tests.signals import noise
 @pytest.fixture
 def config(tmp_path: Path) -> CorpusConfig:
     tsv = tmp_path / "sentences.tsv"
-    tsv.write_text("id\ttext\n" + "".join(f"S{i}\tThe {i}th train left at {i} o'clock.\n" for i in range(1, 30)))
+    tsv.write_text(
+        "id\ttext\n" + "".join(f"S{i}\tThe {i}th train left at {i} o'clock.\n" for i in range(1, 30))
+    )
     noise_dir = tmp_path / "noise"
     noise_dir.mkdir()
     rows = []
@@ -48,10 +50,23 @@ def test_plan_is_deterministic_and_holds_out_voices_and_texts(config: CorpusConf
 def test_build_writes_clips_and_manifests_and_resumes(config: CorpusConfig) -> None:
     counts = build_corpus(config)
     assert counts["failed"] == 0
-    assert counts["train"] + counts["dev"] + counts["test"] == len(list((config.out_dir / "audio").glob("*.flac")))
+    assert counts["train"] + counts["dev"] + counts["test"] == len(
+        list((config.out_dir / "audio").glob("*.flac"))
+    )
     rows = [json.loads(line) for line in (config.out_dir / "train.jsonl").read_text().splitlines()]
     row = rows[0]
-    assert {"audio", "text", "duration_s", "engine", "voice", "noise", "snr_db", "gain_db", "narrowband", "split"} <= set(row)
+    assert {
+        "audio",
+        "text",
+        "duration_s",
+        "engine",
+        "voice",
+        "noise",
+        "snr_db",
+        "gain_db",
+        "narrowband",
+        "split",
+    } <= set(row)
     data, rate = sf.read(config.out_dir / row["audio"])
     assert rate == 16000 and len(data) / rate == pytest.approx(row["duration_s"], abs=0.01)
     assert np.abs(data).max() > 0
@@ -61,16 +76,22 @@ def test_build_writes_clips_and_manifests_and_resumes(config: CorpusConfig) -> N
     mtimes = {p: p.stat().st_mtime_ns for p in (config.out_dir / "audio").glob("*.flac")}
     manifest = (config.out_dir / "train.jsonl").read_text()
     assert build_corpus(config) == counts
-    assert {p: p.stat().st_mtime_ns for p in (config.out_dir / "audio").glob("*.flac")} == mtimes  # nothing re-rendered
+    assert {
+        p: p.stat().st_mtime_ns for p in (config.out_dir / "audio").glob("*.flac")
+    } == mtimes  # nothing re-rendered
     assert (config.out_dir / "train.jsonl").read_text() == manifest
 
 
 def test_real_manifests_split_speech_commands_by_speaker(shared_data: Path, tmp_path: Path) -> None:
     counts = write_real_manifests(shared_data, tmp_path)
     train = [json.loads(line) for line in (tmp_path / "real_train.jsonl").read_text().splitlines()]
-    test = [json.loads(line) for line in (tmp_path / "real_test_speech_commands.jsonl").read_text().splitlines()]
+    test = [
+        json.loads(line) for line in (tmp_path / "real_test_speech_commands.jsonl").read_text().splitlines()
+    ]
     assert counts["real_train"] == len(train) > 2000
-    sc_train = {r["speaker"] for r in train if r["set"] == "speech_commands_dev" and r.get("label") != "_silence_"}
+    sc_train = {
+        r["speaker"] for r in train if r["set"] == "speech_commands_dev" and r.get("label") != "_silence_"
+    }
     sc_test = {r["speaker"] for r in test if r.get("label") != "_silence_"}
     assert sc_train and sc_test and not sc_train & sc_test
     assert not [r for r in train if r["set"] == "fsdd" and r.get("split") == "test"]

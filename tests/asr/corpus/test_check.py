@@ -18,7 +18,13 @@ def manifest(tmp_path: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def test_clean_manifest_passes(tmp_path: Path) -> None:
-    path = manifest(tmp_path, [{"audio": "a.flac", "text": "weather in paris"}, {"audio": "b.flac", "text": "", "label": "_silence_"}])
+    path = manifest(
+        tmp_path,
+        [
+            {"audio": "a.flac", "text": "weather in paris"},
+            {"audio": "b.flac", "text": "", "label": "_silence_"},
+        ],
+    )
     report = check_manifest(path)
     assert report.ok and report.rows == 2
     assert report.distributions["duration_s"].p50 == pytest.approx(1.742, abs=0.01)
@@ -36,7 +42,12 @@ def test_each_label_problem_is_named_with_its_line(tmp_path: Path) -> None:
     ]
     report = check_labels(manifest(tmp_path, rows))
     kinds = {(f.line, f.kind) for f in report.errors}
-    assert kinds == {(1, "out-of-vocabulary"), (2, "unspelled-digits"), (3, "empty-reference"), (4, "duplicate")}
+    assert kinds == {
+        (1, "out-of-vocabulary"),
+        (2, "unspelled-digits"),
+        (3, "empty-reference"),
+        (4, "duplicate"),
+    }
     assert report.spelling_variants == {"dont": ["don't", "dont"]}
     assert not report.ok
 

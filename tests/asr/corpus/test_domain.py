@@ -54,7 +54,11 @@ def write_pack(folder: Path, catalog: str, templates: dict[str, object]) -> Path
 
 def test_a_minimal_pack(tmp_path: Path) -> None:
     catalog = '{"id": "1", "title": "Blue Cafe", "aliases": ["the blue"], "fields": {"kind": "cafe"}}\n'
-    pack = DomainPack.load(write_pack(tmp_path / "p", catalog, {"slots": {"cafe": {"kind": "cafe"}}, "intents": {"go": ["open {cafe}"]}}))
+    pack = DomainPack.load(
+        write_pack(
+            tmp_path / "p", catalog, {"slots": {"cafe": {"kind": "cafe"}}, "intents": {"go": ["open {cafe}"]}}
+        )
+    )
     assert {q.text for q in pack.expand(5, seed=0)} == {"open blue cafe", "open the blue"}
 
 
@@ -64,10 +68,16 @@ def test_a_minimal_pack(tmp_path: Path) -> None:
         ("", {"slots": {}, "intents": {}}, "empty"),
         ('{"title": "x"}\n', {"slots": {}, "intents": {}}, "needs 'id' and 'title'"),
         ('{"id": "1", "title": "x"}\n', {"slots": {}, "intents": {"a": ["to {city}"]}}, "undefined slots"),
-        ('{"id": "1", "title": "x"}\n', {"slots": {"city": {"kind": "city"}}, "intents": {}}, "matches no catalog entry"),
+        (
+            '{"id": "1", "title": "x"}\n',
+            {"slots": {"city": {"kind": "city"}}, "intents": {}},
+            "matches no catalog entry",
+        ),
     ],
 )
-def test_malformed_packs_are_data_errors(tmp_path: Path, catalog: str, templates: dict[str, object], message: str) -> None:
+def test_malformed_packs_are_data_errors(
+    tmp_path: Path, catalog: str, templates: dict[str, object], message: str
+) -> None:
     with pytest.raises(DataError, match=message):
         DomainPack.load(write_pack(tmp_path / "p", catalog, templates))
 

@@ -22,7 +22,7 @@ def test_engine_speaks_with_its_first_and_last_voice(name: str) -> None:
 
 def test_rate_changes_duration() -> None:
     engine = ENGINES["espeak"]
-    slow, rate = engine.synthesize("directions to new york", Voice("espeak", "en-us+m1", rate=0.8))
+    slow, _ = engine.synthesize("directions to new york", Voice("espeak", "en-us+m1", rate=0.8))
     fast, _ = engine.synthesize("directions to new york", Voice("espeak", "en-us+m1", rate=1.3))
     assert len(fast) < 0.8 * len(slow)
 
