@@ -9,6 +9,7 @@ dev WER. Re-running the same command resumes from the last checkpoint, and the r
 deterministic given its seed.
 """
 
+import copy
 import json
 import logging
 import math
@@ -324,7 +325,7 @@ def save_model(model: Any, processor_dir: Path, out: Path, half: bool = False) -
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if half:
-        model = _half_copy(model)
+        model = copy.deepcopy(model).half()  # a copy: the caller's model keeps training in fp32
     model.save_pretrained(tmp, safe_serialization=True)
     for name in (
         "vocab.json",
@@ -339,12 +340,6 @@ def save_model(model: Any, processor_dir: Path, out: Path, half: bool = False) -
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return out
-
-
-def _half_copy(model: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(model).half()
 
 
 def _save_checkpoint(

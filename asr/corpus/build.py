@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -257,10 +257,6 @@ def build_corpus(
         counts[split] = len(chosen)
     counts["failed"] = len(failures)
     return counts
-
-
-def with_out_dir(config: CorpusConfig, out_dir: Path) -> CorpusConfig:
-    return replace(config, out_dir=out_dir)
 
 
 def speaker_split(speaker: str) -> str:
