@@ -45,7 +45,7 @@ bench: install
 # The model against offline peers (pocketsphinx, Whisper tiny.en); needs a built corpus/.
 eval: install
 	$(BIN)/pip install --quiet -e ".[dev,peers]"
-	$(BIN)/python scripts/evaluate_models.py --json docs/evaluation.json
+	$(BIN)/python scripts/evaluate_models.py --limit 100 --json .cache/evaluation.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .cache
