@@ -154,20 +154,33 @@ def _load_examples(source: DataSource, vocab: Vocabulary, max_clip_s: float) -> 
 
 
 class _Sampler:
-    """Weighted choice of source, then uniform choice of clip; state is one seeded generator."""
+    """Weighted choice of source, then uniform choice of clip; state is one seeded generator.
+
+    With a length limit, each source is narrowed to its clips within the limit (once per limit)
+    and sources with none drop out, rather than redrawing until a short clip turns up.
+    """
 
     def __init__(self, sources: Sequence[list[_Example]], weights: Sequence[float], seed: int) -> None:
         self.sources = sources
-        self.weights = np.array(weights, dtype=np.float64) / sum(weights)
+        self.weights = weights
         self.rng = np.random.default_rng(seed)
+        self._views: dict[float | None, tuple[list[list[_Example]], np.ndarray]] = {}
+
+    def _view(self, max_clip_s: float | None) -> tuple[list[list[_Example]], np.ndarray]:
+        if max_clip_s not in self._views:
+            pools = [[e for e in s if max_clip_s is None or e.duration_s <= max_clip_s] for s in self.sources]
+            weights = np.array([w if pool else 0.0 for w, pool in zip(self.weights, pools, strict=True)])
+            if not weights.sum():
+                raise DataError(f"no training clip is at most {max_clip_s} s long (the curriculum limit)")
+            self._views[max_clip_s] = (pools, weights / weights.sum())
+        return self._views[max_clip_s]
 
     def batch(self, size: int, max_clip_s: float | None) -> list[_Example]:
-        out: list[_Example] = []
-        while len(out) < size:
-            source = self.sources[int(self.rng.choice(len(self.sources), p=self.weights))]
-            example = source[int(self.rng.integers(len(source)))]
-            if max_clip_s is None or example.duration_s <= max_clip_s:
-                out.append(example)
+        pools, weights = self._view(max_clip_s)
+        out = []
+        for _ in range(size):
+            pool = pools[int(self.rng.choice(len(pools), p=weights))]
+            out.append(pool[int(self.rng.integers(len(pool)))])
         return out
 
 
@@ -222,6 +235,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
         state = TrainState(**saved["state"])
         log(f"resumed at step {state.step}")
     dev = _dev_entries(config)
+    dev_pipeline = Pipeline(recognizer, GreedyDecoder(recognizer.vocab), SileroVAD.load()) if dev else None
     use_amp = device == "cuda"
     (config.out_dir / "config.json").write_text(json.dumps(asdict(config), default=str, indent=1))
 
@@ -258,8 +272,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
                 "elapsed_s": round(state.elapsed_s, 1),
             }
             losses = []
-            if dev:
-                record |= _evaluate_dev(recognizer, dev, log)
+            if dev_pipeline is not None:
+                model.eval()
+                record |= _evaluate_dev(dev_pipeline, dev, log)
                 # CER breaks WER ties: early in training every model scores WER 1.0.
                 score = (float(record["dev_wer"]), float(record["dev_cer"] or 1.0))
                 if score < (state.best_wer, state.best_cer):
@@ -299,13 +314,8 @@ def _dev_entries(config: TrainConfig) -> list[ManifestEntry]:
     return [entries[i] for i in sorted(picked)]
 
 
-def _evaluate_dev(
-    recognizer: Recognizer, dev: list[ManifestEntry], log: Callable[[str], None]
-) -> dict[str, Any]:
+def _evaluate_dev(pipeline: Pipeline, dev: list[ManifestEntry], log: Callable[[str], None]) -> dict[str, Any]:
     """Dev WER/CER through the real inference pipeline (VAD, trimming, greedy decoding)."""
-    recognizer._model.eval()
-    pipeline = Pipeline(recognizer, GreedyDecoder(recognizer.vocab), SileroVAD.load())
-
     with torch.inference_mode():
         outcomes = [run_entry(pipeline.transcribe, e) for e in dev]
     report = summarize(outcomes)

@@ -163,22 +163,24 @@ def plan_corpus(
     return plan
 
 
-def load_noise_bank(manifest: Path | None, split: str = "train") -> dict[str, Samples]:
-    """Recorded background noise: the empty-text clips of a manifest, named by file stem.
+def noise_rows(manifest: Path | None, split: str = "train") -> list[str]:
+    """Audio paths (relative to `manifest`) of its background-noise recordings: the empty-text rows
+    in the `split` half (by a stable hash of the name), so the other half stays unseen for
+    measuring false speech on silence."""
+    if manifest is None:
+        return []
+    rows = (json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines())
+    return [r["audio"] for r in rows if r.get("text") == "" and noise_split(Path(r["audio"]).name) == split]
 
-    Only the `split` half (by a stable hash of the name) is used, so that the other half stays
-    unseen for measuring false speech on silence.
-    """
+
+def load_noise_bank(manifest: Path | None, split: str = "train") -> dict[str, Samples]:
+    """The recordings of `noise_rows` as 16 kHz float32, named by file stem."""
     if manifest is None:
         return {}
     bank = {}
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row.get("text") == "" and noise_split(Path(row["audio"]).name) == split:
-            data, rate = sf.read(manifest.parent / row["audio"], dtype="float32", always_2d=True)
-            bank[Path(row["audio"]).stem] = soxr.resample(data.mean(axis=1), rate, SAMPLE_RATE_HZ).astype(
-                np.float32
-            )
+    for audio in noise_rows(manifest, split):
+        data, rate = sf.read(manifest.parent / audio, dtype="float32", always_2d=True)
+        bank[Path(audio).stem] = soxr.resample(data.mean(axis=1), rate, SAMPLE_RATE_HZ).astype(np.float32)
     return bank
 
 
@@ -236,7 +238,7 @@ def build_corpus(
 ) -> dict[str, int]:
     """Plan and render the corpus, then write train/dev/test manifests. Returns clips per split."""
     (config.out_dir / "audio").mkdir(parents=True, exist_ok=True)
-    noise_names = sorted(load_noise_bank(config.noise_manifest))
+    noise_names = sorted(Path(a).stem for a in noise_rows(config.noise_manifest))
     plan = plan_corpus(config, noise_names=noise_names)
     (config.out_dir / "config.json").write_text(
         json.dumps({k: str(v) for k, v in asdict(config).items()}, indent=1)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,17 @@ def test_data_source_parsing() -> None:
     assert DataSource.parse("c:/x/train.jsonl") == DataSource(Path("c:/x/train.jsonl"))
     with pytest.raises(DataError):
         TrainConfig(out_dir=Path("x"), init="scratch:tiny", train=())
+
+
+def test_curriculum_draws_only_short_clips_and_refuses_when_none_exist(
+    tmp_path: Path, tiny_set: Path
+) -> None:
+    long_only = tmp_path / "long.jsonl"
+    rows = [json.loads(line) | {"duration_s": 5.0} for line in tiny_set.read_text().splitlines()]
+    long_only.write_text("\n".join(json.dumps(r) for r in rows))
+    mixed = replace(config(tmp_path / "mixed", tiny_set, steps=2), curriculum_steps=2, curriculum_clip_s=2.0)
+    mixed = replace(mixed, train=(DataSource(long_only), DataSource(tiny_set)))
+    assert train(mixed, log=lambda _: None).step == 2  # the long-only source sits the curriculum out
+    only_long = replace(mixed, out_dir=tmp_path / "long", train=(DataSource(long_only),))
+    with pytest.raises(DataError, match=r"no training clip is at most 2\.0 s"):
+        train(only_long, log=lambda _: None)
