@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--systems", default="ours,ours-biased,pocketsphinx,whisper")
+    parser.add_argument("--sets", help="comma-separated subset of the sets (default: all)")
     parser.add_argument("--json", type=Path, help="write all results here")
     args = parser.parse_args()
 
@@ -131,8 +132,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     limit_allocator_caching()
     sets = load_sets(args.corpus, args.shared_data, args.limit)
+    if args.sets:
+        sets = {name: sets[name] for name in args.sets.split(",")}
     pack = DomainPack.load(DEFAULT_DOMAIN_DIR)
-    biased = BeamOptions(beam_size=16, lexicon=pack.vocabulary(), hotwords=pack.phrases(), hotword_weight=1.0)
+    biased = pack.bias()
     factories: dict[str, Callable[[], Transcriber]] = {
         "ours": lambda: ours(args.model),
         "ours-biased": lambda: ours(args.model, biased),

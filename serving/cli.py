@@ -179,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     trainer.add_argument("--eval-clips", type=_positive_int, default=150)
     trainer.add_argument("--max-clip-s", type=float, default=6.0)
     trainer.add_argument("--freeze-feature-encoder", action="store_true")
+    trainer.add_argument(
+        "--mask-time-prob", type=float, default=0.0, help="SpecAugment time masking (default: off)"
+    )
     trainer.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     trainer.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     trainer.add_argument("--seed", type=int, default=0)
@@ -510,6 +513,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         eval_clips=args.eval_clips,
         max_clip_s=args.max_clip_s,
         freeze_feature_encoder=args.freeze_feature_encoder,
+        mask_time_prob=args.mask_time_prob,
         seed=args.seed,
         device=args.device,
     )
@@ -559,6 +563,7 @@ def _adapt_domain(args: argparse.Namespace, init: str) -> int:
         eval_clips=args.eval_clips,
         max_clip_s=args.max_clip_s,
         freeze_feature_encoder=args.freeze_feature_encoder,
+        mask_time_prob=args.mask_time_prob,
         seed=args.seed,
         device=args.device,
     )

@@ -83,7 +83,8 @@ def _texts(config: CorpusConfig, rng: np.random.Generator) -> list[tuple[str, st
     """(normalized text, source, tags) for every text of the corpus, deduplicated."""
     pack = DomainPack.load(config.domain_dir)
     texts = [
-        (q.text, "query", {"intent": q.intent, "domain": pack.name})
+        # `entries`: the catalog ids the query names, so search success can be scored.
+        (q.text, "query", {"intent": q.intent, "domain": pack.name, "entries": ",".join(q.entry_ids)})
         for q in pack.expand(config.queries, config.seed)
     ]
     if config.sentences and config.sentences_tsv:

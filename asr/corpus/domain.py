@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from asr.decoding import BeamOptions
 from asr.errors import DataError
 from asr.text import normalize_text
 
@@ -110,6 +111,15 @@ class DomainPack:
         texts += [_SLOT.sub(" ", t) for ts in self.intents.values() for t in ts]
         texts += list(self.extra_words)
         return tuple(sorted({w for t in texts for w in normalize_text(t).split()}))
+
+    def bias(self, beam_size: int = 16, hotword_weight: float = 1.0) -> BeamOptions:
+        """Catalog-biased decoding: beam search over the domain's words, catalog names as hotwords."""
+        return BeamOptions(
+            beam_size=beam_size,
+            lexicon=self.vocabulary(),
+            hotwords=self.phrases(),
+            hotword_weight=hotword_weight,
+        )
 
     def phrases(self) -> tuple[str, ...]:
         """Normalized catalog names: the hotwords that bias recognition toward the catalog."""
