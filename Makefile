@@ -6,10 +6,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-# Debian packages needed at run or test time: the TTS engines that voice the training corpus.
-SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+# Debian packages needed at run or test time: the TTS engines that voice the training corpus, and
+# chromium for the demo page's browser tests.
+SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
 
-.PHONY: install system-deps run test lint typecheck bench eval clean
+.PHONY: install system-deps run serve test lint typecheck bench bench-api eval clean
 
 install: system-deps $(STAMP)
 
@@ -29,6 +30,10 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/voice-search transcribe data/samples --format jsonl
 
+# The voice-search API and demo page on http://127.0.0.1:8000 (VOICE_SEARCH_* settings apply).
+serve: install
+	$(BIN)/voice-search serve
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -41,6 +46,10 @@ test: install lint typecheck
 
 bench: install
 	$(BIN)/python scripts/bench_pipeline.py
+
+# The API under load on localhost (search success, latency, throughput, overload); needs corpus/.
+bench-api: install
+	$(BIN)/python scripts/bench_api.py --json .cache/bench_api.json
 
 # The model against offline peers (pocketsphinx, Whisper tiny.en); needs a built corpus/.
 eval: install

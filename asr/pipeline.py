@@ -15,9 +15,13 @@ from pathlib import Path
 
 from asr.audio import AudioLimits, Samples, load_audio
 from asr.decoding import BeamDecoder, BeamOptions, Decoder, GreedyDecoder, Hypothesis, WordSpan
+from asr.errors import AudioError
 from asr.model import AcousticModel, Device, Recognizer
-from asr.preprocess import ClipStats, PreprocessOptions, preprocess
+from asr.preprocess import ClipStats, Preprocessed, PreprocessOptions, preprocess
 from asr.vad import SileroVAD, SpeechSegment, VADOptions, VoiceActivityDetector, WholeClipVAD
+
+_Work = tuple[Samples, SpeechSegment]
+"""A span of speech and the clip it is in: one unit of model work."""
 
 STAGES = ("decode", "preprocess", "vad", "asr", "decoding")
 """Pipeline stages in order; monitoring labels latency with these names."""
@@ -72,6 +76,8 @@ class Transcript:
     missing_audio: bool
     model_version: str
     timings_s: dict[str, float]
+    source_sample_rate_hz: int
+    """The input's own sample rate, before resampling to 16 kHz."""
 
 
 class _StageClock:
@@ -106,41 +112,71 @@ class Pipeline:
 
     def transcribe(self, source: str | Path | bytes) -> Transcript:
         """Run every stage on one input. Raises `AudioError` subclasses for unusable input."""
-        clock = _StageClock()
+        result = self.transcribe_many([source])[0]
+        if isinstance(result, AudioError):
+            raise result
+        return result
+
+    def transcribe_many(self, sources: Sequence[str | Path | bytes]) -> list[Transcript | AudioError]:
+        """Several inputs at once, their speech recognized in shared model batches (the server's
+        micro-batching). Each result is a transcript or the `AudioError` that input raised; the
+        shared stages' time is reported in full to every input, since each waited for all of it."""
+        prepared: list[tuple[Preprocessed, list[SpeechSegment], int, _StageClock] | AudioError] = []
+        for source in sources:
+            clock = _StageClock()
+            try:
+                prepared.append((*self._prepare(source, clock), clock))
+            except AudioError as e:
+                prepared.append(e)
+        ready = [p for p in prepared if not isinstance(p, AudioError)]
+        shared = _StageClock()
+        work = [(clip.samples, span) for clip, spans, _, _ in ready for span in spans]
+        hypotheses = iter(self._recognize(work, shared))
+        results: list[Transcript | AudioError] = []
+        for item in prepared:
+            if isinstance(item, AudioError):
+                results.append(item)
+                continue
+            clip, spans, rate, clock = item
+            placed = (_place(span, next(hypotheses), clip.offset_s) for span in spans)
+            segments = tuple(s for s in placed if s.text)
+            for stage in ("asr", "decoding"):
+                clock.totals[stage] = shared.totals[stage]
+            results.append(_assemble(segments, clip.stats, self.recognizer.version, clock.totals, rate))
+        return results
+
+    def _prepare(
+        self, source: str | Path | bytes, clock: _StageClock
+    ) -> tuple[Preprocessed, list[SpeechSegment], int]:
         with clock.measure("decode"):
             audio = load_audio(source, self.options.limits)
         with clock.measure("preprocess"):
             clip = preprocess(audio.samples, audio.clipping_ratio, self.options.preprocess)
         with clock.measure("vad"):
             spans = [] if clip.stats.is_all_zero else self.vad.detect(clip.samples)
-        hypotheses = self._recognize(clip.samples, spans, clock)
-        segments = tuple(
-            _place(span, hyp, clip.offset_s) for span, hyp in zip(spans, hypotheses, strict=True) if hyp.text
-        )
-        return _assemble(segments, clip.stats, self.recognizer.version, clock.totals)
+        return clip, spans, audio.source_sample_rate_hz
 
-    def _recognize(
-        self, samples: Samples, spans: Sequence[SpeechSegment], clock: _StageClock
-    ) -> list[Hypothesis]:
+    def _recognize(self, work: Sequence[_Work], clock: _StageClock) -> list[Hypothesis]:
+        """Hypotheses for (clip, span) pairs, in order, batched by count and padded length."""
         hypotheses: list[Hypothesis] = []
-        for batch in _batched(spans, self.options.batch_size, self.options.max_batch_audio_s):
+        for batch in _batched(work, self.options.batch_size, self.options.max_batch_audio_s):
             with clock.measure("asr"):
-                emissions = self.recognizer.log_probs([span.slice(samples) for span in batch])
+                emissions = self.recognizer.log_probs([span.slice(samples) for samples, span in batch])
             with clock.measure("decoding"):
                 hypotheses.extend(self.decoder.decode(e) for e in emissions)
         return hypotheses
 
 
-def _batched(spans: Sequence[SpeechSegment], size: int, max_audio_s: float) -> Iterator[list[SpeechSegment]]:
+def _batched(work: Sequence[_Work], size: int, max_audio_s: float) -> Iterator[list[_Work]]:
     """Consecutive groups of at most `size` spans whose padded length (count x longest) stays
     within `max_audio_s`; a longer span still goes alone."""
-    batch: list[SpeechSegment] = []
-    for span in spans:
-        longest = max([span.duration_s, *(s.duration_s for s in batch)])
+    batch: list[_Work] = []
+    for item in work:
+        longest = max([item[1].duration_s, *(s.duration_s for _, s in batch)])
         if batch and (len(batch) == size or (len(batch) + 1) * longest > max_audio_s):
             yield batch
             batch = []
-        batch.append(span)
+        batch.append(item)
     if batch:
         yield batch
 
@@ -158,7 +194,11 @@ def _place(span: SpeechSegment, hyp: Hypothesis, offset_s: float) -> Segment:
 
 
 def _assemble(
-    segments: tuple[Segment, ...], stats: ClipStats, model_version: str, timings_s: dict[str, float]
+    segments: tuple[Segment, ...],
+    stats: ClipStats,
+    model_version: str,
+    timings_s: dict[str, float],
+    source_sample_rate_hz: int,
 ) -> Transcript:
     words = [w for s in segments for w in s.words]
     # Utterance confidence weighs each segment by its word count: long segments say more.
@@ -173,6 +213,7 @@ def _assemble(
         missing_audio=stats.is_all_zero,
         model_version=model_version,
         timings_s=dict(timings_s),
+        source_sample_rate_hz=source_sample_rate_hz,
     )
 
 

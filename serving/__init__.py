@@ -1,1 +1,3 @@
-"""The composition root of voice-search: settings, the CLI and (later) the HTTP service."""
+"""The composition root of voice-search: settings, the CLI and the HTTP service."""
+
+__version__ = "0.1.0"

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -103,6 +103,19 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_recognition_options(evaluate)
     evaluate.set_defaults(command=_evaluate, inference=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the voice-search HTTP API and demo page (settings: VOICE_SEARCH_* variables)"
+    )
+    serve.add_argument("--host", help="interface to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: 8000)")
+    serve.add_argument("--model", type=Path, metavar="DIR", help="model folder (default: the bundled model)")
+    serve.add_argument("--domain", type=Path, metavar="PACK", help="domain pack whose catalog is searched")
+    serve.add_argument(
+        "--db", type=Path, metavar="FILE", help="SQLite event store (default: var/events.sqlite3)"
+    )
+    serve.add_argument("--no-bias", action="store_true", help="greedy decoding, not biased to the catalog")
+    serve.set_defaults(command=_serve, inference=True)
 
     corpus = commands.add_parser("corpus", help="build the training corpus").add_subparsers(
         required=True, metavar="ACTION"
@@ -433,6 +446,28 @@ def format_report(report: EvaluationReport, model_version: str) -> str:
     if report.failures:
         lines.append(f"{len(report.failures)} clips failed (listed on stderr)")
     return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from serving.app import create_app
+
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "model_dir": args.model,
+        "domain_dir": args.domain,
+        "db_path": args.db,
+        "bias_decoding": False if args.no_bias else None,
+    }
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if not settings.model_dir.is_dir():
+        raise UsageError(f"no model folder at {settings.model_dir}")
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+    )
+    return EXIT_OK
 
 
 def _corpus_build(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,13 +1,15 @@
 """Settings: the only module that reads the environment.
 
-Every knob has a default that works on a fresh clone; `VOICE_SEARCH_*` variables override them.
+Every knob has a default that works on a fresh clone; `VOICE_SEARCH_<FIELD>` (the field name in
+upper case, e.g. `VOICE_SEARCH_MAX_UPLOAD_BYTES`) overrides it. Values are parsed and validated
+here, once, so a bad variable fails at start-up with a message naming it.
 """
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import cast, get_args
+from typing import Any, get_args
 
 from asr.model import Device
 
@@ -18,6 +20,11 @@ DEFAULT_DOMAIN_DIR = REPO_ROOT / "data" / "domains" / "places"
 """The default domain pack: world cities and countries."""
 DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 """The real recordings and texts laid beside the checkout."""
+DEFAULT_STATE_DIR = REPO_ROOT / "var"
+"""Where the service keeps its event store and (when enabled) retained audio; ignored by git."""
+
+ENV_PREFIX = "VOICE_SEARCH_"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -29,21 +36,75 @@ class Settings:
     max_clip_s: float = 3600.0
     batch_size: int = 8
     log_level: str = "WARNING"
+    # The service (`voice-search serve`).
+    host: str = "127.0.0.1"
+    port: int = 8000
+    domain_dir: Path = DEFAULT_DOMAIN_DIR
+    db_path: Path = DEFAULT_STATE_DIR / "events.sqlite3"
+    slot: str = "primary"
+    """The deployment slot this process serves (blue/green, canary...); recorded on every event."""
+    api_max_clip_s: float = 30.0
+    """Longest clip the API accepts: voice queries are seconds long; longer is a client error."""
+    max_upload_bytes: int = 10 * 1024 * 1024
+    """Largest request body read; 30 s of 48 kHz stereo 16-bit WAV is 5.8 MB."""
+    bias_decoding: bool = True
+    """Beam search with the catalog's names as hotwords and the domain's words as lexicon."""
+    beam_size: int = 16
+    hotword_weight: float = 1.0
+    micro_batch_size: int = 8
+    """Concurrent requests recognized in one model call; 1 turns micro-batching off."""
+    micro_batch_wait_ms: float = 5.0
+    """How long the first request of a batch waits for company."""
+    max_queue: int = 32
+    """Requests waiting for the model beyond this are answered 503 with Retry-After."""
+    search_limit: int = 5
+    search_min_score: float = 0.72
+    retain_audio: bool = False
+    """Keep request audio for retraining. Recordings are personal data: off unless enabled."""
+    audio_retention_days: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.device not in get_args(Device):
+            raise ValueError(f"device must be one of {get_args(Device)}, not {self.device!r}")
+        positive = (
+            *("max_clip_s", "batch_size", "api_max_clip_s", "max_upload_bytes", "beam_size"),
+            *("micro_batch_size", "max_queue", "search_limit", "audio_retention_days"),
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if self.micro_batch_wait_ms < 0 or not 0 <= self.search_min_score <= 1:
+            raise ValueError("micro_batch_wait_ms must be >= 0 and search_min_score in [0, 1]")
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.db_path.parent / "audio"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Defaults overridden by `VOICE_SEARCH_*`; raises `ValueError` naming a bad variable."""
         env = os.environ if env is None else env
-        defaults = cls()
-        return cls(
-            model_dir=Path(env.get("VOICE_SEARCH_MODEL_DIR", str(defaults.model_dir))),
-            device=_device(env.get("VOICE_SEARCH_DEVICE", defaults.device)),
-            max_clip_s=float(env.get("VOICE_SEARCH_MAX_CLIP_S", defaults.max_clip_s)),
-            batch_size=int(env.get("VOICE_SEARCH_BATCH_SIZE", defaults.batch_size)),
-            log_level=env.get("VOICE_SEARCH_LOG_LEVEL", defaults.log_level),
-        )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            try:
+                values[f.name] = _parse(raw, f.default)
+            except ValueError as e:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {e}") from e
+        try:
+            return cls(**values)
+        except ValueError as e:
+            raise ValueError(f"invalid {ENV_PREFIX}* setting: {e}") from e
 
 
-def _device(value: str) -> Device:
-    if value not in get_args(Device):
-        raise ValueError(f"VOICE_SEARCH_DEVICE must be one of {get_args(Device)}, not {value!r}")
-    return cast(Device, value)
+def _parse(raw: str, default: Any) -> Any:
+    """Parse `raw` as the type of the field's default (bool, int, float, Path or str)."""
+    if isinstance(default, bool):
+        if raw.strip().lower() not in _TRUE | _FALSE:
+            raise ValueError("expected true or false")
+        return raw.strip().lower() in _TRUE
+    if isinstance(default, int | float | Path):
+        return type(default)(raw)
+    return raw

@@ -43,3 +43,15 @@ def speech() -> tuple[Samples, int]:
     """The real speech sample as float32 with its rate."""
     data, rate = sf.read(SPEECH_SAMPLE, dtype="float32")
     return data, rate
+
+
+def espeak(text: str, voice: str = "en-us") -> tuple[Samples, int]:
+    """Speech synthesized by espeak-ng (a Debian package the Makefile installs)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "speech.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(out), text], check=True, capture_output=True)
+        data, rate = sf.read(out, dtype="float32")
+    return data, rate

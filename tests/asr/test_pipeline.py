@@ -6,7 +6,7 @@ import pytest
 
 from asr.audio import AudioLimits
 from asr.decoding import GreedyDecoder
-from asr.errors import ClipTooLongError, TruncatedAudioError
+from asr.errors import ClipTooLongError, TruncatedAudioError, UndecodableAudioError
 from asr.model import Emissions, Vocabulary
 from asr.pipeline import STAGES, Pipeline, PipelineOptions, build_pipeline
 from asr.preprocess import PreprocessOptions
@@ -151,3 +151,21 @@ def test_options_validate() -> None:
     with pytest.raises(ValueError, match="max_batch_audio_s"):
         PipelineOptions(max_batch_audio_s=0)
     assert PipelineOptions(preprocess=PreprocessOptions(trim=False)).preprocess.trim is False
+
+
+def test_transcribe_many_shares_model_batches_and_keeps_each_inputs_result_or_error() -> None:
+    pipeline, recognizer = fake_pipeline(batch_size=8)
+    clips = [
+        encode(tone(seconds=1.0, amplitude=0.3), 16000),
+        b"not audio",
+        encode(tone(seconds=2.0, rate=8000, amplitude=0.3), 8000),
+        encode(silence(1.0), 16000),
+    ]
+    results = pipeline.transcribe_many(clips)
+    assert recognizer.batches == [[16000, 32000]]  # both speech clips in one model call
+    first, bad, second, muted = results
+    assert not isinstance(first, Exception) and first.text == "yes" and first.source_sample_rate_hz == 16000
+    assert isinstance(bad, UndecodableAudioError)
+    assert not isinstance(second, Exception) and second.source_sample_rate_hz == 8000
+    assert not isinstance(muted, Exception) and muted.no_speech and muted.missing_audio
+    assert first.timings_s["asr"] == second.timings_s["asr"]  # each waited for the shared call

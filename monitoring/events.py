@@ -1,0 +1,360 @@
+"""The event store: one row per API request, good or bad, for monitoring and retraining.
+
+Every request the service answers becomes an `Event` (ids, session, time, model version and slot,
+input statistics, transcript, hits, per-stage latency, outcome). Behaviour signals come from the
+sequence of events within a session:
+
+- **redo**: a voice search followed by another voice search in the same session within
+  `redo_window_s`, with no click on the first one's results;
+- **switch to typing**: a voice search followed (within the same window) by a typed search.
+
+SQLite is the default backend (WAL, so readers never block the writer; the schema is versioned and
+upgraded by numbered migrations). Callers depend on the `EventStore` protocol, so a server
+database can replace it later. Event times are the request's own timestamps (seconds since the
+epoch), never the reader's clock, so a replay can run faster than real time.
+"""
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["voice_search", "text_search", "transcribe", "feedback", "openai_transcription", "other"]
+Outcome = Literal["ok", "null_transcript", "no_result", "client_error", "server_error"]
+
+
+class EventStoreError(Exception):
+    """The store could not record or read events (disk full, file locked or corrupt)."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result as recorded: catalog id, title and score in [0, 1]."""
+
+    id: str
+    title: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """One request. Audio fields are None for requests without (usable) audio.
+
+    `timings_s` maps pipeline stage (decode, preprocess, vad, asr, decoding, search) to seconds;
+    `latency_s` is the whole request as the server saw it.
+    """
+
+    request_id: str
+    created_at: float
+    kind: Kind
+    route: str
+    status_code: int
+    outcome: Outcome
+    session_id: str | None = None
+    user_id: str | None = None
+    model_version: str | None = None
+    slot: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    transcript: str | None = None
+    confidence: float | None = None
+    query_text: str | None = None
+    hits: tuple[Hit, ...] = ()
+    latency_s: float | None = None
+    timings_s: Mapping[str, float] = field(default_factory=dict)
+    audio_bytes: int | None = None
+    content_type: str | None = None
+    duration_s: float | None = None
+    sample_rate_hz: int | None = None
+    rms_dbfs: float | None = None
+    peak_dbfs: float | None = None
+    clipping_ratio: float | None = None
+    leading_silence_ms: float | None = None
+    trailing_silence_ms: float | None = None
+    speech_ratio: float | None = None
+    is_all_zero: bool | None = None
+    target_request_id: str | None = None
+    """For feedback: the search the user reacted to."""
+    clicked_id: str | None = None
+    corrected_text: str | None = None
+    audio_path: str | None = None
+    """Where the request's audio is kept, when retention is on (personal data: see `purge_audio`)."""
+
+
+@dataclass(frozen=True)
+class SessionSignals:
+    """Behaviour signals over voice searches: which were redone, which were followed by typing."""
+
+    voice_searches: int
+    redo: tuple[str, ...]
+    switch_to_typing: tuple[str, ...]
+    clicked: tuple[str, ...]
+
+    @property
+    def redo_ratio(self) -> float:
+        return len(self.redo) / self.voice_searches if self.voice_searches else 0.0
+
+    @property
+    def switch_to_typing_ratio(self) -> float:
+        return len(self.switch_to_typing) / self.voice_searches if self.voice_searches else 0.0
+
+
+class EventStore(Protocol):
+    """Where events go. Safe to call from several threads; `record` raises `EventStoreError` when
+    the event cannot be written."""
+
+    def record(self, event: Event) -> None: ...
+
+    def get(self, request_id: str) -> Event | None: ...
+
+    def events(
+        self, since: float | None = None, until: float | None = None, session_id: str | None = None
+    ) -> list[Event]: ...
+
+    def count(self) -> int: ...
+
+    def with_audio_before(self, cutoff: float) -> list[tuple[str, str]]: ...
+
+    def forget_audio(self, request_ids: Sequence[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_COLUMNS = tuple(f.name for f in fields(Event))
+_JSON_COLUMNS = {"hits", "timings_s"}
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the events table, indexed for time windows and session sequences.
+    """
+    CREATE TABLE events (
+        request_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        route TEXT NOT NULL,
+        status_code INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        session_id TEXT,
+        user_id TEXT,
+        model_version TEXT,
+        slot TEXT,
+        error_type TEXT,
+        error_message TEXT,
+        transcript TEXT,
+        confidence REAL,
+        query_text TEXT,
+        hits TEXT NOT NULL DEFAULT '[]',
+        latency_s REAL,
+        timings_s TEXT NOT NULL DEFAULT '{}',
+        audio_bytes INTEGER,
+        content_type TEXT,
+        duration_s REAL,
+        sample_rate_hz INTEGER,
+        rms_dbfs REAL,
+        peak_dbfs REAL,
+        clipping_ratio REAL,
+        leading_silence_ms REAL,
+        trailing_silence_ms REAL,
+        speech_ratio REAL,
+        is_all_zero INTEGER,
+        target_request_id TEXT,
+        clicked_id TEXT,
+        corrected_text TEXT
+    );
+    CREATE INDEX events_created_at ON events (created_at);
+    CREATE INDEX events_session ON events (session_id, created_at);
+    """,
+    # 2: retained audio (off by default; recordings are personal data).
+    "ALTER TABLE events ADD COLUMN audio_path TEXT;",
+)
+"""Schema migrations, applied in order; `PRAGMA user_version` records how many have run."""
+
+
+class SQLiteEventStore:
+    """An `EventStore` in one SQLite file (WAL). One connection, serialized by a lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against application crashes in WAL mode; only an OS crash can lose the
+        # last transactions, and it costs far less per request than FULL.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self.migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        """Apply the migrations this file has not seen yet, each in one transaction."""
+        with self._lock:
+            while self.schema_version < len(MIGRATIONS):
+                with self._transaction():
+                    # Read again under the write lock: another process may have just migrated.
+                    number = self.schema_version
+                    if number >= len(MIGRATIONS):
+                        break
+                    for statement in _statements(MIGRATIONS[number]):
+                        self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {number + 1}")
+                logger.info("event store %s migrated to schema %d", self.path, number + 1)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def record(self, event: Event) -> None:
+        row = _to_row(event)
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        with self._lock, _store_errors(f"record event {event.request_id}"):
+            self._db.execute(
+                f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+                [row[c] for c in _COLUMNS],
+            )
+
+    def get(self, request_id: str) -> Event | None:
+        with self._lock:
+            found = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM events WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+        return _from_row(found) if found else None
+
+    def events(
+        self, since: float | None = None, until: float | None = None, session_id: str | None = None
+    ) -> list[Event]:
+        """Events in time order, optionally within [since, until) and one session."""
+        where: list[str] = ["1=1"]
+        params: list[float | str] = []
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(until)
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        query = f"SELECT {', '.join(_COLUMNS)} FROM events WHERE {' AND '.join(where)} ORDER BY created_at"
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return [_from_row(r) for r in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def forget_audio(self, request_ids: Sequence[str]) -> None:
+        """Clear the audio path of these events (their files are gone)."""
+        with self._lock, _store_errors("forget retained audio"):
+            self._db.executemany(
+                "UPDATE events SET audio_path = NULL WHERE request_id = ?", [(r,) for r in request_ids]
+            )
+
+    def with_audio_before(self, cutoff: float) -> list[tuple[str, str]]:
+        """(request_id, audio_path) of events older than `cutoff` that still hold audio."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, audio_path FROM events WHERE audio_path IS NOT NULL AND created_at < ?",
+                (cutoff,),
+            ).fetchall()
+        return [(str(a), str(b)) for a, b in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+@contextmanager
+def _store_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise EventStoreError(f"could not {action}: {e}") from e
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _to_row(event: Event) -> dict[str, Any]:
+    row = asdict(event)
+    row["hits"] = json.dumps([asdict(h) for h in event.hits])
+    row["timings_s"] = json.dumps(dict(event.timings_s))
+    row["is_all_zero"] = None if event.is_all_zero is None else int(event.is_all_zero)
+    return row
+
+
+def _from_row(values: Sequence[Any]) -> Event:
+    row = dict(zip(_COLUMNS, values, strict=True))
+    row["hits"] = tuple(Hit(**h) for h in json.loads(row["hits"]))
+    row["timings_s"] = json.loads(row["timings_s"])
+    row["is_all_zero"] = None if row["is_all_zero"] is None else bool(row["is_all_zero"])
+    return Event(**row)
+
+
+def purge_audio(store: EventStore, retention_s: float, now: float | None = None) -> int:
+    """Delete retained recordings older than `retention_s`; returns how many were removed."""
+    cutoff = (time.time() if now is None else now) - retention_s
+    expired = store.with_audio_before(cutoff)
+    for _, path in expired:
+        Path(path).unlink(missing_ok=True)
+    store.forget_audio([request_id for request_id, _ in expired])
+    return len(expired)
+
+
+def session_signals(events: Sequence[Event], redo_window_s: float) -> SessionSignals:
+    """Redo, switch-to-typing and click signals of the voice searches among `events`.
+
+    A voice search is judged by the next search (voice or text) in its session: a redo when that
+    is a voice search within `redo_window_s` and nothing of the first was clicked in between; a
+    switch to typing when it is a text search within the window.
+    """
+    by_session: dict[str, list[Event]] = {}
+    for event in sorted(events, key=lambda e: e.created_at):
+        # Refused or failed requests are not searches the user saw answered (a 503 then a retry
+        # is not a redo).
+        if event.session_id is not None and event.outcome not in ("client_error", "server_error"):
+            by_session.setdefault(event.session_id, []).append(event)
+    first_click: dict[str, float] = {}
+    for e in events:
+        if e.kind == "feedback" and e.clicked_id and e.target_request_id:
+            first_click[e.target_request_id] = min(
+                e.created_at, first_click.get(e.target_request_id, e.created_at)
+            )
+    voice, redo, typed = 0, [], []
+    for session in by_session.values():
+        searches = [e for e in session if e.kind in ("voice_search", "text_search")]
+        for current, following in zip(searches, [*searches[1:], None], strict=True):
+            if current.kind != "voice_search":
+                continue
+            voice += 1
+            if following is None or following.created_at - current.created_at > redo_window_s:
+                continue
+            if following.kind == "text_search":
+                typed.append(current.request_id)
+            elif first_click.get(current.request_id, following.created_at) >= following.created_at:
+                redo.append(current.request_id)
+    return SessionSignals(
+        voice_searches=voice,
+        redo=tuple(redo),
+        switch_to_typing=tuple(typed),
+        clicked=tuple(sorted(first_click)),
+    )

@@ -1,0 +1,200 @@
+"""Benchmark the voice-search API on localhost: search success, latency, throughput, overload.
+
+Starts a real server (`serving.launch`) with the bundled model and a fresh SQLite event store,
+then drives it over HTTP with a bounded asyncio load generator:
+
+1. search success: the corpus's held-out-voice test queries sent as audio to `/v1/search`; the
+   intended catalog entry's rank, top-1 and top-5 rates; the same through `/v1/search/text` with
+   the reference transcripts, so the ASR's share of the misses is visible;
+2. latency at concurrency 1 on 3 s queries (p50/p95 end to end, per-stage means);
+3. sustained load at concurrency 16 for `--duration-s` with micro-batching on (rps, p95, 5xx,
+   events recorded vs requests sent);
+4. overload at concurrency 64: 503s with Retry-After, and recovery after the burst.
+
+Usage: python scripts/bench_api.py [--corpus corpus] [--duration-s 60] [--json .cache/bench_api.json]
+"""
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from asr.evaluate import ManifestEntry, read_manifest
+from serving.launch import Server, running_server
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    duration_s: float
+    sent: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    latencies_s: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        ok = sorted(self.latencies_s)
+        return {
+            "concurrency": self.concurrency,
+            "duration_s": round(self.duration_s, 1),
+            "sent": self.sent,
+            "rps": round(self.sent / self.duration_s, 2),
+            "ok_rps": round(self.statuses.get(200, 0) / self.duration_s, 2),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "p50_ms": round(1000 * _percentile(ok, 50), 1) if ok else None,
+            "p95_ms": round(1000 * _percentile(ok, 95), 1) if ok else None,
+            "server_errors_5xx_not_503": sum(v for k, v in self.statuses.items() if k >= 500 and k != 503),
+        }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return float(np.percentile(sorted_values, q))
+
+
+async def _post_audio(client: httpx.AsyncClient, url: str, audio: bytes, session: str) -> httpx.Response:
+    return await client.post(
+        url + "/v1/search",
+        params={"session_id": session},
+        content=audio,
+        headers={"content-type": "audio/flac"},
+    )
+
+
+async def search_success(server: Server, queries: list[ManifestEntry]) -> dict[str, Any]:
+    """Rank of the intended entry among the hits, by voice and by reference text."""
+    ranks: dict[str, list[int | None]] = {"voice": [], "reference_text": []}
+    async with httpx.AsyncClient(timeout=60) as client:
+        for entry in queries:
+            wanted = set(str(entry.fields["entries"]).split(","))
+            voice = await _post_audio(client, server.url, entry.audio.read_bytes(), "bench-success")
+            text = await client.post(
+                server.url + "/v1/search/text", json={"session_id": "bench-success", "query": entry.text}
+            )
+            for name, response in (("voice", voice), ("reference_text", text)):
+                ids = (
+                    [h["id"] for h in response.json().get("hits", [])] if response.status_code == 200 else []
+                )
+                ranks[name].append(next((i + 1 for i, hit in enumerate(ids) if hit in wanted), None))
+    return {
+        name: {
+            "queries": len(values),
+            "top1": round(sum(r == 1 for r in values) / len(values), 4),
+            "top5": round(sum(r is not None and r <= 5 for r in values) / len(values), 4),
+        }
+        for name, values in ranks.items()
+    }
+
+
+async def latency_at_concurrency_one(server: Server, clips: list[bytes], requests: int) -> dict[str, Any]:
+    latencies, stages = [], []
+    async with httpx.AsyncClient(timeout=60) as client:
+        for i in range(requests):
+            started = time.perf_counter()
+            response = await _post_audio(client, server.url, clips[i % len(clips)], "bench-latency")
+            latencies.append(time.perf_counter() - started)
+            stages.append(response.json()["timings_ms"])
+    latencies.sort()
+    keys = ("decode", "preprocess", "vad", "asr", "decoding", "search")
+    return {
+        "requests": requests,
+        "p50_ms": round(1000 * _percentile(latencies, 50), 1),
+        "p95_ms": round(1000 * _percentile(latencies, 95), 1),
+        "stage_mean_ms": {k: round(statistics.mean(s.get(k, 0.0) for s in stages), 2) for k in keys},
+    }
+
+
+async def load(server: Server, clips: list[bytes], concurrency: int, duration_s: float) -> LoadResult:
+    result = LoadResult(concurrency, duration_s)
+    deadline = time.perf_counter() + duration_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(index: int, client: httpx.AsyncClient) -> None:
+        i = index
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                response = await _post_audio(client, server.url, clips[i % len(clips)], f"bench-load-{index}")
+                status = response.status_code
+            except httpx.TransportError:
+                status = 599
+            result.sent += 1
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            if status == 200:
+                result.latencies_s.append(time.perf_counter() - started)
+            elif status == 503:
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")) / 10)
+            i += concurrency
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await asyncio.gather(*(worker(i, client) for i in range(concurrency)))
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def count_events(server: Server, session_prefix: str) -> int:
+    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
+        return int(
+            db.execute(
+                "SELECT COUNT(*) FROM events WHERE session_id LIKE ?", (session_prefix + "%",)
+            ).fetchone()[0]
+        )
+
+
+def three_second_queries(entries: list[ManifestEntry], count: int) -> list[bytes]:
+    near = sorted(entries, key=lambda e: abs(float(e.fields.get("duration_s", 0)) - 3.0))[:count]
+    return [e.audio.read_bytes() for e in near]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    queries = [e for e in read_manifest(args.corpus / "test.jsonl") if e.fields.get("source") == "query"]
+    queries = queries[: args.limit] if args.limit else queries
+    clips = three_second_queries(queries, 20)
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "queries": len(queries)}
+    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp)) as server:
+        out["search_success"] = await search_success(server, queries)
+        print(json.dumps(out["search_success"]), flush=True)
+        out["latency_c1_3s"] = await latency_at_concurrency_one(server, clips, args.latency_requests)
+        print(json.dumps(out["latency_c1_3s"]), flush=True)
+        sustained = await load(server, clips, 16, args.duration_s)
+        out["sustained_c16"] = sustained.summary() | {"events_recorded": count_events(server, "bench-load-")}
+        print(json.dumps(out["sustained_c16"]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp)) as server:
+        overload = await load(server, clips, 64, args.overload_s)
+        recovery = await latency_at_concurrency_one(server, clips, 10)
+        out["overload_c64"] = overload.summary() | {
+            "events_recorded": count_events(server, "bench-load-"),
+            "after_burst_p50_ms": recovery["p50_ms"],
+        }
+        print(json.dumps(out["overload_c64"]), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", type=Path, default=Path("corpus"))
+    parser.add_argument("--limit", type=int, help="at most N test queries for search success")
+    parser.add_argument("--latency-requests", type=int, default=100)
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--overload-s", type=float, default=20.0)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    results = asyncio.run(run(args))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The FastAPI application: `create_app(settings)`, with everything heavy loaded in `lifespan`.
+
+Every request under /v1/ becomes one event in the store, whatever happens to it: the recording
+middleware gives it a request id, the route fills in what it learned (transcript, hits, input
+statistics, timings), the error handlers fill in the error, and the middleware writes the row
+after the response is built. Errors become responses in `serving.errors` only.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from asr.audio import AudioLimits
+from asr.corpus.domain import DomainPack
+from asr.pipeline import PipelineOptions, build_pipeline
+from monitoring.events import Event, EventStoreError, Outcome, SQLiteEventStore, purge_audio
+from serving import __version__
+from serving.batching import MicroBatcher
+from serving.deps import ServiceState
+from serving.errors import BodyTooLargeError, error_response, install_error_handlers
+from serving.routes import feedback, health, search, transcribe
+from serving.search import CatalogIndex, SearchOptions
+from serving.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await run_in_threadpool(_load, settings)
+        app.state.service = state
+        state.batcher.start()
+        purging = asyncio.create_task(_purge_expired_audio(state), name="audio-retention")
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            purging.cancel()
+            await state.batcher.stop()
+            state.store.close()
+
+    app = FastAPI(
+        title="voice-search",
+        version=__version__,
+        description="Offline voice search: speak a query, get catalog results. Every request is recorded.",
+        lifespan=lifespan,
+    )
+    app.middleware("http")(_record_events)
+    install_error_handlers(app)
+    for router in (search.router, transcribe.router, feedback.router, health.router):
+        app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    async def demo_page() -> FileResponse:
+        """The demo page (one self-contained file), served by a route so unknown paths stay 404s."""
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory serving.app:create_app_from_env` (configures logging too)."""
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    return create_app(settings)
+
+
+def _load(settings: Settings) -> ServiceState:
+    started = time.perf_counter()
+    pack = DomainPack.load(settings.domain_dir)
+    beam = pack.bias(settings.beam_size, settings.hotword_weight) if settings.bias_decoding else None
+    options = PipelineOptions(
+        limits=AudioLimits(max_clip_s=settings.api_max_clip_s), batch_size=settings.micro_batch_size
+    )
+    pipeline = build_pipeline(settings.model_dir, device=settings.device, beam=beam, options=options)
+    store = SQLiteEventStore(settings.db_path)
+    batcher = MicroBatcher(
+        pipeline.transcribe_many, settings.micro_batch_size, settings.micro_batch_wait_ms, settings.max_queue
+    )
+    index = CatalogIndex(
+        pack, SearchOptions(limit=settings.search_limit, min_score=settings.search_min_score)
+    )
+    logger.info("loaded %s in %.1f s", pipeline.recognizer.version, time.perf_counter() - started)
+    return ServiceState(settings, batcher, index, store, pipeline.recognizer.version, pack.name)
+
+
+PURGE_INTERVAL_S = 3600.0
+"""How often retained recordings past their retention period are deleted (and once at start-up)."""
+
+
+async def _purge_expired_audio(state: ServiceState) -> None:
+    """Delete recordings older than the retention period, at start-up and then hourly."""
+    while True:
+        retention_s = state.settings.audio_retention_days * 86_400
+        try:
+            purged = await run_in_threadpool(purge_audio, state.store, retention_s)
+        except (EventStoreError, OSError):
+            logger.exception("could not purge expired recordings; will retry")
+        else:
+            if purged:
+                logger.info("deleted %d recordings past their retention period", purged)
+        await asyncio.sleep(PURGE_INTERVAL_S)
+
+
+async def _record_events(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    request.state.request_id = uuid.uuid4().hex
+    request.state.started_at = time.time()
+    request.state.event = {}
+    started = time.perf_counter()
+    try:
+        response = await _refuse_large_body(request) or await call_next(request)
+    except Exception as e:
+        logger.exception("unhandled error in %s %s", request.method, request.url.path)
+        response = error_response(request, e)
+    response.headers["X-Request-ID"] = request.state.request_id
+    if request.url.path.startswith("/v1/"):
+        await _store_event(request, response.status_code, time.perf_counter() - started)
+    return response
+
+
+async def _refuse_large_body(request: Request) -> Response | None:
+    """A 413 for any route whose declared body is over the limit (audio routes also count bytes
+    as they read, for bodies sent without a length)."""
+    service: ServiceState | None = getattr(request.app.state, "service", None)
+    declared = request.headers.get("content-length", "")
+    if service is None or not declared.isdigit() or int(declared) <= service.settings.max_upload_bytes:
+        return None
+    limit = service.settings.max_upload_bytes
+    return error_response(
+        request, BodyTooLargeError(f"the request body is {declared} bytes; the limit is {limit}")
+    )
+
+
+async def _store_event(request: Request, status: int, latency_s: float) -> None:
+    fields: dict[str, Any] = request.state.event
+    noted: Outcome = fields.pop("outcome", "ok")
+    outcome: Outcome = "server_error" if status >= 500 else "client_error" if status >= 400 else noted
+    service: ServiceState | None = getattr(request.app.state, "service", None)
+    event = Event(
+        request_id=request.state.request_id,
+        created_at=request.state.started_at,
+        kind=fields.pop("kind", "other"),
+        route=request.url.path,
+        status_code=status,
+        outcome=outcome,
+        slot=service.settings.slot if service else None,
+        model_version=fields.pop("model_version", service.model_version if service else None),
+        latency_s=latency_s,
+        **fields,
+    )
+    if service is None:
+        logger.error("no event store to record %s", event.request_id)
+        return
+    try:
+        await run_in_threadpool(service.store.record, event)
+    except EventStoreError:
+        # The answer already exists; failing it too would not bring the row back. Logged loudly.
+        logger.exception("could not record event %s", event.request_id)

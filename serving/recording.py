@@ -1,0 +1,60 @@
+"""What routes note on a request's event (the recording middleware writes it)."""
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from asr.pipeline import STAGES, Transcript
+from serving.deps import AudioRequest, ServiceState
+
+
+def event_of(request: Request) -> dict[str, Any]:
+    """The event fields of this request, filled in as the route learns them."""
+    fields: dict[str, Any] = request.state.event
+    return fields
+
+
+async def note_audio(request: Request, upload: AudioRequest, service: ServiceState) -> None:
+    """Note the upload's size and type; keep the audio itself only when retention is enabled."""
+    event = event_of(request)
+    event.update(audio_bytes=len(upload.audio), content_type=upload.content_type)
+    if service.settings.retain_audio and upload.audio:
+        path = service.settings.audio_dir / f"{request.state.request_id}.audio"
+        await run_in_threadpool(_write, path, upload.audio)
+        event["audio_path"] = str(path)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def note_transcript(request: Request, transcript: Transcript) -> None:
+    stats = transcript.stats
+    event_of(request).update(
+        transcript=transcript.text,
+        confidence=round(transcript.confidence, 4),
+        model_version=transcript.model_version,
+        duration_s=stats.duration_s,
+        rms_dbfs=stats.rms_dbfs,
+        peak_dbfs=stats.peak_dbfs,
+        clipping_ratio=stats.clipping_ratio,
+        leading_silence_ms=stats.leading_silence_ms,
+        trailing_silence_ms=stats.trailing_silence_ms,
+        speech_ratio=stats.speech_ratio,
+        is_all_zero=stats.is_all_zero,
+        sample_rate_hz=transcript.source_sample_rate_hz,
+        timings_s=dict(transcript.timings_s),
+        outcome="null_transcript" if transcript.no_speech else "ok",
+    )
+
+
+def timings_ms(request: Request) -> dict[str, float]:
+    """Per-stage milliseconds noted so far, plus the total since the request arrived."""
+    stages: dict[str, float] = event_of(request).get("timings_s", {})
+    out = {stage: round(1000 * stages[stage], 2) for stage in (*STAGES, "search") if stage in stages}
+    out["total"] = round(1000 * (time.time() - request.state.started_at), 2)
+    return out

@@ -1,0 +1,107 @@
+"""Voice search (audio in, catalog hits out) and typed search in the same session."""
+
+import time
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from asr.pipeline import Transcript
+from monitoring.events import Hit
+from serving import schemas
+from serving.deps import Service, ServiceState, read_audio_request
+from serving.recording import event_of, note_audio, note_transcript, timings_ms
+from serving.routes.common import ERRORS, audio_body
+from serving.search import SearchHit, SearchResult
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+
+@router.post(
+    "/search",
+    response_model=schemas.SearchResponse,
+    responses=ERRORS,
+    openapi_extra=audio_body("session_id", "user_id"),
+    summary="Search the catalog by voice",
+    description="Audio as multipart (`file` or `audio` field, with `session_id` and optional `user_id` "
+    "fields) or as the raw body with its audio content type (`session_id` and `user_id` in the query).",
+)
+async def voice_search(request: Request, service: Service) -> schemas.SearchResponse:
+    event = event_of(request)
+    event["kind"] = "voice_search"
+    upload = await read_audio_request(request, service.settings.max_upload_bytes)
+    event.update(session_id=upload.text("session_id", required=True), user_id=upload.text("user_id"))
+    await note_audio(request, upload, service)
+    transcript = await service.batcher.submit(upload.audio)
+    note_transcript(request, transcript)
+    result = await _search(request, service, transcript.text) if not transcript.no_speech else None
+    return _response(request, service, result, transcript)
+
+
+@router.post(
+    "/search/text",
+    response_model=schemas.SearchResponse,
+    responses=ERRORS,
+    summary="Search the catalog by typed text",
+    description="A typed query in a voice session (switch to typing, when it follows a voice search).",
+)
+async def text_search(
+    body: schemas.TextSearchRequest, request: Request, service: Service
+) -> schemas.SearchResponse:
+    event_of(request).update(
+        kind="text_search", session_id=body.session_id, user_id=body.user_id, query_text=body.query
+    )
+    result = await _search(request, service, body.query)
+    return _response(request, service, result, None)
+
+
+async def _search(request: Request, service: ServiceState, text: str) -> SearchResult:
+    started = time.perf_counter()
+    result = await run_in_threadpool(service.index.search, text)
+    event = event_of(request)
+    event.setdefault("timings_s", {})["search"] = time.perf_counter() - started
+    event["hits"] = tuple(_recorded(h) for h in result.hits)
+    if not result.found and event.get("outcome", "ok") == "ok":
+        event["outcome"] = "no_result"
+    return result
+
+
+def _recorded(hit: SearchHit) -> Hit:
+    return Hit(hit.entry.id, hit.entry.title, hit.score)
+
+
+def _response(
+    request: Request, service: ServiceState, result: SearchResult | None, transcript: Transcript | None
+) -> schemas.SearchResponse:
+    event = event_of(request)
+    hits = [
+        schemas.Hit(
+            id=h.entry.id, title=h.entry.title, score=h.score, matched=h.matched, fields=dict(h.entry.fields)
+        )
+        for h in (result.hits if result else ())
+    ]
+    stats = transcript.stats if transcript else None
+    return schemas.SearchResponse(
+        request_id=request.state.request_id,
+        session_id=event["session_id"],
+        query=result.query if result else "",
+        transcript=transcript.text if transcript else None,
+        confidence=round(transcript.confidence, 4) if transcript else None,
+        hits=hits,
+        no_result=not hits,
+        null_transcript=bool(transcript and transcript.no_speech),
+        model_version=transcript.model_version if transcript else service.model_version,
+        slot=service.settings.slot,
+        timings_ms=timings_ms(request),
+        input=schemas.InputStats(
+            duration_s=stats.duration_s,
+            rms_dbfs=stats.rms_dbfs,
+            peak_dbfs=stats.peak_dbfs,
+            clipping_ratio=stats.clipping_ratio,
+            leading_silence_ms=stats.leading_silence_ms,
+            trailing_silence_ms=stats.trailing_silence_ms,
+            speech_ratio=stats.speech_ratio,
+            missing_audio=stats.is_all_zero,
+        )
+        if stats
+        else None,
+    )

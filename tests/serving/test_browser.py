@@ -1,0 +1,112 @@
+"""The demo page in headless Debian chromium: microphone, upload, typed search and a click."""
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from playwright.sync_api import Page, sync_playwright
+
+from serving.launch import Server, running_server
+from tests.signals import espeak, pad
+
+pytestmark = [pytest.mark.server, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    samples, rate = espeak("weather in paris")
+    path = tmp_path_factory.mktemp("audio") / "query.wav"
+    sf.write(path, pad(samples, 0.3, 0.3, rate), rate)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("browser")) as running:
+        yield running
+
+
+@pytest.fixture
+def page(server: Server, speech_wav: Path) -> Iterator[Page]:
+    if not CHROMIUM.is_file():
+        pytest.fail(f"Debian chromium is expected at {CHROMIUM} (make install puts it there)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                # A fake microphone that plays our speech file, and no permission prompt.
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={speech_wav}",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        yield page
+        browser.close()
+
+
+def recorded(server: Server, request_id: str) -> dict[str, object]:
+    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM events WHERE request_id = ?", (request_id,)).fetchone()
+    assert row is not None, f"no event for {request_id}"
+    return dict(row)
+
+
+def wait_done(page: Page) -> str:
+    page.wait_for_selector("#status[data-state=done], #status[data-state=error]", timeout=60_000)
+    assert page.get_attribute("#status", "data-state") == "done", page.text_content("#error")
+    request_id = page.get_attribute("#transcript", "data-request-id")
+    assert request_id
+    return request_id
+
+
+def test_recording_from_the_microphone_searches_by_voice(page: Page, server: Server) -> None:
+    page.click("#record")
+    page.wait_for_selector("#status[data-state=recording]")
+    page.wait_for_timeout(2500)
+    page.click("#stop")
+    row = recorded(server, wait_done(page))
+    assert row["kind"] == "voice_search" and row["status_code"] == 200
+    assert row["content_type"] == "audio/wav" and row["sample_rate_hz"] == 16_000
+    assert 1.5 < float(row["duration_s"]) < 4.0  # type: ignore[arg-type]
+    assert page.text_content("#transcript") == (row["transcript"] or "(no speech heard)")
+
+
+def test_uploading_a_file_searches_by_voice(page: Page, server: Server, speech_wav: Path) -> None:
+    page.set_input_files("#file", str(speech_wav))
+    row = recorded(server, wait_done(page))
+    assert row["kind"] == "voice_search" and row["audio_bytes"] == speech_wav.stat().st_size
+
+
+def test_typed_search_then_clicking_a_result_records_the_click(page: Page, server: Server) -> None:
+    page.fill("#text", "weather in pariss")
+    page.click("#text-form button")
+    search_id = wait_done(page)
+    first = page.locator("#results button").first
+    assert "Paris" in (first.text_content() or "")
+    clicked_id = first.get_attribute("data-id")
+    first.click()
+    page.wait_for_selector("#feedback[data-state=sent]")
+    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
+        clicks = db.execute(
+            "SELECT clicked_id, status_code FROM events WHERE kind = 'feedback' AND target_request_id = ?",
+            (search_id,),
+        ).fetchall()
+    assert clicks == [(clicked_id, 200)]
+    assert recorded(server, search_id)["kind"] == "text_search"
+
+
+def test_a_bad_upload_shows_the_error(page: Page, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.wav"
+    bad.write_text("definitely not audio")
+    page.set_input_files("#file", str(bad))
+    page.wait_for_selector("#status[data-state=error]")
+    assert "undecodable_audio" in (page.text_content("#error") or "")

@@ -1,0 +1,55 @@
+"""Catalog search over the bundled places pack: misspellings, sound-alikes, carrier words, nothing found."""
+
+import pytest
+
+from asr.corpus.domain import DomainPack
+from serving.search import CatalogIndex, SearchOptions
+from serving.settings import DEFAULT_DOMAIN_DIR
+
+
+@pytest.fixture(scope="module")
+def index() -> CatalogIndex:
+    return CatalogIndex(DomainPack.load(DEFAULT_DOMAIN_DIR))
+
+
+@pytest.mark.parametrize(
+    ("query", "title"),
+    [
+        ("weather in paris", "Paris"),
+        ("weather in pariss", "Paris"),  # a spelling slip
+        ("directions to bejing", "Beijing"),
+        ("capital of jermany", "Germany"),  # sounds right, spelled wrong
+        ("show me rio de janero", "Rio de Janeiro"),  # a multi-word name
+        ("peking", "Beijing"),  # an alias
+        ("WEATHER IN LONDON!", "London"),  # the shared normalizer
+    ],
+)
+def test_the_intended_entry_ranks_first(index: CatalogIndex, query: str, title: str) -> None:
+    result = index.search(query)
+    assert result.found
+    assert result.hits[0].entry.title == title
+
+
+def test_a_query_naming_two_places_finds_both(index: CatalogIndex) -> None:
+    titles = [h.entry.title for h in index.search("flights from new yorc to londen").hits[:2]]
+    assert set(titles) == {"New York City", "London"}
+
+
+@pytest.mark.parametrize("query", ["hello there", "what is the weather", "", "qqqq zzzz"])
+def test_nothing_found_is_said_not_guessed(index: CatalogIndex, query: str) -> None:
+    result = index.search(query)
+    assert not result.found and result.hits == ()
+
+
+def test_hits_are_ranked_limited_and_scored_in_unit_range(index: CatalogIndex) -> None:
+    hits = index.search("san", limit=3).hits
+    assert 1 <= len(hits) <= 3
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert all(0 <= h.score <= 1 for h in hits)
+    assert len({h.entry.id for h in hits}) == len(hits)
+
+
+def test_the_threshold_is_a_setting(index: CatalogIndex) -> None:
+    strict = CatalogIndex(index.pack, SearchOptions(min_score=0.99))
+    assert strict.search("weather in pariss").hits == ()
+    assert strict.search("weather in paris").hits[0].entry.title == "Paris"
