@@ -219,7 +219,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
     recognizer = Recognizer(model, features, vocabulary_from_tokenizer(tokenizer), device, version="training")
     if config.freeze_feature_encoder:
         model.freeze_feature_encoder()
-    model.config.mask_time_prob = config.mask_time_prob  # only applies in training mode
+    _set_spec_augment(model, config.mask_time_prob)
 
     for source in config.train:
         refuse_failing_manifest(source.manifest)
@@ -292,6 +292,19 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
             log(json.dumps(record))
             _save_checkpoint(model, source_dir, optimizer, schedule, sampler, state, config.out_dir)
     return state
+
+
+def _set_spec_augment(model: Any, mask_time_prob: float) -> None:
+    """Turn SpecAugment time masking on or off for training, without changing the parameters:
+    transformers only creates the mask embedding when the config asks for masking, so changing
+    `mask_time_prob` itself would make a checkpoint reload with different parameters."""
+    model.config.apply_spec_augment = mask_time_prob > 0
+    if mask_time_prob > 0:
+        if getattr(model.wav2vec2, "masked_spec_embed", None) is None:
+            raise DataError(
+                "this model was built without a SpecAugment mask embedding; train without masking"
+            )
+        model.config.mask_time_prob = mask_time_prob
 
 
 def _collate(
