@@ -1,6 +1,7 @@
 """What routes note on a request's event (the recording middleware writes it)."""
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,7 @@ def note_transcript(request: Request, transcript: Transcript) -> None:
         transcript=transcript.text,
         confidence=round(transcript.confidence, 4),
         model_version=transcript.model_version,
-        duration_s=stats.duration_s,
-        rms_dbfs=stats.rms_dbfs,
-        peak_dbfs=stats.peak_dbfs,
-        clipping_ratio=stats.clipping_ratio,
-        leading_silence_ms=stats.leading_silence_ms,
-        trailing_silence_ms=stats.trailing_silence_ms,
-        speech_ratio=stats.speech_ratio,
-        is_all_zero=stats.is_all_zero,
+        **asdict(stats),  # the event's input columns are named after ClipStats' fields
         sample_rate_hz=transcript.source_sample_rate_hz,
         timings_s=dict(transcript.timings_s),
         outcome="null_transcript" if transcript.no_speech else "ok",

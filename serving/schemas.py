@@ -4,6 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from asr.preprocess import ClipStats
+
 
 class ErrorDetail(BaseModel):
     type: str
@@ -32,6 +34,19 @@ class InputStats(BaseModel):
     trailing_silence_ms: float
     speech_ratio: float
     missing_audio: bool
+
+    @classmethod
+    def from_stats(cls, stats: ClipStats) -> "InputStats":
+        return cls(
+            duration_s=stats.duration_s,
+            rms_dbfs=stats.rms_dbfs,
+            peak_dbfs=stats.peak_dbfs,
+            clipping_ratio=stats.clipping_ratio,
+            leading_silence_ms=stats.leading_silence_ms,
+            trailing_silence_ms=stats.trailing_silence_ms,
+            speech_ratio=stats.speech_ratio,
+            missing_audio=stats.is_all_zero,
+        )
 
 
 class SearchResponse(BaseModel):

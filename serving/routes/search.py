@@ -92,16 +92,5 @@ def _response(
         model_version=transcript.model_version if transcript else service.model_version,
         slot=service.settings.slot,
         timings_ms=timings_ms(request),
-        input=schemas.InputStats(
-            duration_s=stats.duration_s,
-            rms_dbfs=stats.rms_dbfs,
-            peak_dbfs=stats.peak_dbfs,
-            clipping_ratio=stats.clipping_ratio,
-            leading_silence_ms=stats.leading_silence_ms,
-            trailing_silence_ms=stats.trailing_silence_ms,
-            speech_ratio=stats.speech_ratio,
-            missing_audio=stats.is_all_zero,
-        )
-        if stats
-        else None,
+        input=schemas.InputStats.from_stats(stats) if stats else None,
     )

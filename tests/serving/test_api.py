@@ -1,7 +1,6 @@
 """The HTTP API end to end: a real server process, the bundled model, a real SQLite event store."""
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 
 from monitoring.events import SQLiteEventStore, session_signals
 from serving.launch import Server, running_server
+from tests.serving.events import event, rows
 from tests.signals import encode, espeak, noise, silence, speech
 
 pytestmark = pytest.mark.server
@@ -27,19 +27,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def query_wav() -> bytes:
     samples, rate = espeak("weather in paris")
     return encode(samples, rate)
-
-
-def rows(server: Server, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
-        return db.execute(sql, params).fetchall()
-
-
-def event(server: Server, request_id: str) -> dict[str, object]:
-    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
-        db.row_factory = sqlite3.Row
-        found = db.execute("SELECT * FROM events WHERE request_id = ?", (request_id,)).fetchone()
-    assert found is not None, f"no event recorded for {request_id}"
-    return dict(found)
 
 
 def test_health_readiness_version_and_docs(server: Server) -> None:

@@ -1,6 +1,5 @@
 """The demo page in headless Debian chromium: microphone, upload, typed search and a click."""
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import soundfile as sf
 from playwright.sync_api import Page, sync_playwright
 
 from serving.launch import Server, running_server
+from tests.serving.events import event, rows
 from tests.signals import espeak, pad
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
@@ -52,14 +52,6 @@ def page(server: Server, speech_wav: Path) -> Iterator[Page]:
         browser.close()
 
 
-def recorded(server: Server, request_id: str) -> dict[str, object]:
-    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
-        db.row_factory = sqlite3.Row
-        row = db.execute("SELECT * FROM events WHERE request_id = ?", (request_id,)).fetchone()
-    assert row is not None, f"no event for {request_id}"
-    return dict(row)
-
-
 def wait_done(page: Page) -> str:
     page.wait_for_selector("#status[data-state=done], #status[data-state=error]", timeout=60_000)
     assert page.get_attribute("#status", "data-state") == "done", page.text_content("#error")
@@ -73,16 +65,16 @@ def test_recording_from_the_microphone_searches_by_voice(page: Page, server: Ser
     page.wait_for_selector("#status[data-state=recording]")
     page.wait_for_timeout(2500)
     page.click("#stop")
-    row = recorded(server, wait_done(page))
+    row = event(server, wait_done(page))
     assert row["kind"] == "voice_search" and row["status_code"] == 200
     assert row["content_type"] == "audio/wav" and row["sample_rate_hz"] == 16_000
-    assert 1.5 < float(row["duration_s"]) < 4.0  # type: ignore[arg-type]
+    assert 1.5 < float(row["duration_s"]) < 4.0
     assert page.text_content("#transcript") == (row["transcript"] or "(no speech heard)")
 
 
 def test_uploading_a_file_searches_by_voice(page: Page, server: Server, speech_wav: Path) -> None:
     page.set_input_files("#file", str(speech_wav))
-    row = recorded(server, wait_done(page))
+    row = event(server, wait_done(page))
     assert row["kind"] == "voice_search" and row["audio_bytes"] == speech_wav.stat().st_size
 
 
@@ -95,13 +87,13 @@ def test_typed_search_then_clicking_a_result_records_the_click(page: Page, serve
     clicked_id = first.get_attribute("data-id")
     first.click()
     page.wait_for_selector("#feedback[data-state=sent]")
-    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
-        clicks = db.execute(
-            "SELECT clicked_id, status_code FROM events WHERE kind = 'feedback' AND target_request_id = ?",
-            (search_id,),
-        ).fetchall()
+    clicks = rows(
+        server,
+        "SELECT clicked_id, status_code FROM events WHERE kind = 'feedback' AND target_request_id = ?",
+        search_id,
+    )
     assert clicks == [(clicked_id, 200)]
-    assert recorded(server, search_id)["kind"] == "text_search"
+    assert event(server, search_id)["kind"] == "text_search"
 
 
 def test_a_bad_upload_shows_the_error(page: Page, tmp_path: Path) -> None:
