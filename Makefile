@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 # Debian packages needed at run or test time: the TTS engines that voice the training corpus, and
 # chromium for the demo page's browser tests.
-SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
+SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium prometheus
 
 .PHONY: install system-deps run serve test lint typecheck bench bench-api eval clean
 

@@ -95,6 +95,18 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     return entries
 
 
+def select_entries(entries: Sequence[ManifestEntry], conditions: Sequence[str]) -> list[ManifestEntry]:
+    """The entries whose fields match every `FIELD=VALUE` condition; raises `ManifestError` for a
+    malformed condition."""
+    selected = list(entries)
+    for condition in conditions:
+        key, sep, value = condition.partition("=")
+        if not sep:
+            raise ManifestError(f"a row filter takes FIELD=VALUE, got {condition!r}")
+        selected = [e for e in selected if e.fields.get(key) == value]
+    return selected
+
+
 def _entry(line: str, number: int, manifest: Path) -> ManifestEntry:
     try:
         row = json.loads(line)

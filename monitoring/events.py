@@ -19,6 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -184,13 +185,14 @@ class SQLiteEventStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable against application crashes in WAL mode; only an OS crash can lose the
-        # last transactions, and it costs far less per request than FULL.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self.migrate()
+        with _store_errors(f"open the event store {self.path}"):
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable against application crashes in WAL mode; only an OS crash can lose
+            # the last transactions, and it costs far less per request than FULL.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self.migrate()
 
     @property
     def schema_version(self) -> int:
@@ -335,7 +337,8 @@ def session_signals(events: Sequence[Event], redo_window_s: float) -> SessionSig
             by_session.setdefault(event.session_id, []).append(event)
     first_click: dict[str, float] = {}
     for e in events:
-        if e.kind == "feedback" and e.clicked_id and e.target_request_id:
+        # A refused feedback request (unknown target, bad body) is not a click.
+        if e.kind == "feedback" and e.clicked_id and e.target_request_id and e.status_code < 400:
             first_click[e.target_request_id] = min(
                 e.created_at, first_click.get(e.target_request_id, e.created_at)
             )
@@ -358,3 +361,44 @@ def session_signals(events: Sequence[Event], redo_window_s: float) -> SessionSig
         switch_to_typing=tuple(typed),
         clicked=tuple(sorted(first_click)),
     )
+
+
+class SessionTracker:
+    """`session_signals` online: told each event as it is recorded, it names the signals that
+    event completes, by the same definitions, keeping only the last voice search per session.
+
+    Memory is bounded: the least recently active sessions are forgotten past `max_sessions`.
+    """
+
+    def __init__(self, redo_window_s: float, max_sessions: int = 100_000) -> None:
+        self.redo_window_s, self.max_sessions = redo_window_s, max_sessions
+        self._last_voice: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._clicked: OrderedDict[str, None] = OrderedDict()
+
+    def observe(self, event: Event) -> list[str]:
+        """Signals completed by `event`: "redo", "switch_to_typing" (about the session's previous
+        voice search) or "click"."""
+        if event.kind == "feedback" and event.clicked_id and event.target_request_id:
+            if event.status_code >= 400 or event.target_request_id in self._clicked:
+                return []
+            self._remember(self._clicked, event.target_request_id, None)
+            return ["click"]
+        searched = event.kind in ("voice_search", "text_search")
+        if not searched or event.session_id is None or event.outcome in ("client_error", "server_error"):
+            return []
+        signals: list[str] = []
+        previous = self._last_voice.pop(event.session_id, None)
+        if previous is not None and event.created_at - previous[1] <= self.redo_window_s:
+            if event.kind == "text_search":
+                signals.append("switch_to_typing")
+            elif previous[0] not in self._clicked:
+                signals.append("redo")
+        if event.kind == "voice_search":
+            self._remember(self._last_voice, event.session_id, (event.request_id, event.created_at))
+        return signals
+
+    def _remember(self, table: "OrderedDict[str, Any]", key: str, value: Any) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > self.max_sessions:
+            table.popitem(last=False)

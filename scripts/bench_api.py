@@ -9,9 +9,12 @@ then drives it over HTTP with a bounded asyncio load generator:
 2. latency at concurrency 1 on 3 s queries (p50/p95 end to end, per-stage means);
 3. sustained load at concurrency 16 for `--duration-s` with micro-batching on (rps, p95, 5xx,
    events recorded vs requests sent);
-4. overload at concurrency 64: 503s with Retry-After, and recovery after the burst.
+4. overload at concurrency 64: 503s with Retry-After, and recovery after the burst;
+5. monitoring overhead: two servers, monitoring on and off, sent the same 3 s queries in
+   alternation at concurrency 1, so machine noise hits both alike.
 
 Usage: python scripts/bench_api.py [--corpus corpus] [--duration-s 60] [--json .cache/bench_api.json]
+       python scripts/bench_api.py --sections monitoring     # only the monitoring overhead
 """
 
 import argparse
@@ -140,6 +143,37 @@ async def load(server: Server, clips: list[bytes], concurrency: int, duration_s:
     return result
 
 
+async def monitoring_overhead(clips: list[bytes], requests: int) -> dict[str, Any]:
+    """p50/p95 with monitoring on and off, measured side by side in alternation."""
+    with (
+        tempfile.TemporaryDirectory() as on_dir,
+        tempfile.TemporaryDirectory() as off_dir,
+        running_server(Path(on_dir)) as on,
+        running_server(Path(off_dir), monitoring="false") as off,
+    ):
+        latencies: dict[str, list[float]] = {"on": [], "off": []}
+        async with httpx.AsyncClient(timeout=60) as client:
+            for i in range(requests * 2):
+                name, server = ("on", on) if i % 2 == 0 else ("off", off)
+                if (i // 2) % 2:  # alternate which goes first, so neither always follows the other
+                    name, server = ("off", off) if name == "on" else ("on", on)
+                started = time.perf_counter()
+                response = await _post_audio(client, server.url, clips[(i // 2) % len(clips)], "bench-mon")
+                response.raise_for_status()
+                latencies[name].append(time.perf_counter() - started)
+        metrics = httpx.get(on.url + "/metrics").status_code
+    out: dict[str, Any] = {"requests_each": requests, "metrics_status_on": metrics}
+    for name, values in latencies.items():
+        values.sort()
+        out[name] = {
+            "p50_ms": round(1000 * _percentile(values, 50), 2),
+            "p95_ms": round(1000 * _percentile(values, 95), 2),
+        }
+    out["p95_overhead_ms"] = round(out["on"]["p95_ms"] - out["off"]["p95_ms"], 2)
+    out["p50_overhead_ms"] = round(out["on"]["p50_ms"] - out["off"]["p50_ms"], 2)
+    return out
+
+
 def count_events(server: Server, session_prefix: str) -> int:
     with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
         return int(
@@ -159,6 +193,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     queries = queries[: args.limit] if args.limit else queries
     clips = three_second_queries(queries, 20)
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "queries": len(queries)}
+    if "monitoring" in args.sections:
+        out["monitoring_overhead"] = await monitoring_overhead(clips, args.latency_requests * 2)
+        print(json.dumps(out["monitoring_overhead"]), flush=True)
+    if "api" not in args.sections:
+        return out
     with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp)) as server:
         out["search_success"] = await search_success(server, queries)
         print(json.dumps(out["search_success"]), flush=True)
@@ -188,6 +227,13 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--overload-s", type=float, default=20.0)
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=("api", "monitoring"),
+        default=["api", "monitoring"],
+        help="what to measure (default: both)",
+    )
     args = parser.parse_args()
     results = asyncio.run(run(args))
     if args.json:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,18 @@ from starlette.concurrency import run_in_threadpool
 
 from asr.audio import AudioLimits
 from asr.corpus.domain import DomainPack
-from asr.pipeline import PipelineOptions, build_pipeline
-from monitoring.events import Event, EventStoreError, Outcome, SQLiteEventStore, purge_audio
+from asr.errors import AudioError
+from asr.pipeline import PipelineOptions, Transcript, build_pipeline
+from monitoring.alarms import AlarmEngine, LogNotifier, Notifier, WebhookNotifier, load_rules
+from monitoring.drift import ReferenceProfile
+from monitoring.events import Event, EventStore, EventStoreError, Outcome, SQLiteEventStore, purge_audio
+from monitoring.metrics import ServiceMetrics
+from monitoring.monitor import Monitor, MonitorOptions
 from serving import __version__
-from serving.batching import MicroBatcher
-from serving.deps import ServiceState
-from serving.errors import BodyTooLargeError, error_response, install_error_handlers
-from serving.routes import feedback, health, search, transcribe
+from serving.batching import MicroBatcher, TranscribeMany
+from serving.deps import Faults, ServiceState
+from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
+from serving.routes import feedback, health, monitoring, search, transcribe
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import Settings
 
@@ -44,13 +49,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = await run_in_threadpool(_load, settings)
         app.state.service = state
         state.batcher.start()
-        purging = asyncio.create_task(_purge_expired_audio(state), name="audio-retention")
+        tasks = [asyncio.create_task(_purge_expired_audio(state), name="audio-retention")]
+        if state.monitor is not None:
+            tasks.append(asyncio.create_task(_evaluate_alarms(state.monitor), name="alarms"))
         state.ready = True
         try:
             yield
         finally:
             state.ready = False
-            purging.cancel()
+            for task in tasks:
+                task.cancel()
             await state.batcher.stop()
             state.store.close()
 
@@ -62,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.middleware("http")(_record_events)
     install_error_handlers(app)
-    for router in (search.router, transcribe.router, feedback.router, health.router):
+    for router in (search.router, transcribe.router, feedback.router, health.router, monitoring.router):
         app.include_router(router)
 
     @app.get("/", include_in_schema=False)
@@ -89,14 +97,50 @@ def _load(settings: Settings) -> ServiceState:
     )
     pipeline = build_pipeline(settings.model_dir, device=settings.device, beam=beam, options=options)
     store = SQLiteEventStore(settings.db_path)
+    faults = Faults()
     batcher = MicroBatcher(
-        pipeline.transcribe_many, settings.micro_batch_size, settings.micro_batch_wait_ms, settings.max_queue
+        _with_faults(pipeline.transcribe_many, faults),
+        settings.micro_batch_size,
+        settings.micro_batch_wait_ms,
+        settings.max_queue,
     )
     index = CatalogIndex(
         pack, SearchOptions(limit=settings.search_limit, min_score=settings.search_min_score)
     )
-    logger.info("loaded %s in %.1f s", pipeline.recognizer.version, time.perf_counter() - started)
-    return ServiceState(settings, batcher, index, store, pipeline.recognizer.version, pack.name)
+    version = pipeline.recognizer.version
+    monitor = _monitor(settings, store, batcher) if settings.monitoring else None
+    load_s = time.perf_counter() - started
+    if monitor is not None:
+        monitor.metrics.model_load.labels(version).set(load_s)
+        monitor.metrics.model_info.labels(version, settings.slot).set(1)
+    logger.info("loaded %s in %.1f s", version, load_s)
+    return ServiceState(settings, batcher, index, store, version, pack.name, monitor, faults)
+
+
+def _with_faults(transcribe_many: TranscribeMany, faults: Faults) -> TranscribeMany:
+    def transcribe(clips: Sequence[bytes]) -> list[Transcript | AudioError]:
+        if faults.asr_delay_s > 0:
+            time.sleep(faults.asr_delay_s)
+        return transcribe_many(clips)
+
+    return transcribe
+
+
+def _monitor(settings: Settings, store: EventStore, batcher: MicroBatcher) -> Monitor:
+    rules = load_rules(settings.alarm_rules)
+    reference = None
+    if settings.reference_profile.is_file():
+        reference = ReferenceProfile.load(settings.reference_profile)
+    else:
+        logger.warning("no reference profile at %s: drift rules will not judge", settings.reference_profile)
+    notifiers: list[Notifier] = [LogNotifier()]
+    if settings.alert_webhook_url:
+        notifiers.append(WebhookNotifier(settings.alert_webhook_url))
+    engine = AlarmEngine(rules, reference, notifiers, settings.redo_window_s)
+    metrics = ServiceMetrics()
+    metrics.track_queue(batcher.depth)
+    options = MonitorOptions(settings.alarm_step_s, settings.redo_window_s, settings.trust_client_time)
+    return Monitor(store, metrics, engine, options)
 
 
 PURGE_INTERVAL_S = 3600.0
@@ -117,20 +161,59 @@ async def _purge_expired_audio(state: ServiceState) -> None:
         await asyncio.sleep(PURGE_INTERVAL_S)
 
 
+async def _evaluate_alarms(monitor: Monitor) -> None:
+    """Judge the alarm rules whenever `alarm_step_s` of event time has passed (checked each second)."""
+    while True:
+        if monitor.due():
+            try:
+                await run_in_threadpool(monitor.evaluate)
+            except Exception:
+                logger.exception("alarm evaluation failed; will retry")
+        await asyncio.sleep(1.0)
+
+
+UNRECORDED = ("/v1/alerts", "/v1/monitoring/", "/v1/admin/")
+"""/v1/ paths that read or steer the monitors: recording them would make the dashboard watch itself."""
+
+
 async def _record_events(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     request.state.request_id = uuid.uuid4().hex
     request.state.started_at = time.time()
     request.state.event = {}
     started = time.perf_counter()
+    service: ServiceState | None = getattr(request.app.state, "service", None)
+    recorded = request.url.path.startswith("/v1/") and not request.url.path.startswith(UNRECORDED)
+    monitor = service.monitor if service and recorded else None
+    if monitor is not None:
+        monitor.metrics.in_flight.inc()
     try:
+        _take_event_time(request, service)
         response = await _refuse_large_body(request) or await call_next(request)
     except Exception as e:
-        logger.exception("unhandled error in %s %s", request.method, request.url.path)
+        if not isinstance(e, BadRequestError):
+            logger.exception("unhandled error in %s %s", request.method, request.url.path)
         response = error_response(request, e)
+    finally:
+        if monitor is not None:
+            monitor.metrics.in_flight.dec()
     response.headers["X-Request-ID"] = request.state.request_id
-    if request.url.path.startswith("/v1/"):
+    if recorded:
         await _store_event(request, response.status_code, time.perf_counter() - started)
     return response
+
+
+EVENT_TIME_HEADER = "X-Event-Time"
+
+
+def _take_event_time(request: Request, service: ServiceState | None) -> None:
+    """Replays stamp requests with their traffic time (seconds since the epoch), when allowed."""
+    stamp = request.headers.get(EVENT_TIME_HEADER)
+    if stamp is None or service is None or not service.settings.trust_client_time:
+        return
+    try:
+        request.state.started_at = float(stamp)
+    except ValueError:
+        raise BadRequestError(f"{EVENT_TIME_HEADER} must be seconds since the epoch, not {stamp!r}") from None
 
 
 async def _refuse_large_body(request: Request) -> Response | None:
@@ -171,3 +254,7 @@ async def _store_event(request: Request, status: int, latency_s: float) -> None:
     except EventStoreError:
         # The answer already exists; failing it too would not bring the row back. Logged loudly.
         logger.exception("could not record event %s", event.request_id)
+        if service.monitor is not None:
+            service.monitor.metrics.event_store_errors.inc()
+    if service.monitor is not None:
+        service.monitor.on_event(event)

@@ -52,6 +52,10 @@ class MicroBatcher:
             await asyncio.gather(self._worker, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
+    def depth(self) -> int:
+        """Clips waiting for the recognizer (not counting the batch being recognized)."""
+        return self._queue.qsize()
+
     async def submit(self, audio: bytes) -> Transcript:
         """Recognize one clip; raises the clip's `AudioError`, or `OverloadedError` when full."""
         job = _Job(audio, asyncio.get_running_loop().create_future(), time.perf_counter())

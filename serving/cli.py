@@ -22,9 +22,10 @@ from tqdm import tqdm
 from asr.audio import AudioLimits
 from asr.decoding import BeamOptions, read_word_list
 from asr.errors import AudioError, DataError, DecoderConfigError, ManifestError, ModelLoadError
-from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, summarize
+from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, select_entries, summarize
 from asr.model import Device
 from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_pipeline
+from serving.monitor_cli import add_monitor_commands
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, Settings
 
@@ -202,6 +203,7 @@ def _parser() -> argparse.ArgumentParser:
         "--export", type=Path, metavar="DIR", help="at the end, export the best model as fp16 to DIR"
     )
     trainer.set_defaults(command=_train)
+    add_monitor_commands(commands)
     return parser
 
 
@@ -396,12 +398,7 @@ def transcript_to_dict(result: Transcript) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    entries = read_manifest(args.manifest)
-    for condition in args.where:
-        key, sep, value = condition.partition("=")
-        if not sep:
-            raise UsageError(f"--where takes FIELD=VALUE, got {condition!r}")
-        entries = [e for e in entries if e.fields.get(key) == value]
+    entries = select_entries(read_manifest(args.manifest), args.where)
     entries = entries[: args.limit] if args.limit else entries
     if not entries:
         raise UsageError("no manifest rows left after --where/--limit")

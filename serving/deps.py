@@ -9,6 +9,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from monitoring.events import EventStore
+from monitoring.monitor import Monitor
 from serving.batching import MicroBatcher
 from serving.errors import BadRequestError, BodyTooLargeError, UnsupportedMediaError
 from serving.search import CatalogIndex
@@ -30,7 +31,18 @@ class ServiceState:
     store: EventStore
     model_version: str
     domain: str
+    monitor: Monitor | None = None
+    """None when monitoring is switched off."""
+    faults: "Faults" = field(default_factory=lambda: Faults())
     ready: bool = False
+
+
+@dataclass
+class Faults:
+    """Faults injected on purpose (alarm drills, `POST /v1/admin/faults`); none by default."""
+
+    asr_delay_s: float = 0.0
+    """Added to every model call: a slow model."""
 
 
 def get_service(request: Request) -> ServiceState:

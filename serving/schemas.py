@@ -122,3 +122,7 @@ class VersionInfo(BaseModel):
     slot: str
     domain: str
     bias_decoding: bool
+
+
+class Faults(BaseModel):
+    asr_delay_ms: float = Field(0.0, ge=0, le=60_000, description="added to every model call")

@@ -20,6 +20,8 @@ DEFAULT_DOMAIN_DIR = REPO_ROOT / "data" / "domains" / "places"
 """The default domain pack: world cities and countries."""
 DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 """The real recordings and texts laid beside the checkout."""
+DEFAULT_MONITORING_DIR = REPO_ROOT / "data" / "monitoring"
+"""Alarm rules and the reference profile for drift."""
 DEFAULT_STATE_DIR = REPO_ROOT / "var"
 """Where the service keeps its event store and (when enabled) retained audio; ignored by git."""
 
@@ -62,6 +64,23 @@ class Settings:
     retain_audio: bool = False
     """Keep request audio for retraining. Recordings are personal data: off unless enabled."""
     audio_retention_days: float = 30.0
+    # Monitoring (`monitoring/`): metrics, alarms, drift.
+    monitoring: bool = True
+    """Prometheus metrics and alarm evaluation; off only to measure their overhead."""
+    alarm_rules: Path = DEFAULT_MONITORING_DIR / "alarms.yml"
+    reference_profile: Path = DEFAULT_MONITORING_DIR / "reference.json"
+    """The training data's feature profile that drift is measured against (`monitor baseline`)."""
+    alarm_step_s: float = 10.0
+    """Event time between two evaluations of the alarm rules."""
+    redo_window_s: float = 30.0
+    """A voice search followed by another one (or a typed one) within this is a redo (a switch)."""
+    alert_webhook_url: str = ""
+    """Alarm transitions are POSTed here as JSON when set (they are always logged)."""
+    trust_client_time: bool = False
+    """Take each request's event time from its `X-Event-Time` header: for replays faster than real
+    time only, never for production traffic."""
+    fault_injection: bool = False
+    """Enable `POST /v1/admin/faults` (a slow model on demand) for alarm drills."""
 
     def __post_init__(self) -> None:
         if self.device not in get_args(Device):
@@ -69,6 +88,7 @@ class Settings:
         positive = (
             *("max_clip_s", "batch_size", "api_max_clip_s", "max_upload_bytes", "beam_size"),
             *("micro_batch_size", "max_queue", "search_limit", "audio_retention_days"),
+            *("alarm_step_s", "redo_window_s"),
         )
         for name in positive:
             if not getattr(self, name) > 0:

@@ -1,7 +1,10 @@
 """The SQLite event store: schema migrations, round trips, session signals and audio retention."""
 
+import random
 import sqlite3
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,9 @@ from monitoring.events import (
     Event,
     EventStoreError,
     Hit,
+    Kind,
+    Outcome,
+    SessionTracker,
     SQLiteEventStore,
     purge_audio,
     session_signals,
@@ -153,3 +159,123 @@ def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) ->
     assert stores[3].get("r") is not None
     for store in stores:
         store.close()
+
+
+# SessionTracker: session_signals online.
+
+
+def tracked(events: list[Event], redo_window_s: float = 30.0) -> list[tuple[str, list[str]]]:
+    tracker = SessionTracker(redo_window_s)
+    return [(e.request_id, tracker.observe(e)) for e in events]
+
+
+def counts(per_event: list[tuple[str, list[str]]]) -> Counter[str]:
+    return Counter(signal for _, signals in per_event for signal in signals)
+
+
+def mixed_sequence() -> list[Event]:
+    def failed(request_id: str, at: float, outcome: str, status: int, **fields: object) -> Event:
+        return replace(make(request_id, at, **fields), outcome=outcome, status_code=status)  # type: ignore[arg-type]
+
+    return [
+        make("a1", 0.0, session="a"),
+        make("b1", 1.0, session="b"),
+        make("a2", 5.0, session="a"),  # redoes a1
+        make("b2", 6.0, kind="text_search", session="b"),  # b1 typed instead
+        make("click-a2", 7.0, kind="feedback", session="a", target_request_id="a2", clicked_id="x"),
+        make("a3", 9.0, session="a"),  # a2 was clicked first: no redo
+        failed("a4-503", 10.0, "server_error", 503, session="a"),  # a failure is not a search
+        make("a5", 11.0, session="a"),  # redoes a3 (the failure in between does not count)
+        make("click-a5", 12.0, kind="feedback", session="a", target_request_id="a5", clicked_id="y"),
+        make("click-a5-again", 13.0, kind="feedback", session="a", target_request_id="a5", clicked_id="z"),
+        failed(
+            "click-b9", 14.0, "client_error", 404, kind="feedback", target_request_id="b9", clicked_id="q"
+        ),
+        make("b9", 20.0, session="b"),
+        make("b10", 50.0, session="b"),  # exactly the window after b9: a redo (the window is closed)
+        make("b11", 80.1, session="b"),  # just past the window: no redo
+        make("t", 81.0, kind="transcribe", session="b"),  # not a search
+        make("b12", 82.0, kind="text_search", session="b"),  # b11 typed instead
+        make("b13", 83.0, kind="text_search", session="b"),  # text after text: nothing
+        make("nobody", 84.0, session=None),  # type: ignore[arg-type]
+        make("nobody2", 85.0, session=None),  # type: ignore[arg-type]
+        make("a6", 200.0, session="a"),  # long after a5
+        failed("a7-422", 201.0, "client_error", 422, session="a"),
+        make("a8", 202.0, session="a"),  # redoes a6 after a refused retry
+        make("click-a6-late", 203.0, kind="feedback", session="a", target_request_id="a6", clicked_id="w"),
+    ]
+
+
+def test_the_tracker_names_the_signal_each_event_completes() -> None:
+    per_event = dict(tracked(mixed_sequence()))
+    assert per_event["a2"] == ["redo"]
+    assert per_event["b2"] == ["switch_to_typing"]
+    assert per_event["click-a2"] == ["click"]
+    assert per_event["a3"] == []
+    assert per_event["a5"] == ["redo"]
+    assert per_event["click-a5"] == ["click"]
+    assert per_event["click-a5-again"] == []  # one click per search
+    assert per_event["click-b9"] == []  # a refused feedback request is no click
+    assert per_event["b10"] == ["redo"]
+    assert per_event["b11"] == []
+    assert per_event["b12"] == ["switch_to_typing"]
+    assert per_event["b13"] == []
+    assert per_event["nobody2"] == []
+    assert per_event["a8"] == ["redo"]
+    assert per_event["click-a6-late"] == ["click"]  # a click after the redo does not undo it
+
+
+def test_the_tracker_agrees_with_session_signals_on_a_mixed_sequence() -> None:
+    events = mixed_sequence()
+    batch = session_signals(events, redo_window_s=30.0)
+    online = counts(tracked(events, redo_window_s=30.0))
+    assert online["redo"] == len(batch.redo) == 4
+    assert online["switch_to_typing"] == len(batch.switch_to_typing) == 2
+    assert online["click"] == len(batch.clicked) == 3
+    assert set(batch.redo) == {"a1", "a3", "b9", "a6"}
+    assert set(batch.switch_to_typing) == {"b1", "b11"}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_tracker_agrees_with_session_signals_on_random_traffic(seed: int) -> None:
+    rng = random.Random(seed)
+    events: list[Event] = []
+    at = 0.0
+    kinds: tuple[Kind, ...] = ("voice_search", "text_search", "feedback", "transcribe")
+    outcomes: tuple[tuple[Outcome, int], ...] = (("ok", 200), ("client_error", 422), ("server_error", 503))
+    for i in range(400):
+        at += rng.choice([0.5, 3.0, 12.0, 29.0, 31.0, 90.0]) / 4
+        (kind,) = rng.choices(kinds, weights=(4, 2, 1, 1))
+        ((outcome, status),) = rng.choices(outcomes, weights=(6, 1, 1))
+        target = rng.choice(events[-10:]).request_id if kind == "feedback" and events else None
+        events.append(
+            Event(
+                request_id=f"r{i}",
+                created_at=at,
+                kind=kind,
+                route="/v1/x",
+                status_code=status,
+                outcome=outcome,
+                session_id=rng.choice(["a", "b", "c", None]),
+                target_request_id=target,
+                clicked_id="x" if target else None,
+            )
+        )
+    batch = session_signals(events, redo_window_s=30.0)
+    online = counts(tracked(events, redo_window_s=30.0))
+    assert batch.voice_searches > 50
+    assert (online["redo"], online["switch_to_typing"], online["click"]) == (
+        len(batch.redo),
+        len(batch.switch_to_typing),
+        len(batch.clicked),
+    )
+
+
+def test_the_tracker_forgets_the_least_recent_sessions_past_its_bound() -> None:
+    tracker = SessionTracker(redo_window_s=30.0, max_sessions=2)
+    for session, at in (("a", 0.0), ("b", 1.0), ("c", 2.0)):  # "a" is forgotten when "c" arrives
+        assert tracker.observe(make(f"{session}1", at, session=session)) == []
+    assert tracker.observe(make("a2", 3.0, session="a")) == []
+    assert tracker.observe(make("c2", 4.0, session="c")) == ["redo"]
+    # "b" was pushed out by "a" coming back.
+    assert tracker.observe(make("b2", 5.0, session="b")) == []

@@ -1,0 +1,340 @@
+"""Alarm rules from YAML, their evaluation over event windows, and notifiers.
+
+A rule compares either a window metric (`metric: null_transcript_ratio`, see
+`features.WINDOW_METRICS`) or a drift statistic (`drift: rms_dbfs` with `test: psi`, see
+`drift.STAT_TESTS`) over a trailing window of event time with a threshold:
+
+```yaml
+rules:
+  - name: volume_drift
+    drift: rms_dbfs
+    test: psi
+    window: 2m
+    comparator: ">"
+    threshold: 0.5
+    severity: warning
+    min_samples: 60
+```
+
+A window with fewer than `min_samples` events is not judged (state `insufficient_data`): a
+threshold on three requests is noise. Adapting a threshold is an edit of the file, not of code.
+"""
+
+import bisect
+import json
+import logging
+import re
+import threading
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import yaml
+
+from monitoring.drift import STAT_TESTS, DriftResult, ReferenceProfile, detect, drift_table
+from monitoring.events import Event
+from monitoring.features import (
+    FEATURES,
+    WINDOW_METRICS,
+    WindowContext,
+    WindowValue,
+    event_features,
+    window_metric,
+)
+
+logger = logging.getLogger(__name__)
+
+Comparator = Literal[">", ">=", "<", "<="]
+Severity = Literal["info", "warning", "critical"]
+State = Literal["ok", "firing", "insufficient_data"]
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from "90", "90s", "2m", "1h", "1d" or a number."""
+    if isinstance(text, int | float):
+        return float(text)
+    found = _DURATION.match(str(text))
+    if not found:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 2m, 1h, 1d)")
+    return float(found.group(1)) * _UNIT_S[found.group(2) or "s"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One alarm: `metric` or `drift` (a feature, compared with `test`) over `window_s` of event time."""
+
+    name: str
+    window_s: float
+    threshold: float
+    comparator: Comparator = ">"
+    severity: Severity = "warning"
+    min_samples: int = 1
+    metric: str | None = None
+    drift: str | None = None
+    test: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.metric is None) == (self.drift is None):
+            raise ValueError(f"rule {self.name!r}: give exactly one of 'metric' or 'drift'")
+        if self.metric is not None and self.metric not in WINDOW_METRICS:
+            raise ValueError(
+                f"rule {self.name!r}: unknown metric {self.metric!r}; known: {', '.join(WINDOW_METRICS)}"
+            )
+        if self.drift is not None:
+            if self.drift not in FEATURES:
+                raise ValueError(
+                    f"rule {self.name!r}: unknown feature {self.drift!r}; known: {', '.join(FEATURES)}"
+                )
+            if self.test not in STAT_TESTS:
+                raise ValueError(f"rule {self.name!r}: 'test' must be one of {', '.join(STAT_TESTS)}")
+        if self.comparator not in _COMPARE:
+            raise ValueError(f"rule {self.name!r}: comparator must be one of {', '.join(_COMPARE)}")
+        if self.severity not in ("info", "warning", "critical"):
+            raise ValueError(f"rule {self.name!r}: severity must be info, warning or critical")
+        if self.window_s <= 0 or self.min_samples < 1:
+            raise ValueError(f"rule {self.name!r}: window must be positive and min_samples >= 1")
+
+    @property
+    def subject(self) -> str:
+        """What the rule watches: a metric name, or `drift:<feature>:<test>`."""
+        return self.metric if self.metric else f"drift:{self.drift}:{self.test}"
+
+
+def load_rules(path: Path) -> list[Rule]:
+    """Rules from a YAML file; raises ValueError naming the file and the bad rule."""
+    try:
+        body = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read alarm rules {path}: {e}") from e
+    if not isinstance(body, dict) or not isinstance(body.get("rules"), list):
+        raise ValueError(f"{path}: expected a mapping with a 'rules' list")  # noqa: TRY004 (a config error)
+    rules = []
+    for raw in body["rules"]:
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise ValueError(f"{path}: every rule needs a name, got {raw!r}")
+        values = dict(raw)
+        try:
+            values["window_s"] = parse_duration(values.pop("window"))
+            rules.append(Rule(**values))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: rule {raw.get('name')!r}: {e}") from e
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: rule names must be unique")
+    return rules
+
+
+@dataclass(frozen=True)
+class AlarmState:
+    rule: str
+    state: State
+    severity: Severity
+    value: float | None
+    threshold: float
+    comparator: Comparator
+    samples: int
+    window_s: float
+    evaluated_at: float
+    """Event time of the evaluation."""
+    since: float
+    """Event time the rule entered this state."""
+    subject: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An alarm that started or stopped firing, at an event time."""
+
+    rule: str
+    severity: Severity
+    firing: bool
+    at: float
+    value: float | None
+    threshold: float
+    subject: str
+
+
+class Notifier(Protocol):
+    def notify(self, transition: Transition) -> None: ...
+
+
+class LogNotifier:
+    def notify(self, transition: Transition) -> None:
+        verb = "FIRING" if transition.firing else "resolved"
+        logger.warning(
+            "alarm %s %s (%s): %s = %s, threshold %s",
+            transition.rule,
+            verb,
+            transition.severity,
+            transition.subject,
+            transition.value,
+            transition.threshold,
+        )
+
+
+class WebhookNotifier:
+    """POSTs each transition as JSON to a URL, off the caller's thread; failures are logged, not raised."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        self.url, self.timeout_s = url, timeout_s
+
+    def notify(self, transition: Transition) -> None:
+        threading.Thread(target=self._post, args=(transition,), daemon=True, name="alarm-webhook").start()
+
+    def _post(self, transition: Transition) -> None:
+        body = json.dumps({"alarm": asdict(transition)}).encode()
+        try:
+            # Inside the try: a malformed URL raises ValueError here, and must be logged too.
+            request = urllib.request.Request(
+                self.url, body, {"Content-Type": "application/json"}, method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=self.timeout_s):
+                pass
+        except (OSError, ValueError) as e:
+            logger.warning("alarm webhook %s failed: %s", self.url, e)
+
+
+@dataclass
+class Evaluation:
+    """One pass over the rules at one event time."""
+
+    at: float
+    states: list[AlarmState]
+    drift: list[DriftResult] = field(default_factory=list)
+
+
+class WindowedEvents:
+    """Events in time order with fast [start, end) slicing."""
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = sorted(events, key=lambda e: e.created_at)
+        self._times = [e.created_at for e in self.events]
+
+    def between(self, start: float, end: float) -> list[Event]:
+        return self.events[bisect.bisect_left(self._times, start) : bisect.bisect_left(self._times, end)]
+
+
+def rule_value(
+    rule: Rule,
+    events: Sequence[Event],
+    reference: ReferenceProfile | None,
+    context: WindowContext,
+    features: dict[str, list[float | str]] | None = None,
+) -> tuple[WindowValue, DriftResult | None]:
+    """What `rule` compares with its threshold, over `events` (already cut to its window)."""
+    if rule.metric is not None:
+        return window_metric(rule.metric, events, rule.window_s, context), None
+    assert rule.drift is not None and rule.test is not None
+    current = (features if features is not None else event_features(events)).get(rule.drift, [])
+    if reference is None or not reference.features.get(rule.drift):
+        return WindowValue(None, len(current)), None
+    result = detect(rule.drift, reference.features[rule.drift], current, rule.test)
+    return WindowValue(result.statistic, len(current)), result
+
+
+class AlarmEngine:
+    """Evaluates rules over windows ending at a given event time and remembers each rule's state."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        reference: ReferenceProfile | None = None,
+        notifiers: Sequence[Notifier] = (),
+        redo_window_s: float = 30.0,
+        history: int = 1000,
+    ) -> None:
+        self.rules, self.reference, self.notifiers = list(rules), reference, list(notifiers)
+        vocabulary = reference.vocabulary if reference else frozenset()
+        self.context = WindowContext(vocabulary, redo_window_s)
+        self.states: dict[str, AlarmState] = {}
+        self.history: deque[Transition] = deque(maxlen=history)
+        self._lock = threading.Lock()
+
+    @property
+    def longest_window_s(self) -> float:
+        return max((r.window_s for r in self.rules), default=0.0)
+
+    def evaluate(self, events: Sequence[Event], now: float) -> Evaluation:
+        """Judge every rule on the window ending at `now` (exclusive of later events)."""
+        windows = WindowedEvents(events)
+        features_by_window: dict[float, dict[str, list[float | str]]] = {}
+        states, drift = [], []
+        for rule in self.rules:
+            in_window = windows.between(now - rule.window_s, now)
+            features = None
+            if rule.drift is not None:
+                if rule.window_s not in features_by_window:
+                    features_by_window[rule.window_s] = event_features(in_window)
+                features = features_by_window[rule.window_s]
+            value, result = rule_value(rule, in_window, self.reference, self.context, features)
+            if result is not None:
+                drift.append(result)
+            states.append(self._judge(rule, value, now))
+        return Evaluation(now, states, drift)
+
+    def _judge(self, rule: Rule, value: WindowValue, now: float) -> AlarmState:
+        if value.value is None or value.samples < rule.min_samples:
+            state: State = "insufficient_data"
+        else:
+            state = "firing" if _COMPARE[rule.comparator](value.value, rule.threshold) else "ok"
+        with self._lock:
+            previous = self.states.get(rule.name)
+            since = previous.since if previous and previous.state == state else now
+            current = AlarmState(
+                rule.name,
+                state,
+                rule.severity,
+                value.value,
+                rule.threshold,
+                rule.comparator,
+                value.samples,
+                rule.window_s,
+                now,
+                since,
+                rule.subject,
+                rule.description,
+            )
+            self.states[rule.name] = current
+            was_firing = bool(previous and previous.state == "firing")
+        if was_firing != (state == "firing"):
+            transition = Transition(
+                rule.name, rule.severity, state == "firing", now, value.value, rule.threshold, rule.subject
+            )
+            self.history.append(transition)
+            for notifier in self.notifiers:
+                try:
+                    notifier.notify(transition)
+                except Exception:
+                    logger.exception("notifier %r failed", notifier)
+        return current
+
+    def drift_table(self, current: dict[str, list[float | str]]) -> list[DriftResult]:
+        """Every profiled feature against the reference, judged by the test and threshold of the
+        rule that watches it (so the table and the alarms agree), else the test's defaults."""
+        if self.reference is None:
+            return []
+        watched = {r.drift: r for r in self.rules if r.drift is not None and r.test is not None}
+        tests = {f: str(r.test) for f, r in watched.items()}
+        return drift_table(self.reference, current, tests, {f: r.threshold for f, r in watched.items()})
+
+    def snapshot(self) -> dict[str, Any]:
+        """Current states and the transition history, JSON-ready."""
+        with self._lock:
+            return {
+                "alerts": [asdict(s) for s in self.states.values()],
+                "history": [asdict(t) for t in self.history],
+            }

@@ -1,0 +1,80 @@
+"""Monitoring endpoints: Prometheus /metrics, alarm states, dashboard data and page, fault drills."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from monitoring.alarms import parse_duration
+from monitoring.metrics import CONTENT_TYPE
+from monitoring.monitor import Monitor
+from serving import schemas
+from serving.deps import Service, ServiceState
+from serving.errors import BadRequestError, NotFoundError
+
+router = APIRouter(tags=["monitoring"])
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "static" / "dashboard.html"
+
+
+def _monitor(service: ServiceState) -> Monitor:
+    if service.monitor is None:
+        raise NotFoundError("monitoring is switched off on this server (VOICE_SEARCH_MONITORING=false)")
+    return service.monitor
+
+
+def _seconds(text: str, name: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise BadRequestError(f"{name}: {e}") from None
+    if seconds <= 0:
+        raise BadRequestError(f"{name} must be positive")
+    return seconds
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(service: Service) -> Response:
+    """Prometheus text exposition."""
+    return Response(_monitor(service).metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+@router.get("/v1/alerts", summary="Alarm states and their recent transitions")
+async def alerts(service: Service) -> dict[str, Any]:
+    monitor = _monitor(service)
+    return {"now": monitor.now(), "evaluated_at": monitor.last_evaluated_at} | monitor.engine.snapshot()
+
+
+@router.get("/v1/monitoring/series", summary="Time series of every alarm rule and dashboard metric")
+async def series(
+    service: Service,
+    span: Annotated[str, Query(description="how far back, e.g. 30m, 6h, 1d")] = "30m",
+    points: Annotated[int, Query(ge=2, le=500)] = 60,
+) -> dict[str, Any]:
+    monitor = _monitor(service)
+    return await run_in_threadpool(monitor.series, _seconds(span, "span"), points)
+
+
+@router.get("/v1/monitoring/drift", summary="Every profiled feature of a recent window against the reference")
+async def drift(
+    service: Service, window: Annotated[str, Query(description="e.g. 5m, 1h")] = "5m"
+) -> dict[str, Any]:
+    monitor = _monitor(service)
+    table = await run_in_threadpool(monitor.drift, _seconds(window, "window"))
+    reference = monitor.reference
+    return {"window": window, "reference": reference.source if reference else None, "features": table}
+
+
+@router.post("/v1/admin/faults", summary="Inject faults for alarm drills (only with fault_injection on)")
+async def faults(body: schemas.Faults, request: Request, service: Service) -> schemas.Faults:
+    if not service.settings.fault_injection:
+        raise NotFoundError("fault injection is disabled (VOICE_SEARCH_FAULT_INJECTION=false)")
+    service.faults.asr_delay_s = body.asr_delay_ms / 1000
+    return body
+
+
+@router.get("/dashboard", include_in_schema=False)
+async def dashboard() -> FileResponse:
+    return FileResponse(DASHBOARD, media_type="text/html")
