@@ -92,3 +92,8 @@ def normalize_text(text: str) -> str:
     letters = _NOT_ALPHABET.sub(" ", spelled)
     letters = _LOOSE_APOSTROPHE.sub(" ", letters)
     return _SPACES.sub(" ", letters).strip()
+
+
+def vocabulary_words(text: str) -> list[str]:
+    """The words of `text` as the vocabulary knows them (normalized, split on spaces)."""
+    return normalize_text(text).split()

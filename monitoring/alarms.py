@@ -23,6 +23,7 @@ threshold on three requests is noise. Adapting a threshold is an edit of the fil
 import bisect
 import json
 import logging
+import math
 import re
 import threading
 import urllib.request
@@ -37,6 +38,7 @@ import yaml
 from monitoring.drift import STAT_TESTS, DriftResult, ReferenceProfile, detect, drift_table
 from monitoring.events import Event
 from monitoring.features import (
+    CATEGORICAL_FEATURES,
     FEATURES,
     WINDOW_METRICS,
     WindowContext,
@@ -100,10 +102,24 @@ class Rule:
                 )
             if self.test not in STAT_TESTS:
                 raise ValueError(f"rule {self.name!r}: 'test' must be one of {', '.join(STAT_TESTS)}")
+            spec = STAT_TESTS[self.test]
+            categorical = self.drift in CATEGORICAL_FEATURES
+            if (spec.kind == "categorical" and not categorical) or (
+                categorical and self.test not in ("psi", "chi_square")
+            ):
+                raise ValueError(f"rule {self.name!r}: test {self.test} does not apply to {self.drift}")
+            if self.comparator[0] != spec.direction:
+                # A p-value drifts when it is small, a distance when it is large: ">" on chi_square
+                # would fire on every window that does NOT drift.
+                raise ValueError(
+                    f"rule {self.name!r}: {self.test} drifts when {spec.direction} the threshold"
+                )
         if self.comparator not in _COMPARE:
             raise ValueError(f"rule {self.name!r}: comparator must be one of {', '.join(_COMPARE)}")
         if self.severity not in ("info", "warning", "critical"):
             raise ValueError(f"rule {self.name!r}: severity must be info, warning or critical")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"rule {self.name!r}: the threshold must be a finite number")
         if self.window_s <= 0 or self.min_samples < 1:
             raise ValueError(f"rule {self.name!r}: window must be positive and min_samples >= 1")
 
@@ -128,6 +144,11 @@ def load_rules(path: Path) -> list[Rule]:
         values = dict(raw)
         try:
             values["window_s"] = parse_duration(values.pop("window"))
+            # YAML reads "1e-3" as a string: thresholds and counts are coerced, not trusted.
+            values["threshold"] = float(values["threshold"])
+            values["min_samples"] = int(values.get("min_samples", 1))
+            if "drift" in values and "comparator" not in values and values.get("test") in STAT_TESTS:
+                values["comparator"] = STAT_TESTS[values["test"]].direction
             rules.append(Rule(**values))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: rule {raw.get('name')!r}: {e}") from e
@@ -243,7 +264,8 @@ def rule_value(
     if reference is None or not reference.features.get(rule.drift):
         return WindowValue(None, len(current)), None
     result = detect(rule.drift, reference.features[rule.drift], current, rule.test)
-    return WindowValue(result.statistic, len(current)), result
+    statistic = result.statistic if math.isfinite(result.statistic) else None
+    return WindowValue(statistic, len(current)), result
 
 
 class AlarmEngine:
@@ -256,10 +278,17 @@ class AlarmEngine:
         notifiers: Sequence[Notifier] = (),
         redo_window_s: float = 30.0,
         history: int = 1000,
+        tokenize: Callable[[str], list[str]] | None = None,
     ) -> None:
+        """`tokenize` splits text into vocabulary words (default: lower-case word characters);
+        give the same normalizer the reference vocabulary was built with."""
         self.rules, self.reference, self.notifiers = list(rules), reference, list(notifiers)
         vocabulary = reference.vocabulary if reference else frozenset()
-        self.context = WindowContext(vocabulary, redo_window_s)
+        self.context = (
+            WindowContext(vocabulary, redo_window_s, tokenize)
+            if tokenize
+            else WindowContext(vocabulary, redo_window_s)
+        )
         self.states: dict[str, AlarmState] = {}
         self.history: deque[Transition] = deque(maxlen=history)
         self._lock = threading.Lock()
@@ -280,7 +309,12 @@ class AlarmEngine:
                 if rule.window_s not in features_by_window:
                     features_by_window[rule.window_s] = event_features(in_window)
                 features = features_by_window[rule.window_s]
-            value, result = rule_value(rule, in_window, self.reference, self.context, features)
+            try:
+                value, result = rule_value(rule, in_window, self.reference, self.context, features)
+            except (ArithmeticError, ValueError, TypeError):
+                # One broken rule must not silence the others: it is judged on no data, and logged.
+                logger.exception("alarm rule %s could not be evaluated", rule.name)
+                value, result = WindowValue(None, 0), None
             if result is not None:
                 drift.append(result)
             states.append(self._judge(rule, value, now))
@@ -293,6 +327,9 @@ class AlarmEngine:
             state = "firing" if _COMPARE[rule.comparator](value.value, rule.threshold) else "ok"
         with self._lock:
             previous = self.states.get(rule.name)
+            if state == "insufficient_data" and previous is not None and previous.state == "firing":
+                # No data is not good news: an outage that stops traffic must not "resolve" its alarm.
+                state = "firing"
             since = previous.since if previous and previous.state == state else now
             current = AlarmState(
                 rule.name,
@@ -310,11 +347,19 @@ class AlarmEngine:
             )
             self.states[rule.name] = current
             was_firing = bool(previous and previous.state == "firing")
-        if was_firing != (state == "firing"):
-            transition = Transition(
-                rule.name, rule.severity, state == "firing", now, value.value, rule.threshold, rule.subject
-            )
-            self.history.append(transition)
+            transition = None
+            if was_firing != (state == "firing"):
+                transition = Transition(
+                    rule.name,
+                    rule.severity,
+                    state == "firing",
+                    now,
+                    value.value,
+                    rule.threshold,
+                    rule.subject,
+                )
+                self.history.append(transition)
+        if transition is not None:
             for notifier in self.notifiers:
                 try:
                     notifier.notify(transition)

@@ -172,6 +172,9 @@ class ReferenceProfile:
     clips: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     """Window metrics measured on the reference itself (for example its null-transcript ratio)."""
+    model_version: str = ""
+    """The model whose outputs (confidence, words) the profile holds: output drift against a
+    profile of another model measures the model change, not the traffic."""
 
     @classmethod
     def from_rows(
@@ -181,6 +184,7 @@ class ReferenceProfile:
         source: str,
         metrics: dict[str, float] | None = None,
         seed: int = 0,
+        model_version: str = "",
     ) -> "ReferenceProfile":
         """A profile from per-clip feature dicts (see `features.clip_features`), sampled down to
         `PROFILE_SAMPLE` values per feature."""
@@ -191,12 +195,13 @@ class ReferenceProfile:
             if len(values) > PROFILE_SAMPLE:
                 values = [values[i] for i in sorted(rng.choice(len(values), PROFILE_SAMPLE, replace=False))]
             sampled[name] = values
-        return cls(sampled, vocabulary, source, len(rows), dict(metrics or {}))
+        return cls(sampled, vocabulary, source, len(rows), dict(metrics or {}), model_version)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         body = {
             "source": self.source,
+            "model_version": self.model_version,
             "clips": self.clips,
             "metrics": self.metrics,
             "vocabulary": sorted(self.vocabulary),
@@ -216,6 +221,7 @@ class ReferenceProfile:
                 source=str(body.get("source", "")),
                 clips=int(body.get("clips", 0)),
                 metrics={k: float(v) for k, v in body.get("metrics", {}).items()},
+                model_version=str(body.get("model_version", "")),
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"cannot read the reference profile {path}: {e}") from e

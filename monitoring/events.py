@@ -232,7 +232,7 @@ class SQLiteEventStore:
             )
 
     def get(self, request_id: str) -> Event | None:
-        with self._lock:
+        with self._lock, _store_errors(f"read event {request_id}"):
             found = self._db.execute(
                 f"SELECT {', '.join(_COLUMNS)} FROM events WHERE request_id = ?",
                 (request_id,),
@@ -255,12 +255,12 @@ class SQLiteEventStore:
             where.append("session_id = ?")
             params.append(session_id)
         query = f"SELECT {', '.join(_COLUMNS)} FROM events WHERE {' AND '.join(where)} ORDER BY created_at"
-        with self._lock:
+        with self._lock, _store_errors("read events"):
             rows = self._db.execute(query, params).fetchall()
         return [_from_row(r) for r in rows]
 
     def count(self) -> int:
-        with self._lock:
+        with self._lock, _store_errors("count events"):
             return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def forget_audio(self, request_ids: Sequence[str]) -> None:
@@ -272,7 +272,7 @@ class SQLiteEventStore:
 
     def with_audio_before(self, cutoff: float) -> list[tuple[str, str]]:
         """(request_id, audio_path) of events older than `cutoff` that still hold audio."""
-        with self._lock:
+        with self._lock, _store_errors("find retained audio"):
             rows = self._db.execute(
                 "SELECT request_id, audio_path FROM events WHERE audio_path IS NOT NULL AND created_at < ?",
                 (cutoff,),

@@ -14,7 +14,7 @@ Windows are [start, end) in event time (the request's own timestamps), never the
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +46,14 @@ _WORD = re.compile(r"[a-z0-9']+")
 def words(text: str | None) -> list[str]:
     """Lower-case word tokens (transcripts and typed queries are compared on these)."""
     return _WORD.findall(text.lower()) if text else []
+
+
+def empty_audio(event: Event) -> str | None:
+    """Why a request's audio was unusable as speech: "empty" (no bytes), "all_zero" (digital
+    silence: a muted microphone, a missing track), or None."""
+    if event.audio_bytes == 0 or event.error_type == "empty_audio":
+        return "empty"
+    return "all_zero" if event.is_all_zero else None
 
 
 def clip_features(event: Event) -> dict[str, float | str] | None:
@@ -93,6 +101,9 @@ class WindowContext:
 
     vocabulary: frozenset[str] = frozenset()
     redo_window_s: float = 30.0
+    tokenize: Callable[[str], list[str]] = field(default=lambda text: words(text))
+    """How text becomes vocabulary words: the service passes its one text normalizer, so typed
+    "São Paulo" and the training text's "sao paulo" meet as the same words."""
 
 
 MetricFn = Callable[[Sequence[Event], float, WindowContext], WindowValue]
@@ -150,8 +161,7 @@ def _no_result_ratio(events: Sequence[Event], _s: float, _c: WindowContext) -> W
 
 def _empty_audio_ratio(events: Sequence[Event], _s: float, _c: WindowContext) -> WindowValue:
     audio = _audio_requests(events)
-    empty = sum(e.audio_bytes == 0 or e.error_type == "empty_audio" or bool(e.is_all_zero) for e in audio)
-    return _ratio(empty, len(audio))
+    return _ratio(sum(empty_audio(e) is not None for e in audio), len(audio))
 
 
 def _redo_ratio(events: Sequence[Event], _s: float, context: WindowContext) -> WindowValue:
@@ -176,12 +186,17 @@ def _mean_confidence(events: Sequence[Event], _s: float, _c: WindowContext) -> W
 
 def _typed_oov_ratio(events: Sequence[Event], _s: float, context: WindowContext) -> WindowValue:
     """Words users typed or corrected that the training text never had: new vocabulary (concept drift)."""
-    typed = [w for e in events if e.outcome not in FAILED for w in words(e.query_text or e.corrected_text)]
+    typed = [
+        w
+        for e in events
+        if e.outcome not in FAILED
+        for w in context.tokenize(e.query_text or e.corrected_text or "")
+    ]
     return _oov(typed, context)
 
 
 def _transcript_oov_ratio(events: Sequence[Event], _s: float, context: WindowContext) -> WindowValue:
-    return _oov([w for e in _voice(events) for w in words(e.transcript)], context)
+    return _oov([w for e in _voice(events) for w in context.tokenize(e.transcript or "")], context)
 
 
 def _oov(tokens: Sequence[str], context: WindowContext) -> WindowValue:

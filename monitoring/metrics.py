@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from monitoring.events import Event
+from monitoring.features import AUDIO_KINDS, SEARCH_KINDS, SILENT_DBFS, empty_audio, words
 
 PREFIX = "voice_search"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -34,15 +35,20 @@ RATIO_BUCKETS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
 SILENCE_BUCKETS_S = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 WORD_BUCKETS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0)
 
-SEARCH_KINDS = ("voice_search", "text_search")
-AUDIO_KINDS = ("voice_search", "transcribe", "openai_transcription")
+COMMON_SAMPLE_RATES = frozenset({8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000})
+"""Sample rates labelled as themselves; any other is "other", so labels stay few."""
 
 
 class ServiceMetrics:
     """The service's metrics in their own registry (so tests and several apps never collide)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, routes: Iterable[str] | None = None
+    ) -> None:
+        """`routes`: the service's paths; requests to any other path are labelled "other" (a
+        scanner probing random URLs must not create a time series per URL)."""
         self.registry = registry or CollectorRegistry()
+        self.routes = frozenset(routes) if routes is not None else None
         ProcessCollector(namespace=PREFIX, registry=self.registry)  # CPU seconds, resident memory
         PlatformCollector(registry=self.registry)
         r, p = self.registry, PREFIX
@@ -168,9 +174,10 @@ class ServiceMetrics:
     def observe(self, event: Event, signals: Iterable[str] = ()) -> None:
         """Count one recorded event; `signals` are the session signals it completed (see
         `SessionTracker`): redo, switch_to_typing, click."""
-        self.requests.labels(event.route, str(event.status_code)).inc()
+        route = event.route if self.routes is None or event.route in self.routes else "other"
+        self.requests.labels(route, str(event.status_code)).inc()
         if event.latency_s is not None:
-            self.request_duration.labels(event.route).observe(event.latency_s)
+            self.request_duration.labels(route).observe(event.latency_s)
         for stage, seconds in event.timings_s.items():
             self.stage_duration.labels(stage).observe(seconds)
         if event.kind in AUDIO_KINDS:
@@ -185,15 +192,14 @@ class ServiceMetrics:
         if event.transcript:
             if event.confidence is not None:
                 self.confidence.observe(event.confidence)
-            self.words.observe(len(event.transcript.split()))
+            self.words.observe(len(words(event.transcript)))
         for signal in signals:
             {"redo": self.redo, "switch_to_typing": self.switch_to_typing, "click": self.clicks}[signal].inc()
 
     def _observe_input(self, event: Event) -> None:
-        if event.audio_bytes == 0 or event.error_type == "empty_audio":
-            self.empty_audio.labels("empty").inc()
-        elif event.is_all_zero:
-            self.empty_audio.labels("all_zero").inc()
+        reason = empty_audio(event)
+        if reason is not None:
+            self.empty_audio.labels(reason).inc()
         if event.duration_s is None:
             return
         self.clip_duration.observe(event.duration_s)
@@ -206,11 +212,10 @@ class ServiceMetrics:
         ]
         for histogram, value in observe:
             if value is not None:
-                histogram.observe(
-                    max(value, -1000.0)
-                )  # -inf dBFS (digital silence) lands in the first bucket
+                histogram.observe(max(value, SILENT_DBFS))  # -inf dBFS (digital silence): the first bucket
         if event.sample_rate_hz:
-            self.sample_rates.labels(str(event.sample_rate_hz)).inc()
+            rate = event.sample_rate_hz
+            self.sample_rates.labels(str(rate) if rate in COMMON_SAMPLE_RATES else "other").inc()
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         """Read the queue depth at scrape time."""

@@ -56,7 +56,7 @@ class Monitor:
         self.options = options or MonitorOptions()
         self.tracker = SessionTracker(self.options.redo_window_s)
         self.latest_event_at = -math.inf
-        self.last_evaluated_at = -math.inf
+        self.last_evaluated_at: float | None = None
         self._lock = threading.Lock()
 
     @property
@@ -79,11 +79,11 @@ class Monitor:
         return time.time()
 
     def due(self) -> bool:
+        """Time for the next evaluation. With the event clock, time only moves with traffic (and
+        never backwards: one replay per server process, in increasing time)."""
         if self.options.use_event_clock and self.latest_event_at == -math.inf:
             return False  # no event time yet: nothing to judge
-        now = self.now()
-        # A clock that went back (a replay starting over at an earlier time) restarts the steps.
-        return now < self.last_evaluated_at or now - self.last_evaluated_at >= self.options.step_s
+        return self.last_evaluated_at is None or self.now() - self.last_evaluated_at >= self.options.step_s
 
     def evaluate(self, now: float | None = None) -> Evaluation:
         """Judge every rule at `now` (default: the monitor's clock) and publish the verdicts."""
@@ -93,13 +93,13 @@ class Monitor:
         events = self.store.events(since=end - self.engine.longest_window_s, until=end)
         evaluation = self.engine.evaluate(events, end)
         self.last_evaluated_at = at
+        # NaN, not the last good value, when a window has nothing to measure: a chart must not
+        # show a stale number as if it were current.
         for state in evaluation.states:
             self.metrics.alert_firing.labels(state.rule, state.severity).set(state.state == "firing")
-            if state.value is not None:
-                self.metrics.alarm_value.labels(state.rule).set(state.value)
+            self.metrics.alarm_value.labels(state.rule).set(math.nan if state.value is None else state.value)
         for result in evaluation.drift:
-            if not math.isnan(result.statistic):
-                self.metrics.drift_score.labels(result.feature, result.test).set(result.statistic)
+            self.metrics.drift_score.labels(result.feature, result.test).set(result.statistic)
         return evaluation
 
     def series(self, span_s: float, points: int = 60, now: float | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ after the response is built. Errors become responses in `serving.errors` only.
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -23,6 +24,7 @@ from asr.audio import AudioLimits
 from asr.corpus.domain import DomainPack
 from asr.errors import AudioError
 from asr.pipeline import PipelineOptions, Transcript, build_pipeline
+from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, LogNotifier, Notifier, WebhookNotifier, load_rules
 from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStore, EventStoreError, Outcome, SQLiteEventStore, purge_audio
@@ -41,12 +43,17 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 
 
+ROUTERS = (search.router, transcribe.router, feedback.router, health.router, monitoring.router)
+ROUTE_PATHS = tuple(getattr(route, "path", "") for router in ROUTERS for route in router.routes)
+"""The service's paths (metrics label any other path "other")."""
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await run_in_threadpool(_load, settings)
+        state = await run_in_threadpool(_load, settings, ROUTE_PATHS)
         app.state.service = state
         state.batcher.start()
         tasks = [asyncio.create_task(_purge_expired_audio(state), name="audio-retention")]
@@ -59,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.ready = False
             for task in tasks:
                 task.cancel()
+            # Let a running alarm evaluation finish before the store it reads is closed.
+            await asyncio.gather(*tasks, return_exceptions=True)
             await state.batcher.stop()
             state.store.close()
 
@@ -70,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.middleware("http")(_record_events)
     install_error_handlers(app)
-    for router in (search.router, transcribe.router, feedback.router, health.router, monitoring.router):
+    for router in ROUTERS:
         app.include_router(router)
 
     @app.get("/", include_in_schema=False)
@@ -88,7 +97,7 @@ def create_app_from_env() -> FastAPI:
     return create_app(settings)
 
 
-def _load(settings: Settings) -> ServiceState:
+def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     started = time.perf_counter()
     pack = DomainPack.load(settings.domain_dir)
     beam = pack.bias(settings.beam_size, settings.hotword_weight) if settings.bias_decoding else None
@@ -108,7 +117,7 @@ def _load(settings: Settings) -> ServiceState:
         pack, SearchOptions(limit=settings.search_limit, min_score=settings.search_min_score)
     )
     version = pipeline.recognizer.version
-    monitor = _monitor(settings, store, batcher) if settings.monitoring else None
+    monitor = _monitor(settings, store, batcher, routes, version) if settings.monitoring else None
     load_s = time.perf_counter() - started
     if monitor is not None:
         monitor.metrics.model_load.labels(version).set(load_s)
@@ -126,7 +135,9 @@ def _with_faults(transcribe_many: TranscribeMany, faults: Faults) -> TranscribeM
     return transcribe
 
 
-def _monitor(settings: Settings, store: EventStore, batcher: MicroBatcher) -> Monitor:
+def _monitor(
+    settings: Settings, store: EventStore, batcher: MicroBatcher, routes: Sequence[str], model_version: str
+) -> Monitor:
     rules = load_rules(settings.alarm_rules)
     reference = None
     if settings.reference_profile.is_file():
@@ -136,8 +147,16 @@ def _monitor(settings: Settings, store: EventStore, batcher: MicroBatcher) -> Mo
     notifiers: list[Notifier] = [LogNotifier()]
     if settings.alert_webhook_url:
         notifiers.append(WebhookNotifier(settings.alert_webhook_url))
-    engine = AlarmEngine(rules, reference, notifiers, settings.redo_window_s)
-    metrics = ServiceMetrics()
+    if reference is not None and reference.model_version and reference.model_version != model_version:
+        logger.warning(
+            "the reference profile %s was measured with %s, not the served %s: output drift (confidence, "
+            "words) will reflect the model change; rebuild it with `voice-search monitor baseline`",
+            settings.reference_profile,
+            reference.model_version,
+            model_version,
+        )
+    engine = AlarmEngine(rules, reference, notifiers, settings.redo_window_s, tokenize=vocabulary_words)
+    metrics = ServiceMetrics(routes=routes)
     metrics.track_queue(batcher.depth)
     options = MonitorOptions(settings.alarm_step_s, settings.redo_window_s, settings.trust_client_time)
     return Monitor(store, metrics, engine, options)
@@ -178,7 +197,7 @@ UNRECORDED = ("/v1/alerts", "/v1/monitoring/", "/v1/admin/")
 
 async def _record_events(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     request.state.request_id = uuid.uuid4().hex
-    request.state.started_at = time.time()
+    request.state.started_at = request.state.received_at = time.time()
     request.state.event = {}
     started = time.perf_counter()
     service: ServiceState | None = getattr(request.app.state, "service", None)
@@ -205,15 +224,26 @@ async def _record_events(request: Request, call_next: Callable[[Request], Awaita
 EVENT_TIME_HEADER = "X-Event-Time"
 
 
+EVENT_TIME_RANGE_S = (-400 * 86_400.0, 60.0)
+"""How far before and after the server's clock a replayed event time may be (a stamp in
+milliseconds, or in the future, would stop the monitors' clock)."""
+
+
 def _take_event_time(request: Request, service: ServiceState | None) -> None:
     """Replays stamp requests with their traffic time (seconds since the epoch), when allowed."""
     stamp = request.headers.get(EVENT_TIME_HEADER)
     if stamp is None or service is None or not service.settings.trust_client_time:
         return
     try:
-        request.state.started_at = float(stamp)
+        at = float(stamp)
     except ValueError:
-        raise BadRequestError(f"{EVENT_TIME_HEADER} must be seconds since the epoch, not {stamp!r}") from None
+        at = math.nan
+    earliest, latest = (request.state.received_at + d for d in EVENT_TIME_RANGE_S)
+    if not earliest <= at <= latest:  # also refuses nan and inf
+        raise BadRequestError(
+            f"{EVENT_TIME_HEADER} must be seconds since the epoch within 400 days before now, not {stamp!r}"
+        )
+    request.state.started_at = at
 
 
 async def _refuse_large_body(request: Request) -> Response | None:
@@ -230,6 +260,15 @@ async def _refuse_large_body(request: Request) -> Response | None:
 
 
 async def _store_event(request: Request, status: int, latency_s: float) -> None:
+    """Record the request's event and count it in the metrics. Never raises: the answer exists
+    already, and failing it would not bring the row back (failures are logged and counted)."""
+    try:
+        await _record(request, status, latency_s)
+    except Exception:
+        logger.exception("could not record the event of %s", request.state.request_id)
+
+
+async def _record(request: Request, status: int, latency_s: float) -> None:
     fields: dict[str, Any] = request.state.event
     noted: Outcome = fields.pop("outcome", "ok")
     outcome: Outcome = "server_error" if status >= 500 else "client_error" if status >= 400 else noted

@@ -30,6 +30,7 @@ from asr.errors import (
     UndecodableAudioError,
     UnsupportedSampleRateError,
 )
+from monitoring.events import EventStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ _STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (ClientDisconnect, 400, "client_disconnected"),
     (UnsupportedMediaError, 415, "unsupported_media_type"),
     (ASRError, 500, "recognition_failed"),
+    (EventStoreError, 503, "event_store_unavailable"),
 )
 
 
@@ -93,6 +95,8 @@ def error_info(error: Exception) -> ErrorInfo:
     for cls, status, kind in _STATUS:
         if isinstance(error, cls):
             headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, OverloadedError) else {}
+            if isinstance(error, EventStoreError):
+                headers = {"Retry-After": "1"}  # a locked or busy database is usually gone in a moment
             return ErrorInfo(status, kind, headers)
     return ErrorInfo(500, "internal_error", {})
 
@@ -152,5 +156,6 @@ def install_error_handlers(app: FastAPI) -> None:
     """Route every error FastAPI can raise to one JSON shape."""
     app.add_exception_handler(ServiceError, _handle_error)
     app.add_exception_handler(ASRError, _handle_error)
+    app.add_exception_handler(EventStoreError, _handle_error)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)

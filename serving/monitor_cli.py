@@ -12,10 +12,11 @@ from asr.corpus.domain import DomainPack
 from asr.errors import AudioError, ManifestError
 from asr.evaluate import ManifestEntry, read_manifest, select_entries
 from asr.pipeline import PipelineOptions, Transcript, build_pipeline
+from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, load_rules, parse_duration
 from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStoreError, SQLiteEventStore
-from monitoring.features import clip_features, words
+from monitoring.features import clip_features
 from monitoring.report import build_report, render_html, render_text
 from serving.settings import Settings
 
@@ -92,7 +93,9 @@ def _baseline(args: argparse.Namespace, settings: Settings) -> int:
             nulls += transcript.no_speech
     if not rows:
         raise ManifestError("no clip of the manifests could be profiled")
-    vocabulary = frozenset(w for e in entries for w in words(e.text)) | frozenset(pack.vocabulary())
+    vocabulary = frozenset(w for e in entries for w in vocabulary_words(e.text)) | frozenset(
+        pack.vocabulary()
+    )
     confidences = [
         float(r["confidence"]) for r in rows if "confidence" in r and float(r["transcript_words"]) > 0
     ]
@@ -103,7 +106,8 @@ def _baseline(args: argparse.Namespace, settings: Settings) -> int:
     source = (
         f"{', '.join(str(m) for m in args.manifest)} ({len(rows)} clips, model {pipeline.recognizer.version})"
     )
-    profile = ReferenceProfile.from_rows(rows, vocabulary, source, metrics, args.seed)
+    version = pipeline.recognizer.version
+    profile = ReferenceProfile.from_rows(rows, vocabulary, source, metrics, args.seed, version)
     out = args.out or settings.reference_profile
     profile.save(out)
     print(

@@ -50,5 +50,5 @@ def timings_ms(request: Request) -> dict[str, float]:
     """Per-stage milliseconds noted so far, plus the total since the request arrived."""
     stages: dict[str, float] = event_of(request).get("timings_s", {})
     out = {stage: round(1000 * stages[stage], 2) for stage in (*STAGES, "search") if stage in stages}
-    out["total"] = round(1000 * (time.time() - request.state.started_at), 2)
+    out["total"] = round(1000 * (time.time() - request.state.received_at), 2)
     return out

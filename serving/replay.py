@@ -265,7 +265,7 @@ async def _replay(
                 clip = pool[int(replayer.rng.integers(len(pool)))]
                 if active:
                     clip = shift_clip(clip, scenario.shift, replayer.rng)
-                await replayer.user(clip, at, f"{scenario.shift}-{start:.0f}-{i // 3}")
+                await replayer.user(clip, at, f"{scenario.shift}-{start:.0f}-{i}")
 
         tasks: list[asyncio.Task[None]] = []
         for i in range(total):
@@ -313,6 +313,7 @@ async def _wait_evaluated(url: str, at: float, step_s: float, timeout_s: float =
             if alerts["evaluated_at"] is not None and alerts["evaluated_at"] >= at - step_s:
                 return
             await asyncio.sleep(0.5)
+    raise TimeoutError(f"the server did not evaluate its alarms up to {at} within {timeout_s} s")
 
 
 def run_scenarios(

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from monitoring.alarms import parse_duration
 from monitoring.metrics import CONTENT_TYPE
-from monitoring.monitor import Monitor
+from monitoring.monitor import Monitor, finite
 from serving import schemas
 from serving.deps import Service, ServiceState
 from serving.errors import BadRequestError, NotFoundError
@@ -25,13 +25,18 @@ def _monitor(service: ServiceState) -> Monitor:
     return service.monitor
 
 
+MAX_SPAN_S = 7 * 86_400.0
+"""Longest dashboard span or drift window: reading more events than this per request would make
+the monitors' readers compete with the request path for the event store."""
+
+
 def _seconds(text: str, name: str) -> float:
     try:
         seconds = parse_duration(text)
     except ValueError as e:
         raise BadRequestError(f"{name}: {e}") from None
-    if seconds <= 0:
-        raise BadRequestError(f"{name} must be positive")
+    if not 0 < seconds <= MAX_SPAN_S:
+        raise BadRequestError(f"{name} must be positive and at most 7d")
     return seconds
 
 
@@ -44,7 +49,10 @@ async def metrics(service: Service) -> Response:
 @router.get("/v1/alerts", summary="Alarm states and their recent transitions")
 async def alerts(service: Service) -> dict[str, Any]:
     monitor = _monitor(service)
-    return {"now": monitor.now(), "evaluated_at": monitor.last_evaluated_at} | monitor.engine.snapshot()
+    return {
+        "now": finite(monitor.now()),
+        "evaluated_at": monitor.last_evaluated_at,
+    } | monitor.engine.snapshot()
 
 
 @router.get("/v1/monitoring/series", summary="Time series of every alarm rule and dashboard metric")
@@ -64,7 +72,13 @@ async def drift(
     monitor = _monitor(service)
     table = await run_in_threadpool(monitor.drift, _seconds(window, "window"))
     reference = monitor.reference
-    return {"window": window, "reference": reference.source if reference else None, "features": table}
+    return {
+        "window": window,
+        "reference": reference.source if reference else None,
+        "reference_model_version": reference.model_version if reference else None,
+        "model_version": service.model_version,
+        "features": table,
+    }
 
 
 @router.post("/v1/admin/faults", summary="Inject faults for alarm drills (only with fault_injection on)")

@@ -196,8 +196,16 @@ def test_an_alarm_fires_is_served_and_notified_then_stays_quiet_for_a_healthy_ru
     assert before == 0
 
 
+def test_unknown_paths_share_one_label(server: Server) -> None:
+    for n in range(3):
+        assert httpx.get(f"{server.url}/v1/probe-{n}").status_code == 404
+    after = samples(server)
+    assert value(after, "voice_search_requests_total", route="other", status="404") == 3
+    assert not any("probe" in dict(labels).get("route", "") for _, labels in after)
+
+
 def test_monitoring_endpoints_refuse_bad_parameters(server: Server) -> None:
-    for params in ({"span": "soon"}, {"span": "0s"}, {"points": "1"}):
+    for params in ({"span": "soon"}, {"span": "0s"}, {"span": "30d"}, {"points": "1"}):
         response = httpx.get(server.url + "/v1/monitoring/series", params=params)
         assert response.status_code == 422, params
         assert response.json()["error"]["type"] == "invalid_request"

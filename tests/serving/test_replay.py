@@ -144,3 +144,20 @@ def test_shifts_change_the_audio_as_named(labelled: tuple[Path, list[Clip]]) -> 
     clipped = shift_clip(clip, "clipping", rng).samples
     assert np.mean(np.abs(clipped) >= 0.999) > 0.01
     assert set(SHIFTS) == {"none", *EXPECTED}
+
+
+def test_event_times_out_of_range_are_refused_and_still_recorded(server: Server) -> None:
+    import httpx
+
+    for stamp in ("nan", "inf", "1e15", "yesterday"):
+        response = httpx.post(
+            server.url + "/v1/search/text",
+            json={"session_id": "clock", "query": "weather in paris"},
+            headers={"X-Event-Time": stamp},
+        )
+        assert response.status_code == 422, stamp
+        assert "X-Event-Time" in response.json()["error"]["message"]
+    assert (
+        rows(server, "SELECT COUNT(*) FROM events WHERE session_id IS NULL AND status_code = 422")[0][0] >= 4
+    )
+    assert httpx.get(server.url + "/v1/alerts").status_code == 200
