@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from serving.launch import running_server
-from serving.replay import SHIFTS, Scenario, Traffic, load_clips, novel_queries, run_scenarios
+from serving.replay import EXPECTED_ALARM, SHIFTS, Scenario, Traffic, load_clips, novel_queries, run_scenarios
 from serving.settings import REPO_ROOT
 
 
@@ -62,15 +62,26 @@ def main() -> int:
         state.mkdir(parents=True, exist_ok=True)
         with running_server(state, **settings) as server:
             results = run_scenarios(server.url, scenarios, clips, traffic, novel, step_s=10.0)
-    print(f"{'shift':<16} {'requests':>8} {'detected by':<24} {'after (traffic s)':>17} false alarms")
+    header = ("shift", "requests", "its alarm (traffic s)", "first alarm (traffic s)", "false alarms")
+    print(f"{header[0]:<16} {header[1]:>8}  {header[2]:<32} {header[3]:<32} {header[4]}")
     for r in results:
-        after = "-" if r.detection_s is None else f"{r.detection_s:.0f}"
-        false = ",".join(r.false_alarms) or "-"
-        print(f"{r.shift:<16} {r.requests:>8} {r.detected_by or '-':<24} {after:>17} {false}")
+        expected = EXPECTED_ALARM.get(r.shift)
+        own = (
+            f"{expected} {r.expected_alarm_s:.0f}"
+            if r.expected_alarm_s is not None
+            else f"{expected or '-'} -"
+        )
+        first = f"{r.detected_by} {r.detection_s:.0f}" if r.detection_s is not None else "-"
+        print(f"{r.shift:<16} {r.requests:>8}  {own:<32} {first:<32} {','.join(r.false_alarms) or '-'}")
     print(f"wall time {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+        rows = [
+            asdict(r)
+            | {"expected_alarm": EXPECTED_ALARM.get(r.shift), "expected_alarm_s": r.expected_alarm_s}
+            for r in results
+        ]
+        args.json.write_text(json.dumps(rows, indent=1))
     return 0
 
 

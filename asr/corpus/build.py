@@ -189,6 +189,21 @@ def noise_split(name: str) -> str:
     return "train" if _stable_seed("noise", name) % 2 == 0 else "test"
 
 
+def level_and_augment(
+    samples: Samples,
+    rate: int,
+    spec: AugmentSpec,
+    rng: np.random.Generator,
+    noise_bank: dict[str, Samples] | None,
+) -> Samples:
+    """Synthesized speech as the corpus holds it: 16 kHz, levelled to the clean level, augmented."""
+    clean = (
+        soxr.resample(samples, rate, SAMPLE_RATE_HZ).astype(np.float32) if rate != SAMPLE_RATE_HZ else samples
+    )
+    clean = (clean * 10 ** (normalization_gain_db(clean, CLEAN_LEVEL) / 20)).astype(np.float32)
+    return apply(clean, spec, rng, noise_bank)
+
+
 def render_clip(
     clip: PlannedClip, out_dir: Path, engines: dict[str, Engine], noise_bank: dict[str, Samples], seed: int
 ) -> dict[str, Any]:
@@ -196,13 +211,8 @@ def render_clip(
     path = out_dir / "audio" / f"{clip.id}.flac"
     if not path.exists():
         samples, rate = engines[clip.voice.engine].synthesize(clip.text, clip.voice)
-        clean = (
-            soxr.resample(samples, rate, SAMPLE_RATE_HZ).astype(np.float32)
-            if rate != SAMPLE_RATE_HZ
-            else samples
-        )
-        clean = (clean * 10 ** (normalization_gain_db(clean, CLEAN_LEVEL) / 20)).astype(np.float32)
-        audio = apply(clean, clip.augment, np.random.default_rng(_stable_seed(seed, clip.id)), noise_bank)
+        rng = np.random.default_rng(_stable_seed(seed, clip.id))
+        audio = level_and_augment(samples, rate, clip.augment, rng, noise_bank)
         tmp = path.with_suffix(".tmp.flac")
         sf.write(tmp, audio, SAMPLE_RATE_HZ, subtype="PCM_16")
         tmp.replace(path)  # atomic: an interrupted build never leaves half a clip
