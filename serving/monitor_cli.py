@@ -18,6 +18,7 @@ from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStoreError, SQLiteEventStore
 from monitoring.features import clip_features
 from monitoring.report import build_report, render_html, render_text
+from serving.recording import transcript_fields
 from serving.settings import Settings
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -119,25 +120,13 @@ def _baseline(args: argparse.Namespace, settings: Settings) -> int:
 
 def _as_event(transcript: Transcript) -> Event:
     """The transcript as the service would record it, so the profile and traffic share one feature code."""
-    stats = transcript.stats
     return Event(
         request_id="baseline",
         created_at=0.0,
         kind="voice_search",
         route="baseline",
         status_code=200,
-        outcome="null_transcript" if transcript.no_speech else "ok",
-        transcript=transcript.text,
-        confidence=transcript.confidence,
-        duration_s=stats.duration_s,
-        sample_rate_hz=transcript.source_sample_rate_hz,
-        rms_dbfs=stats.rms_dbfs,
-        peak_dbfs=stats.peak_dbfs,
-        clipping_ratio=stats.clipping_ratio,
-        leading_silence_ms=stats.leading_silence_ms,
-        trailing_silence_ms=stats.trailing_silence_ms,
-        speech_ratio=stats.speech_ratio,
-        is_all_zero=stats.is_all_zero,
+        **transcript_fields(transcript),
     )
 
 

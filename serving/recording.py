@@ -33,17 +33,21 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def note_transcript(request: Request, transcript: Transcript) -> None:
-    stats = transcript.stats
-    event_of(request).update(
+def transcript_fields(transcript: Transcript) -> dict[str, Any]:
+    """The event fields a transcript fills in (the service's events and the reference profile)."""
+    return dict(
         transcript=transcript.text,
         confidence=round(transcript.confidence, 4),
         model_version=transcript.model_version,
-        **asdict(stats),  # the event's input columns are named after ClipStats' fields
+        **asdict(transcript.stats),  # the event's input columns are named after ClipStats' fields
         sample_rate_hz=transcript.source_sample_rate_hz,
         timings_s=dict(transcript.timings_s),
         outcome="null_transcript" if transcript.no_speech else "ok",
     )
+
+
+def note_transcript(request: Request, transcript: Transcript) -> None:
+    event_of(request).update(transcript_fields(transcript))
 
 
 def timings_ms(request: Request) -> dict[str, float]:

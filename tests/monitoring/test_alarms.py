@@ -21,26 +21,8 @@ from monitoring.alarms import (
     parse_duration,
 )
 from monitoring.drift import ReferenceProfile
-from monitoring.events import Event, Kind, Outcome
-
-
-def make(
-    request_id: str,
-    at: float,
-    kind: Kind = "voice_search",
-    outcome: Outcome = "ok",
-    status_code: int = 200,
-    **fields: Any,
-) -> Event:
-    return Event(
-        request_id=request_id,
-        created_at=at,
-        kind=kind,
-        route="/v1/x",
-        status_code=status_code,
-        outcome=outcome,
-        **fields,
-    )
+from monitoring.events import Event, Outcome
+from tests.monitoring.factory import make
 
 
 class Recorder:

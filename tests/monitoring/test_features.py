@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monitoring.events import Event, Kind, Outcome
+from monitoring.events import Event
 from monitoring.features import (
     FEATURES,
     SILENT_DBFS,
@@ -19,25 +19,7 @@ from monitoring.features import (
     window_metric,
     words,
 )
-
-
-def make(
-    request_id: str,
-    at: float = 0.0,
-    kind: Kind = "voice_search",
-    outcome: Outcome = "ok",
-    status_code: int = 200,
-    **fields: Any,
-) -> Event:
-    return Event(
-        request_id=request_id,
-        created_at=at,
-        kind=kind,
-        route="/v1/x",
-        status_code=status_code,
-        outcome=outcome,
-        **fields,
-    )
+from tests.monitoring.factory import make
 
 
 def clip(request_id: str, **fields: Any) -> Event:
