@@ -170,7 +170,8 @@ def model_version(directory: Path) -> str:
     retrained model always changes the weights file's size or the config's training metadata.
     """
     digest = hashlib.sha256((directory / "config.json").read_bytes())
-    for weights in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
+    weights_files = [*directory.glob("*.safetensors"), *directory.glob("*.bin"), *directory.glob("*.onnx")]
+    for weights in sorted(weights_files):
         digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
     return f"{directory.resolve().name}@{digest.hexdigest()[:10]}"
 

@@ -217,6 +217,15 @@ def _assemble(
     )
 
 
+def load_recognizer(model_dir: Path, device: Device = "auto") -> AcousticModel:
+    """A Hugging Face CTC checkpoint on torch, or an edge folder (`model.onnx`) on ONNX Runtime."""
+    from asr.edge import OnnxRecognizer, is_edge_folder
+
+    if is_edge_folder(model_dir):
+        return OnnxRecognizer(model_dir)
+    return Recognizer.from_pretrained(model_dir, device)
+
+
 def build_pipeline(
     model_dir: str | Path,
     *,
@@ -227,7 +236,7 @@ def build_pipeline(
     vad_options: VADOptions | None = None,
 ) -> Pipeline:
     """Assemble the standard pipeline: a local checkpoint, greedy or beam decoding, Silero or no VAD."""
-    recognizer = Recognizer.from_pretrained(model_dir, device)
+    recognizer = load_recognizer(Path(model_dir), device)
     decoder: Decoder = (
         GreedyDecoder(recognizer.vocab) if beam is None else BeamDecoder(recognizer.vocab, beam)
     )

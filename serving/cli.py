@@ -204,6 +204,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     trainer.set_defaults(command=_train)
     add_monitor_commands(commands)
+
+    export = commands.add_parser("export", help="export the model for edge CPUs (ONNX Runtime, int8 or fp32)")
+    export.add_argument("--edge", action="store_true", required=True, help="an ONNX Runtime CPU build")
+    export.add_argument(
+        "--model", type=Path, help=f"checkpoint to export (default: {DEFAULT_MODEL_DIR.name})"
+    )
+    export.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="the edge model folder to write"
+    )
+    export.add_argument("--precision", choices=("int8", "fp32"), default="int8")
+    export.add_argument(
+        "--calibration",
+        type=Path,
+        default=DEFAULT_CALIBRATION,
+        metavar="MANIFEST",
+        help="clips whose activation ranges set int8's scales (default: data/samples; typical queries, "
+        "e.g. corpus/dev.jsonl, calibrate better)",
+    )
+    export.add_argument(
+        "--limit", type=_positive_int, default=64, help="calibration clips to use (default 64)"
+    )
+    export.set_defaults(command=_export)
     return parser
 
 
@@ -496,6 +518,32 @@ def _corpus_build(args: argparse.Namespace, settings: Settings) -> int:
         counts |= write_real_manifests(args.shared_data, args.out)
     print(json.dumps(counts))
     return EXIT_SOME_FAILED if counts.get("failed") else EXIT_OK
+
+
+DEFAULT_CALIBRATION = DEFAULT_MODEL_DIR.parents[1] / "samples" / "manifest.jsonl"
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from asr.audio import load_audio
+    from asr.edge import export_edge
+
+    model = args.model or settings.model_dir
+    clips = []
+    if args.precision == "int8":
+        entries = read_manifest(args.calibration)[: args.limit]
+        for entry in entries:
+            try:
+                clips.append(load_audio(entry.audio).samples)
+            except AudioError as e:
+                print(f"skipped calibration clip {entry.audio}: {e}", file=sys.stderr)
+        if not clips:
+            raise UsageError(f"no usable calibration clip in {args.calibration}")
+    result = export_edge(model, args.out, args.precision, clips)
+    size_mb = result.bytes / 1e6
+    print(
+        f"wrote {result.folder} ({result.precision}, {size_mb:.1f} MB); use it with --model {result.folder}"
+    )
+    return EXIT_OK
 
 
 def _data_check(args: argparse.Namespace, settings: Settings) -> int:

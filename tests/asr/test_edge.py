@@ -1,0 +1,70 @@
+"""The edge build: ONNX export (fp32 and static int8) that loads anywhere a model folder does."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr.edge import ONNX_FILE, OnnxRecognizer, export_edge
+from asr.model import Recognizer
+from asr.pipeline import build_pipeline, load_recognizer
+from serving.cli import main
+from serving.settings import DEFAULT_MODEL_DIR
+from tests.signals import espeak, speech
+
+INT8_ARGMAX_AGREEMENT = 0.9
+"""Stated tolerance: int8 picks the same most likely token as fp32 on at least 90% of frames."""
+
+
+def test_fp32_export_matches_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = export_edge(tiny_model_dir, tmp_path / "edge", "fp32").folder
+    edge = load_recognizer(folder)
+    assert isinstance(edge, OnnxRecognizer)
+    reference = Recognizer.from_pretrained(tiny_model_dir, "cpu")
+    clip, _ = speech()
+    ours, theirs = edge.log_probs([clip])[0], reference.log_probs([clip])[0]
+    assert ours.log_probs.shape == theirs.log_probs.shape
+    assert ours.frame_s == theirs.frame_s
+    np.testing.assert_allclose(ours.log_probs, theirs.log_probs, atol=1e-3)
+    assert edge.vocab == reference.vocab
+
+
+@pytest.fixture(scope="module")
+def int8_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("edge") / "int8"
+    assert main(["export", "--edge", "--out", str(out)]) == 0
+    return out
+
+
+def test_int8_export_of_the_bundled_model_is_small_and_agrees_with_fp32(
+    int8_folder: Path, tmp_path: Path
+) -> None:
+    fp32 = export_edge(DEFAULT_MODEL_DIR, tmp_path / "fp32", "fp32")
+    assert (int8_folder / ONNX_FILE).stat().st_size <= fp32.bytes / 2
+    edge, reference = OnnxRecognizer(int8_folder), Recognizer.from_pretrained(DEFAULT_MODEL_DIR, "cpu")
+    clips = [speech()[0], espeak("weather in paris")[0], espeak("directions to the airport")[0]]
+    agreements = []
+    for clip in clips:
+        ours, theirs = edge.log_probs([clip])[0].log_probs, reference.log_probs([clip])[0].log_probs
+        assert ours.shape == theirs.shape and np.isfinite(ours).all()
+        agreements.append(np.mean(ours.argmax(-1) == theirs.argmax(-1)))
+    assert min(agreements) >= INT8_ARGMAX_AGREEMENT, agreements
+
+
+def test_every_command_runs_on_an_edge_folder(int8_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline = build_pipeline(int8_folder, use_vad=False)
+    assert pipeline.recognizer.version.startswith("int8@")
+    sample = str(Path(__file__).resolve().parents[2] / "data" / "samples" / "arctic_a0001.flac")
+    assert main(["transcribe", "--model", str(int8_folder), "--format", "jsonl", sample]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["model_version"].startswith("int8@") and "text" in row
+
+
+def test_export_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--edge", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "a")]) == 2
+    assert "cannot load" in capsys.readouterr().err
+    missing = tmp_path / "missing.jsonl"
+    assert main(["export", "--edge", "--calibration", str(missing), "--out", str(tmp_path / "b")]) == 2
+    assert "cannot read manifest" in capsys.readouterr().err
+    assert not (tmp_path / "b" / ONNX_FILE).exists()
