@@ -145,6 +145,15 @@ class Pipeline:
             results.append(_assemble(segments, clip.stats, self.recognizer.version, clock.totals, rate))
         return results
 
+    def speech(
+        self, source: str | Path | bytes
+    ) -> tuple[Preprocessed, list[SpeechSegment], dict[str, float]]:
+        """The front half on its own (decode, preprocess, VAD), for a device that sends only the
+        speech onward: the prepared clip, its speech spans and the stages' seconds."""
+        clock = _StageClock()
+        clip, spans, _ = self._prepare(source, clock)
+        return clip, spans, dict(clock.totals)
+
     def _prepare(
         self, source: str | Path | bytes, clock: _StageClock
     ) -> tuple[Preprocessed, list[SpeechSegment], int]:

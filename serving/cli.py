@@ -226,6 +226,16 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=64, help="calibration clips to use (default 64)"
     )
     export.set_defaults(command=_export)
+
+    client = commands.add_parser(
+        "client", help="answer voice queries on the device (edge) or send their speech to a server (cloud)"
+    )
+    client.add_argument("paths", nargs="+", metavar="PATH", help="audio files, folders or globs")
+    client.add_argument("--mode", choices=("edge", "cloud"), required=True)
+    client.add_argument("--url", default="http://127.0.0.1:8000", help="the server, for cloud mode")
+    client.add_argument("--model", type=Path, help="edge mode's model folder (default: the bundled model)")
+    client.add_argument("--domain", type=Path, help="edge mode's domain pack (default: places)")
+    client.set_defaults(command=_client, inference=True)
     return parser
 
 
@@ -544,6 +554,32 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {result.folder} ({result.precision}, {size_mb:.1f} MB); use it with --model {result.folder}"
     )
     return EXIT_OK
+
+
+def _client(args: argparse.Namespace, settings: Settings) -> int:
+    import httpx
+
+    from asr.corpus.domain import DomainPack
+    from serving.client import CloudClient, EdgeClient
+    from serving.search import CatalogIndex
+
+    paths = expand_inputs(args.paths)
+    if args.mode == "edge":
+        pipeline = build_pipeline(args.model or settings.model_dir, device="cpu")
+        pack = DomainPack.load(args.domain or settings.domain_dir)
+        searcher: EdgeClient | CloudClient = EdgeClient(pipeline, CatalogIndex(pack))
+    else:
+        searcher = CloudClient(args.url, build_pipeline(settings.model_dir, device="cpu"))
+    failed = 0
+    for path in paths:
+        try:
+            result = searcher.search(path)
+        except (AudioError, httpx.HTTPError) as e:
+            print(f"voice-search: {path}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(json.dumps({"path": str(path)} | asdict(result)))
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def _data_check(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,119 @@
+"""Edge and cloud clients: one voice query answered on the device, or its speech sent to the server.
+
+Both run voice activity detection on the device, as a phone or a smart speaker would:
+
+- **edge** recognizes and searches locally (an int8 edge folder is the usual model);
+- **cloud** cuts the speech out of the clip and uploads only that, as 16 kHz FLAC, to
+  `POST /v1/search`; silence costs nothing on the network.
+
+Results carry the same per-stage milliseconds either way, so the two can be compared clip by
+clip (`scripts/bench_edge_cloud.py`).
+"""
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+from asr.audio import SAMPLE_RATE_HZ
+from asr.pipeline import Pipeline
+from serving.search import CatalogIndex
+
+Mode = Literal["edge", "cloud"]
+GAP_S = 0.1
+"""Silence kept between speech spans when they are joined for upload, so words do not run together."""
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    mode: Mode
+    transcript: str
+    hits: tuple[str, ...]
+    """Catalog ids, best first."""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """Per stage; for cloud, "upload" is the HTTP round trip minus the server's own time."""
+    payload_bytes: int = 0
+    """Bytes sent over the network (0 on the edge, or when there was no speech)."""
+    audio_s: float = 0.0
+
+
+def _ms(seconds: float) -> float:
+    return round(1000 * seconds, 2)
+
+
+class EdgeClient:
+    """Everything on the device: the pipeline (VAD, model, decoding) and the catalog search."""
+
+    def __init__(self, pipeline: Pipeline, index: CatalogIndex) -> None:
+        self.pipeline, self.index = pipeline, index
+
+    def search(self, audio: bytes | Path) -> ClientResult:
+        started = time.perf_counter()
+        transcript = self.pipeline.transcribe(audio)
+        searched = time.perf_counter()
+        result = self.index.search(transcript.text) if transcript.text else None
+        timings = {stage: _ms(s) for stage, s in transcript.timings_s.items()}
+        timings["search"] = _ms(time.perf_counter() - searched)
+        timings["total"] = _ms(time.perf_counter() - started)
+        hits = tuple(h.entry.id for h in result.hits) if result else ()
+        return ClientResult("edge", transcript.text, hits, timings, 0, transcript.stats.duration_s)
+
+
+class CloudClient:
+    """VAD on the device, recognition and search on the server at `url`."""
+
+    def __init__(
+        self, url: str, front: Pipeline, session_id: str = "cloud-client", timeout_s: float = 60.0
+    ) -> None:
+        """`front` is a pipeline used only for its front half (decode, preprocess, VAD)."""
+        self.url, self.front, self.session_id = url.rstrip("/"), front, session_id
+        self.http = httpx.Client(timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def search(self, audio: bytes | Path) -> ClientResult:
+        started = time.perf_counter()
+        clip, spans, stage_s = self.front.speech(audio if isinstance(audio, bytes) else str(audio))
+        timings = {stage: _ms(stage_s[stage]) for stage in ("decode", "preprocess", "vad")}
+        duration = clip.stats.duration_s
+        if not spans:  # nothing to send: the device answers "no speech" itself
+            timings["total"] = _ms(time.perf_counter() - started)
+            return ClientResult("cloud", "", (), timings, 0, duration)
+        encoded = time.perf_counter()
+        payload = flac_of_speech(clip.samples, [(s.start_s, s.end_s) for s in spans])
+        timings["encode"] = _ms(time.perf_counter() - encoded)
+        sent = time.perf_counter()
+        response = self.http.post(
+            self.url + "/v1/search",
+            params={"session_id": self.session_id},
+            content=payload,
+            headers={"Content-Type": "audio/flac"},
+        )
+        round_trip = time.perf_counter() - sent
+        response.raise_for_status()
+        body = response.json()
+        server = body.get("timings_ms", {})
+        for stage in ("asr", "decoding", "search"):
+            timings[stage] = float(server.get(stage, 0.0))
+        timings["upload"] = _ms(max(round_trip - float(server.get("total", 0.0)) / 1000, 0.0))
+        timings["server"] = float(server.get("total", 0.0))
+        timings["total"] = _ms(time.perf_counter() - started)
+        hits = tuple(h["id"] for h in body.get("hits", []))
+        return ClientResult("cloud", body.get("transcript") or "", hits, timings, len(payload), duration)
+
+
+def flac_of_speech(samples: np.ndarray, spans: list[tuple[float, float]]) -> bytes:
+    """The speech spans of a 16 kHz clip, joined with short gaps, as 16-bit FLAC."""
+    gap = np.zeros(int(GAP_S * SAMPLE_RATE_HZ), np.float32)
+    pieces: list[np.ndarray] = []
+    for start, end in spans:
+        pieces += [samples[round(start * SAMPLE_RATE_HZ) : round(end * SAMPLE_RATE_HZ)], gap]
+    buffer = io.BytesIO()
+    sf.write(buffer, np.concatenate(pieces[:-1]), SAMPLE_RATE_HZ, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
