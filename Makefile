@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 # chromium for the demo page's browser tests.
 SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium prometheus
 
-.PHONY: install system-deps run serve test lint typecheck bench bench-api eval clean
+.PHONY: install system-deps run serve test lint typecheck bench bench-api bench-edge eval clean
 
 install: system-deps $(STAMP)
 
@@ -50,6 +50,11 @@ bench: install
 # The API under load on localhost (search success, latency, throughput, overload); needs corpus/.
 bench-api: install
 	$(BIN)/python scripts/bench_api.py --json .cache/bench_api.json
+
+# Edge (int8, 1 and 2 threads) vs cloud (the server through wifi/4G/3G profiles): table and plots
+# in .cache/edge-cloud/ (corpus/ test clips when built, else the bundled samples).
+bench-edge: install
+	$(BIN)/python scripts/bench_edge_cloud.py --out .cache/edge-cloud
 
 # The model against offline peers (pocketsphinx, Whisper tiny.en); needs a built corpus/.
 eval: install

@@ -226,12 +226,13 @@ def _assemble(
     )
 
 
-def load_recognizer(model_dir: Path, device: Device = "auto") -> AcousticModel:
-    """A Hugging Face CTC checkpoint on torch, or an edge folder (`model.onnx`) on ONNX Runtime."""
+def load_recognizer(model_dir: Path, device: Device = "auto", threads: int | None = None) -> AcousticModel:
+    """A Hugging Face CTC checkpoint on torch, or an edge folder (`model.onnx`) on ONNX Runtime
+    (with `threads` intra-op threads; torch's are process-wide, set by the caller)."""
     from asr.edge import OnnxRecognizer, is_edge_folder
 
     if is_edge_folder(model_dir):
-        return OnnxRecognizer(model_dir)
+        return OnnxRecognizer(model_dir, threads)
     return Recognizer.from_pretrained(model_dir, device)
 
 
@@ -243,9 +244,10 @@ def build_pipeline(
     beam: BeamOptions | None = None,
     options: PipelineOptions | None = None,
     vad_options: VADOptions | None = None,
+    threads: int | None = None,
 ) -> Pipeline:
     """Assemble the standard pipeline: a local checkpoint, greedy or beam decoding, Silero or no VAD."""
-    recognizer = load_recognizer(Path(model_dir), device)
+    recognizer = load_recognizer(Path(model_dir), device, threads)
     decoder: Decoder = (
         GreedyDecoder(recognizer.vocab) if beam is None else BeamDecoder(recognizer.vocab, beam)
     )
