@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from scipy.special import log_softmax
 
 from asr.audio import SAMPLE_RATE_HZ, Samples
 from asr.errors import ModelError, ModelLoadError
@@ -160,8 +161,7 @@ class OnnxRecognizer:
                 logits = self._session.run(None, {"input_values": values})[0][0]
             except Exception as e:
                 raise ModelError(f"the edge model failed on a clip of {len(clip)} samples: {e}") from e
-            shifted = logits - logits.max(axis=-1, keepdims=True)
-            log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+            log_probs = log_softmax(logits, axis=-1)
             out.append(
                 Emissions(
                     log_probs=log_probs[: self._frames(len(clip))].astype(np.float32), frame_s=self.frame_s

@@ -45,6 +45,7 @@ from monitoring.features import (
     WindowValue,
     event_features,
     window_metric,
+    words,
 )
 
 logger = logging.getLogger(__name__)
@@ -278,17 +279,13 @@ class AlarmEngine:
         notifiers: Sequence[Notifier] = (),
         redo_window_s: float = 30.0,
         history: int = 1000,
-        tokenize: Callable[[str], list[str]] | None = None,
+        tokenize: Callable[[str], list[str]] = words,
     ) -> None:
         """`tokenize` splits text into vocabulary words (default: lower-case word characters);
         give the same normalizer the reference vocabulary was built with."""
         self.rules, self.reference, self.notifiers = list(rules), reference, list(notifiers)
         vocabulary = reference.vocabulary if reference else frozenset()
-        self.context = (
-            WindowContext(vocabulary, redo_window_s, tokenize)
-            if tokenize
-            else WindowContext(vocabulary, redo_window_s)
-        )
+        self.context = WindowContext(vocabulary, redo_window_s, tokenize)
         self.states: dict[str, AlarmState] = {}
         self.history: deque[Transition] = deque(maxlen=history)
         self._lock = threading.Lock()

@@ -122,6 +122,8 @@ class EventStore(Protocol):
 
     def count(self) -> int: ...
 
+    def latest_at(self) -> float | None: ...
+
     def with_audio_before(self, cutoff: float) -> list[tuple[str, str]]: ...
 
     def forget_audio(self, request_ids: Sequence[str]) -> None: ...
@@ -258,6 +260,12 @@ class SQLiteEventStore:
         with self._lock, _store_errors("read events"):
             rows = self._db.execute(query, params).fetchall()
         return [_from_row(r) for r in rows]
+
+    def latest_at(self) -> float | None:
+        """The newest event's time (None for an empty store): where reports end, without reading rows."""
+        with self._lock, _store_errors("find the newest event"):
+            found = self._db.execute("SELECT MAX(created_at) FROM events").fetchone()[0]
+        return None if found is None else float(found)
 
     def count(self) -> int:
         with self._lock, _store_errors("count events"):

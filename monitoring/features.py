@@ -12,9 +12,10 @@ Two kinds of quantity:
 Windows are [start, end) in event time (the request's own timestamps), never the wall clock.
 """
 
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class WindowContext:
 
     vocabulary: frozenset[str] = frozenset()
     redo_window_s: float = 30.0
-    tokenize: Callable[[str], list[str]] = field(default=lambda text: words(text))
+    tokenize: Callable[[str], list[str]] = words
     """How text becomes vocabulary words: the service passes its one text normalizer, so typed
     "São Paulo" and the training text's "sao paulo" meet as the same words."""
 
@@ -235,6 +236,6 @@ def window_metric(
     return fn(events, seconds, context or WindowContext())
 
 
-def in_window(events: Sequence[Event], start: float, end: float) -> list[Event]:
-    """Events with start <= created_at < end (events are in time order)."""
-    return [e for e in events if start <= e.created_at < end]
+def through(t: float) -> float:
+    """The end of a window that includes an event at exactly `t` (windows are [start, end))."""
+    return math.nextafter(t, math.inf)

@@ -14,7 +14,7 @@ from typing import Any
 from monitoring.alarms import AlarmEngine, Evaluation, Rule, WindowedEvents, rule_value
 from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStore, SessionTracker
-from monitoring.features import event_features, window_metric
+from monitoring.features import event_features, through, window_metric
 from monitoring.metrics import ServiceMetrics
 
 DASHBOARD_METRICS = (
@@ -89,7 +89,7 @@ class Monitor:
         """Judge every rule at `now` (default: the monitor's clock) and publish the verdicts."""
         at = self.now() if now is None else now
         # Just past `at`, so the newest event (at exactly `at`) is inside its windows.
-        end = math.nextafter(at, math.inf)
+        end = through(at)
         events = self.store.events(since=end - self.engine.longest_window_s, until=end)
         evaluation = self.engine.evaluate(events, end)
         self.last_evaluated_at = at
@@ -108,14 +108,14 @@ class Monitor:
         end = self.now() if now is None else now
         step = span_s / points
         longest = max(self.engine.longest_window_s, step)
-        windows = WindowedEvents(self.store.events(since=end - span_s - longest, until=end + 1e-6))
+        windows = WindowedEvents(self.store.events(since=end - span_s - longest, until=through(end)))
         times = [end - span_s + step * (i + 1) for i in range(points)]
         context = self.engine.context
         charts: list[dict[str, Any]] = []
         for rule in self.rules:
             values = []
             for t in times:
-                in_window = windows.between(t - rule.window_s, t + 1e-6)
+                in_window = windows.between(t - rule.window_s, through(t))
                 value, _ = rule_value(rule, in_window, self.reference, context)
                 values.append(finite(value.value) if value.samples >= rule.min_samples else None)
             charts.append(
@@ -132,7 +132,7 @@ class Monitor:
             )
         for metric in DASHBOARD_METRICS:
             values = [
-                finite(window_metric(metric, windows.between(t - step, t + 1e-6), step, context).value)
+                finite(window_metric(metric, windows.between(t - step, through(t)), step, context).value)
                 for t in times
             ]
             charts.append(
@@ -152,7 +152,7 @@ class Monitor:
         if self.reference is None:
             return []
         end = self.now() if now is None else now
-        events = self.store.events(since=end - window_s, until=end + 1e-6)
+        events = self.store.events(since=end - window_s, until=through(end))
         return [
             asdict(r) | {"statistic": finite(r.statistic)}
             for r in self.engine.drift_table(event_features(events))

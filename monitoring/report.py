@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from monitoring.alarms import AlarmEngine, AlarmState, Transition
 from monitoring.drift import DriftResult
 from monitoring.events import EventStore
-from monitoring.features import event_features, window_metric
+from monitoring.features import event_features, through, window_metric
 from monitoring.monitor import DASHBOARD_METRICS, finite
 
 TIMELINE_STEPS = 288
@@ -38,22 +38,23 @@ class Report:
 def build_report(
     store: EventStore, engine: AlarmEngine, span_s: float, generated_at: float | None = None
 ) -> Report:
-    newest = store.events(since=None)
-    end = newest[-1].created_at if newest else time.time()
+    latest = store.latest_at()
+    end = time.time() if latest is None else latest
     start = end - span_s
+    # Only what the period and its first alarm windows need is read, not the whole store.
+    history = store.events(since=start - engine.longest_window_s)
     # (start, end]: `span_s` of events ending with the newest, as the alarms' windows end just past it.
-    events = [e for e in newest if e.created_at > start]
+    events = [e for e in history if e.created_at > start]
     metrics: dict[str, dict[str, float | None]] = {}
     for name in DASHBOARD_METRICS:
         value = window_metric(name, events, span_s, engine.context)
         metrics[name] = {"value": finite(value.value), "samples": float(value.samples)}
     step = max(span_s / TIMELINE_STEPS, 10.0)
-    history = [e for e in newest if e.created_at >= start - engine.longest_window_s]
     t = start + step
     while t < end:
         engine.evaluate(history, t)
         t += step
-    final = engine.evaluate(history, math.nextafter(end, math.inf))
+    final = engine.evaluate(history, through(end))
     drift = engine.drift_table(event_features(events))
     return Report(
         start=start,

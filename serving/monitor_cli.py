@@ -16,10 +16,11 @@ from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, load_rules, parse_duration
 from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStoreError, SQLiteEventStore
+from monitoring.export import deploy_files
 from monitoring.features import clip_features
 from monitoring.report import build_report, render_html, render_text
 from serving.recording import transcript_fields
-from serving.settings import Settings
+from serving.settings import REPO_ROOT, Settings
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -164,10 +165,6 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     """The alarm rules as files for Prometheus and Grafana, so their thresholds cannot diverge."""
-    # Imported here so this command stays one self-contained block of the file.
-    from monitoring.export import deploy_files
-    from serving.settings import REPO_ROOT
-
     try:
         rules = load_rules(args.rules or settings.alarm_rules)
     except ValueError as e:

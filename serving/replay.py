@@ -31,6 +31,7 @@ from asr.corpus.augment import colored_noise, draw_spec
 from asr.corpus.build import level_and_augment
 from asr.corpus.tts import EspeakEngine, Voice
 from asr.evaluate import read_manifest, select_entries
+from serving.app import EVENT_TIME_HEADER
 
 EXPECTED_ALARM = {
     "volume_drop": "volume_drift",
@@ -46,7 +47,6 @@ may fire too (added noise also shortens the measured silence)."""
 SHIFTS = ("none", *EXPECTED_ALARM)
 """Shifts a scenario can inject, one at a time."""
 
-EVENT_TIME_HEADER = "X-Event-Time"
 SLOW_MODEL_DELAY_MS = 1500.0
 """The slow-model shift: every model call takes this much longer (the latency alarm's threshold is 1 s)."""
 DAY_S = 86_400.0

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -82,7 +82,7 @@ async def drift(
 
 
 @router.post("/v1/admin/faults", summary="Inject faults for alarm drills (only with fault_injection on)")
-async def faults(body: schemas.Faults, request: Request, service: Service) -> schemas.Faults:
+async def faults(body: schemas.Faults, service: Service) -> schemas.Faults:
     if not service.settings.fault_injection:
         raise NotFoundError("fault injection is disabled (VOICE_SEARCH_FAULT_INJECTION=false)")
     service.faults.asr_delay_s = body.asr_delay_ms / 1000

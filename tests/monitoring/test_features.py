@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from monitoring.alarms import WindowedEvents
 from monitoring.events import Event
 from monitoring.features import (
     FEATURES,
@@ -15,7 +16,6 @@ from monitoring.features import (
     clip_features,
     event_features,
     feature_columns,
-    in_window,
     window_metric,
     words,
 )
@@ -236,4 +236,4 @@ def test_an_unknown_window_metric_is_a_key_error_naming_it() -> None:
 
 def test_in_window_is_half_open() -> None:
     events = [make(f"r{t}", at=float(t)) for t in (9, 10, 15, 20, 21)]
-    assert [e.request_id for e in in_window(events, 10.0, 20.0)] == ["r10", "r15"]
+    assert [e.request_id for e in WindowedEvents(events).between(10.0, 20.0)] == ["r10", "r15"]
