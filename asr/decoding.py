@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from asr.errors import DecoderConfigError
 from asr.model import Emissions, Vocabulary
@@ -200,6 +199,8 @@ class BeamDecoder:
         self._lm = lm  # flashlight keeps a raw pointer to a Python LM: hold a reference.
 
     def decode(self, emissions: Emissions) -> Hypothesis:
+        import torch
+
         if emissions.log_probs.shape[0] == 0:
             return Hypothesis("", 0.0)
         batch = torch.from_numpy(np.ascontiguousarray(emissions.log_probs, dtype=np.float32))[None]

@@ -9,8 +9,12 @@ as well as the transformer's matrix products. Dynamic quantization of the Linear
 barely helps this model, whose first convolutions at high frame rates are much of its CPU time,
 and ONNX Runtime's dynamic ConvInteger is no faster than float convolution. Static quantization
 needs activation ranges, measured on calibration clips.
+
+Loading an edge folder reads its JSON files directly and runs ONNX Runtime on numpy, so a device
+needs neither torch nor transformers (only exporting does).
 """
 
+import json
 import logging
 import shutil
 import tempfile
@@ -24,7 +28,7 @@ from scipy.special import log_softmax
 
 from asr.audio import SAMPLE_RATE_HZ, Samples
 from asr.errors import ModelError, ModelLoadError
-from asr.model import Emissions, Vocabulary, model_version, vocabulary_from_tokenizer
+from asr.model import BLANK_TOKEN, WORD_DELIMITER, Emissions, Vocabulary, model_version
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +56,13 @@ def export_edge(
     """Write an edge folder for the checkpoint in `model_dir`; int8 needs calibration clips
     (float32 mono 16 kHz, a few dozen typical queries)."""
     import torch
-    from transformers import AutoFeatureExtractor, AutoModelForCTC
+    from transformers import AutoModelForCTC
 
     if precision == "int8" and not calibration:
         raise ModelError("int8 export needs calibration clips to measure activation ranges")
     try:
         model = AutoModelForCTC.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
-        features = AutoFeatureExtractor.from_pretrained(model_dir, local_files_only=True)
+        normalize = _normalizes(model_dir)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(f"cannot load a CTC model from {model_dir}: {e}") from e
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +82,7 @@ def export_edge(
         if precision == "fp32":
             shutil.copyfile(fp32, out_dir / ONNX_FILE)
         else:
-            _quantize(fp32, out_dir / ONNX_FILE, [_normalized(features, c) for c in calibration], Path(tmp))
+            _quantize(fp32, out_dir / ONNX_FILE, [_model_input(c, normalize) for c in calibration], Path(tmp))
     for path in model_dir.iterdir():
         if path.is_file() and path.suffix not in WEIGHT_SUFFIXES:
             shutil.copyfile(path, out_dir / path.name)
@@ -87,9 +91,53 @@ def export_edge(
     return EdgeExport(out_dir, precision, size)
 
 
-def _normalized(features: Any, clip: Samples) -> np.ndarray:
-    values = features([np.asarray(clip, dtype=np.float32)], sampling_rate=SAMPLE_RATE_HZ, return_tensors="np")
-    return np.asarray(values["input_values"], dtype=np.float32)
+def _model_input(clip: Samples, normalize: bool) -> np.ndarray:
+    """A (1, samples) batch as wav2vec2's feature extractor makes it: zero mean, unit variance."""
+    values = np.asarray(clip, dtype=np.float32)[None]
+    if normalize:
+        values = (values - values.mean()) / np.sqrt(values.var() + 1e-7)
+    return values.astype(np.float32)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _normalizes(folder: Path) -> bool:
+    """Whether the checkpoint's feature extractor normalizes each clip (older checkpoints keep its
+    settings in preprocessor_config.json, newer ones inside processor_config.json)."""
+    processor = _read_json(folder / "processor_config.json").get("feature_extractor", {})
+    settings = processor or _read_json(folder / "preprocessor_config.json")
+    return bool(settings.get("do_normalize", True))
+
+
+def _token(value: Any, default: str) -> str:
+    """A special token as tokenizer files spell it: a string, or a dict with its "content"."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else default
+
+
+def read_vocabulary(folder: Path) -> Vocabulary:
+    """The CTC vocabulary from a checkpoint's tokenizer files (vocab.json, tokenizer_config.json,
+    special_tokens_map.json), read directly: loading the tokenizer class would import torch."""
+    ids: dict[str, int] = _read_json(folder / "vocab.json")
+    if not ids or not all(isinstance(i, int) for i in ids.values()):
+        raise ModelLoadError(f"{folder} has no single-language vocab.json")
+    settings = {
+        **_read_json(folder / "special_tokens_map.json"),
+        **_read_json(folder / "tokenizer_config.json"),
+    }
+    for index, added in settings.get("added_tokens_decoder", {}).items():
+        ids.setdefault(added["content"], int(index))
+    blank = _token(settings.get("pad_token"), BLANK_TOKEN)
+    delimiter = _token(settings.get("word_delimiter_token"), WORD_DELIMITER)
+    if blank not in ids or delimiter not in ids:
+        raise ModelLoadError("the tokenizer needs a pad token (the CTC blank) and a word delimiter")
+    tokens = [""] * (max(ids.values()) + 1)
+    for token, index in ids.items():
+        tokens[index] = token
+    return Vocabulary(tuple(tokens), blank_id=ids[blank], delimiter_id=ids[delimiter])
 
 
 def _quantize(source: Path, target: Path, calibration: list[np.ndarray], tmp: Path) -> None:
@@ -129,12 +177,11 @@ class OnnxRecognizer:
 
     def __init__(self, folder: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer
 
         try:
-            config = AutoConfig.from_pretrained(folder, local_files_only=True)
-            self._features = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            config = _read_json(folder / "config.json")
+            self._kernels, self._strides = list(config["conv_kernel"]), list(config["conv_stride"])
+            self._normalize = _normalizes(folder)
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
@@ -143,9 +190,8 @@ class OnnxRecognizer:
             )
         except Exception as e:  # ONNX Runtime raises its own exception types
             raise ModelLoadError(f"cannot load the edge model in {folder}: {e}") from e
-        self.vocab: Vocabulary = vocabulary_from_tokenizer(tokenizer)
+        self.vocab: Vocabulary = read_vocabulary(folder)
         self.version = model_version(folder)
-        self._kernels, self._strides = list(config.conv_kernel), list(config.conv_stride)
         self.frame_s = float(np.prod(self._strides)) / SAMPLE_RATE_HZ
 
     def _frames(self, samples: int) -> int:
@@ -156,7 +202,7 @@ class OnnxRecognizer:
     def log_probs(self, clips: Sequence[Samples]) -> list[Emissions]:
         out = []
         for clip in clips:
-            values = _normalized(self._features, clip)
+            values = _model_input(clip, self._normalize)
             try:
                 logits = self._session.run(None, {"input_values": values})[0][0]
             except Exception as e:

@@ -17,7 +17,6 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from asr.audio import SAMPLE_RATE_HZ, Samples
 from asr.errors import ModelError, ModelLoadError
@@ -97,6 +96,7 @@ class Recognizer:
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: Device = "auto") -> "Recognizer":
         """Load a local HF CTC checkpoint folder; half precision on CUDA, float32 on CPU."""
+        import torch
         from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
 
         path = Path(directory)
@@ -115,11 +115,18 @@ class Recognizer:
         logger.info("loaded %s on %s (%d tokens)", path, resolved, len(vocab.tokens))
         return cls(model, features, vocab, resolved, model_version(path))
 
-    @torch.inference_mode()
     def log_probs(self, clips: Sequence[Samples]) -> list[Emissions]:
         """Per-frame log-probabilities for a batch of float32 mono 16 kHz clips, padding removed."""
+        import torch
+
         if not clips:
             return []
+        with torch.inference_mode():
+            return self._log_probs(clips)
+
+    def _log_probs(self, clips: Sequence[Samples]) -> list[Emissions]:
+        import torch
+
         inputs = self._features(
             [np.asarray(c, dtype=np.float32) for c in clips],
             sampling_rate=SAMPLE_RATE_HZ,
@@ -144,6 +151,8 @@ class Recognizer:
 
 def resolve_device(device: Device) -> str:
     """ "auto" picks CUDA when present; asking for CUDA without it is a load error, not a fallback."""
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -240,6 +249,7 @@ def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0)
     Uses the layer-norm feature encoder (`feat_extract_norm="layer"`, stable layer norm): the
     variant that trains from scratch without stalling, and that takes an attention mask.
     """
+    import torch
     from transformers import (
         Wav2Vec2Config,
         Wav2Vec2CTCTokenizer,

@@ -95,6 +95,35 @@ class _StageClock:
             self.totals[stage] += time.perf_counter() - started
 
 
+class Frontend:
+    """The pipeline's front half (decode, preprocess, VAD) without a model: what a device runs
+    before it sends only the speech onward (`serving.client.CloudClient`)."""
+
+    def __init__(self, vad: VoiceActivityDetector, options: PipelineOptions | None = None) -> None:
+        self.vad = vad
+        self.options = options or PipelineOptions()
+
+    def speech(
+        self, source: str | Path | bytes
+    ) -> tuple[Preprocessed, list[SpeechSegment], dict[str, float]]:
+        """The prepared clip, its speech spans and the stages' seconds."""
+        clock = _StageClock()
+        clip, spans, _ = self.prepare(source, clock)
+        return clip, spans, dict(clock.totals)
+
+    def prepare(
+        self, source: str | Path | bytes, clock: _StageClock
+    ) -> tuple[Preprocessed, list[SpeechSegment], int]:
+        """The prepared clip, its speech spans and the source's sample rate, timed on `clock`."""
+        with clock.measure("decode"):
+            audio = load_audio(source, self.options.limits)
+        with clock.measure("preprocess"):
+            clip = preprocess(audio.samples, audio.clipping_ratio, self.options.preprocess)
+        with clock.measure("vad"):
+            spans = [] if clip.stats.is_all_zero else self.vad.detect(clip.samples)
+        return clip, spans, audio.source_sample_rate_hz
+
+
 class Pipeline:
     """Recognizes audio files or bytes with one recognizer, decoder and VAD. Not thread-safe."""
 
@@ -107,8 +136,8 @@ class Pipeline:
     ) -> None:
         self.recognizer = recognizer
         self.decoder = decoder
-        self.vad = vad
-        self.options = options or PipelineOptions()
+        self.front = Frontend(vad, options)
+        self.options = self.front.options
 
     def transcribe(self, source: str | Path | bytes) -> Transcript:
         """Run every stage on one input. Raises `AudioError` subclasses for unusable input."""
@@ -125,7 +154,7 @@ class Pipeline:
         for source in sources:
             clock = _StageClock()
             try:
-                prepared.append((*self._prepare(source, clock), clock))
+                prepared.append((*self.front.prepare(source, clock), clock))
             except AudioError as e:
                 prepared.append(e)
         ready = [p for p in prepared if not isinstance(p, AudioError)]
@@ -144,26 +173,6 @@ class Pipeline:
                 clock.totals[stage] = shared.totals[stage]
             results.append(_assemble(segments, clip.stats, self.recognizer.version, clock.totals, rate))
         return results
-
-    def speech(
-        self, source: str | Path | bytes
-    ) -> tuple[Preprocessed, list[SpeechSegment], dict[str, float]]:
-        """The front half on its own (decode, preprocess, VAD), for a device that sends only the
-        speech onward: the prepared clip, its speech spans and the stages' seconds."""
-        clock = _StageClock()
-        clip, spans, _ = self._prepare(source, clock)
-        return clip, spans, dict(clock.totals)
-
-    def _prepare(
-        self, source: str | Path | bytes, clock: _StageClock
-    ) -> tuple[Preprocessed, list[SpeechSegment], int]:
-        with clock.measure("decode"):
-            audio = load_audio(source, self.options.limits)
-        with clock.measure("preprocess"):
-            clip = preprocess(audio.samples, audio.clipping_ratio, self.options.preprocess)
-        with clock.measure("vad"):
-            spans = [] if clip.stats.is_all_zero else self.vad.detect(clip.samples)
-        return clip, spans, audio.source_sample_rate_hz
 
     def _recognize(self, work: Sequence[_Work], clock: _StageClock) -> list[Hypothesis]:
         """Hypotheses for (clip, span) pairs, in order, batched by count and padded length."""
@@ -251,8 +260,16 @@ def build_pipeline(
     decoder: Decoder = (
         GreedyDecoder(recognizer.vocab) if beam is None else BeamDecoder(recognizer.vocab, beam)
     )
-    vad_options = vad_options or VADOptions()
-    vad: VoiceActivityDetector = (
-        SileroVAD.load(vad_options) if use_vad else WholeClipVAD(vad_options.max_segment_s)
-    )
-    return Pipeline(recognizer, decoder, vad, options)
+    return Pipeline(recognizer, decoder, _vad(use_vad, vad_options), options)
+
+
+def build_frontend(
+    use_vad: bool = True, vad_options: VADOptions | None = None, options: PipelineOptions | None = None
+) -> Frontend:
+    """The front half alone, with Silero or no VAD; it loads no model."""
+    return Frontend(_vad(use_vad, vad_options), options)
+
+
+def _vad(use_vad: bool, options: VADOptions | None) -> VoiceActivityDetector:
+    options = options or VADOptions()
+    return SileroVAD.load(options) if use_vad else WholeClipVAD(options.max_segment_s)

@@ -1,19 +1,29 @@
 """Voice activity detection: where in a clip is there speech.
 
-Silero VAD (its weights ship inside the `silero-vad` wheel) run through ONNX Runtime, which measured
-about twice as fast as its TorchScript build on 2 CPU threads here. Segments longer than
-`max_segment_s` are split, so the recognizer's memory is bounded by the segment length and never
-by the recording's length.
+Silero VAD's network (its ONNX file ships inside the `silero-vad` wheel) run through ONNX Runtime
+on numpy. Only the weights come from the package: importing it would import torch, which a device
+(`voice-search client`) should not need, and its ONNX build measured about twice as fast as the
+TorchScript one on 2 CPU threads here. Segments longer than `max_segment_s` are split, so the
+recognizer's memory is bounded by the segment length and never by the recording's length.
 """
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from asr.audio import SAMPLE_RATE_HZ, Samples
+from asr.errors import ModelLoadError
+
+WINDOW = 512
+"""Samples per speech probability (32 ms): the only window Silero's 16 kHz network takes."""
+CONTEXT = 64
+"""Samples of the previous window the network sees in front of each new one."""
+EXIT_MARGIN = 0.15
+"""Speech ends when the probability falls below `threshold - EXIT_MARGIN` (Silero's hysteresis)."""
 
 
 @dataclass(frozen=True)
@@ -59,38 +69,124 @@ class VoiceActivityDetector(Protocol):
 
 
 class SileroVAD:
-    """Silero VAD through ONNX Runtime. Stateful per call, so one instance serves one thread."""
+    """Silero VAD on an ONNX Runtime session. Stateful per call, so one instance serves one thread."""
 
-    def __init__(self, model: Any, options: VADOptions) -> None:
-        self._model = model
+    def __init__(self, session: Any, options: VADOptions) -> None:
+        self._session = session
         self.options = options
 
     @classmethod
     def load(cls, options: VADOptions | None = None) -> "SileroVAD":
-        # Importing silero_vad calls torch.set_num_threads(1) for the whole process, which halved
-        # the acoustic model's speed here; keep the caller's thread count.
-        threads = torch.get_num_threads()
-        from silero_vad import load_silero_vad
+        import onnxruntime as ort
 
-        torch.set_num_threads(threads)
-        return cls(load_silero_vad(onnx=True), options or VADOptions())
+        settings = ort.SessionOptions()
+        # One thread: the network is tiny and runs window by window, so more threads only add overhead.
+        settings.intra_op_num_threads = settings.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(
+                str(silero_weights()), settings, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # ONNX Runtime raises its own exception types
+            raise ModelLoadError(f"cannot load the Silero VAD network: {e}") from e
+        return cls(session, options or VADOptions())
+
+    def probabilities(self, samples: Samples) -> np.ndarray:
+        """Speech probability of each 32 ms window; the last window is zero-padded."""
+        padded = np.zeros(-(-len(samples) // WINDOW) * WINDOW + CONTEXT, np.float32)
+        padded[CONTEXT : CONTEXT + len(samples)] = samples
+        state = np.zeros((2, 1, 128), np.float32)
+        rate = np.array(SAMPLE_RATE_HZ, np.int64)
+        probs = np.empty(len(padded) // WINDOW, np.float32)
+        for i in range(len(probs)):
+            window = padded[None, i * WINDOW : (i + 1) * WINDOW + CONTEXT]
+            out, state = self._session.run(None, {"input": window, "state": state, "sr": rate})
+            probs[i] = out[0, 0]
+        return probs
 
     def detect(self, samples: Samples) -> list[SpeechSegment]:
-        from silero_vad import get_speech_timestamps
+        return segments_from_probabilities(self.probabilities(samples), len(samples), self.options)
 
-        o = self.options
-        stamps = get_speech_timestamps(
-            torch.from_numpy(np.ascontiguousarray(samples)),
-            self._model,
-            threshold=o.threshold,
-            sampling_rate=SAMPLE_RATE_HZ,
-            min_speech_duration_ms=o.min_speech_ms,
-            min_silence_duration_ms=o.min_silence_ms,
-            speech_pad_ms=o.speech_pad_ms,
-            max_speech_duration_s=o.max_segment_s,
+
+def silero_weights() -> Path:
+    """The ONNX file inside the installed `silero-vad` wheel, found without importing the package."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the silero-vad package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+
+
+def segments_from_probabilities(
+    probs: np.ndarray, n_samples: int, options: VADOptions
+) -> list[SpeechSegment]:
+    """Speech spans from per-window probabilities, with Silero's rules: speech starts at a window
+    at or above `threshold` and ends where the probability stays below the exit threshold for
+    `min_silence_ms`; spans of at most `min_speech_ms` are dropped; spans too long to fit
+    `max_segment_s` once padded are cut at their longest pause; each span is padded by
+    `speech_pad_ms`, never past the middle of the gap to its neighbour."""
+    o = options
+    pad = o.speech_pad_ms * SAMPLE_RATE_HZ // 1000
+    spans = [
+        (start, end)
+        for start, end in _hysteresis(probs, n_samples, o)
+        if end - start > o.min_speech_ms * SAMPLE_RATE_HZ / 1000
+    ]
+    longest = o.max_segment_s * SAMPLE_RATE_HZ - 2 * pad
+    quiet = probs < _exit_threshold(o)
+    spans = [part for span in spans for part in _cut_at_pauses(span, quiet, longest)]
+    segments = []
+    for k, (start, end) in enumerate(spans):
+        before = (spans[k - 1][1] + start) / 2 if k else 0
+        after = (end + spans[k + 1][0]) / 2 if k + 1 < len(spans) else n_samples
+        segments.append(
+            SpeechSegment(max(start - pad, before) / SAMPLE_RATE_HZ, min(end + pad, after) / SAMPLE_RATE_HZ)
         )
-        segments = [SpeechSegment(s["start"] / SAMPLE_RATE_HZ, s["end"] / SAMPLE_RATE_HZ) for s in stamps]
-        return split_long_segments(segments, o.max_segment_s)
+    return split_long_segments(segments, o.max_segment_s)
+
+
+def _hysteresis(probs: np.ndarray, n_samples: int, o: VADOptions) -> list[tuple[int, int]]:
+    """(start, end) sample spans of speech, before the length rules and padding."""
+    exit_below = _exit_threshold(o)
+    min_silence = o.min_silence_ms * SAMPLE_RATE_HZ / 1000
+    spans: list[tuple[int, int]] = []
+    start = quiet_from = None
+    for i, p in enumerate(probs.tolist()):
+        at = i * WINDOW
+        if start is None:
+            if p >= o.threshold:
+                start = at
+            continue
+        if p >= o.threshold:
+            quiet_from = None
+        elif p < exit_below:
+            quiet_from = at if quiet_from is None else quiet_from
+            if at - quiet_from >= min_silence:
+                spans.append((start, quiet_from))
+                start = quiet_from = None
+    if start is not None:
+        spans.append((start, n_samples))
+    return spans
+
+
+def _exit_threshold(o: VADOptions) -> float:
+    return max(o.threshold - EXIT_MARGIN, 0.01)
+
+
+def _cut_at_pauses(span: tuple[int, int], quiet: np.ndarray, longest: float) -> list[tuple[int, int]]:
+    """Split an over-long span at its longest inner run of quiet windows, recursively; a span
+    with no pause is left for `split_long_segments` to cut evenly."""
+    start, end = span
+    if end - start <= longest:
+        return [span]
+    first, last = start // WINDOW + 1, min(end // WINDOW, len(quiet)) - 1
+    best, best_len, run = -1, 0, 0
+    for i, q in enumerate(quiet[first:last].tolist()):
+        run = run + 1 if q else 0
+        if run > best_len:
+            best, best_len = i - run + 1, run
+    if best_len == 0:
+        return [span]
+    cut_from, cut_to = (first + best) * WINDOW, (first + best + best_len) * WINDOW
+    return _cut_at_pauses((start, cut_from), quiet, longest) + _cut_at_pauses((cut_to, end), quiet, longest)
 
 
 class WholeClipVAD:

@@ -43,16 +43,19 @@ def clips(args: argparse.Namespace) -> list[ManifestEntry]:
 def run_config(args: argparse.Namespace) -> dict[str, Any]:
     """One configuration, in this process: every clip once (after one warm-up), timings per clip."""
     import jiwer
-    import torch
 
     from asr.corpus.domain import DomainPack
-    from asr.pipeline import build_pipeline
+    from asr.edge import is_edge_folder
+    from asr.pipeline import build_frontend, build_pipeline
     from serving.client import CloudClient, EdgeClient
     from serving.netshape import PROFILES, shaped
     from serving.search import CatalogIndex
 
     kind, _, detail = args.config.partition(":")
-    torch.set_num_threads(args.threads)
+    if kind == "edge" and not is_edge_folder(args.model):  # torch's threads are process-wide
+        import torch
+
+        torch.set_num_threads(args.threads)
     entries = clips(args)
     results = []
     if kind == "edge":
@@ -61,7 +64,7 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
         context = None
     else:
         context = shaped(args.url, PROFILES[detail])
-        client = CloudClient(context.__enter__(), build_pipeline(DEFAULT_MODEL_DIR, device="cpu", threads=1))
+        client = CloudClient(context.__enter__(), build_frontend())
     try:
         client.search(entries[0].audio)  # warm-up: first calls allocate and compile
         for entry in entries:
@@ -82,6 +85,7 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
         ],
         "wer": jiwer.wer(refs, hyps),
         "peak_rss_mb": peak_rss_mb(),
+        "torch_imported": "torch" in sys.modules,
     }
 
 

@@ -24,7 +24,7 @@ from asr.decoding import BeamOptions, read_word_list
 from asr.errors import AudioError, DataError, DecoderConfigError, ManifestError, ModelLoadError
 from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, select_entries, summarize
 from asr.model import Device
-from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_pipeline
+from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_frontend, build_pipeline
 from serving.monitor_cli import add_monitor_commands
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, Settings
@@ -569,7 +569,7 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
         pack = DomainPack.load(args.domain or settings.domain_dir)
         searcher: EdgeClient | CloudClient = EdgeClient(pipeline, CatalogIndex(pack))
     else:
-        searcher = CloudClient(args.url, build_pipeline(settings.model_dir, device="cpu"))
+        searcher = CloudClient(args.url, build_frontend())
     failed = 0
     for path in paths:
         try:

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from asr.audio import SAMPLE_RATE_HZ
-from asr.pipeline import Pipeline
+from asr.pipeline import Frontend, Pipeline
 from serving.search import CatalogIndex
 
 Mode = Literal["edge", "cloud"]
@@ -68,9 +68,9 @@ class CloudClient:
     """VAD on the device, recognition and search on the server at `url`."""
 
     def __init__(
-        self, url: str, front: Pipeline, session_id: str = "cloud-client", timeout_s: float = 60.0
+        self, url: str, front: Frontend, session_id: str = "cloud-client", timeout_s: float = 60.0
     ) -> None:
-        """`front` is a pipeline used only for its front half (decode, preprocess, VAD)."""
+        """`front` decodes, preprocesses and finds the speech; the device holds no model."""
         self.url, self.front, self.session_id = url.rstrip("/"), front, session_id
         self.http = httpx.Client(timeout=timeout_s)
 

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from asr.audio import load_audio
-from asr.vad import SileroVAD, SpeechSegment, VADOptions, WholeClipVAD, split_long_segments
-from tests.signals import REPO, SPEECH_SAMPLE, noise, pad, silence
+from asr.vad import (
+    WINDOW,
+    SileroVAD,
+    SpeechSegment,
+    VADOptions,
+    WholeClipVAD,
+    segments_from_probabilities,
+    split_long_segments,
+)
+from tests.signals import REPO, SAMPLES_DIR, SPEECH_SAMPLE, noise, pad, silence
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +76,79 @@ def test_options_are_validated() -> None:
         VADOptions(max_segment_s=0.5)
 
 
-def test_loading_silero_keeps_the_torch_thread_count() -> None:
-    # silero_vad sets torch to one thread when first imported, so check in a fresh process.
+def test_agrees_with_the_silero_package_on_real_recordings(vad: SileroVAD) -> None:
+    """Our numpy front end and segmenter against the package's own torch code, as the oracle."""
+    import torch
+
+    threads = torch.get_num_threads()
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    torch.set_num_threads(threads)  # importing silero_vad sets one thread for the whole process
+    reference, o = load_silero_vad(onnx=True), vad.options
+    clips = [load_audio(path).samples for path in sorted(SAMPLES_DIR.glob("*.flac"))]
+    clips.append(pad(np.concatenate(clips), before_s=1.0, after_s=0.5))
+    for clip in clips:
+        stamps = get_speech_timestamps(
+            torch.from_numpy(clip),
+            reference,
+            threshold=o.threshold,
+            min_speech_duration_ms=o.min_speech_ms,
+            min_silence_duration_ms=o.min_silence_ms,
+            speech_pad_ms=o.speech_pad_ms,
+        )
+        expected = [(s["start"] / 16000, s["end"] / 16000) for s in stamps]
+        assert expected
+        assert _bounds(vad.detect(clip)) == pytest.approx([t for span in expected for t in span], abs=1e-6)
+
+
+def _bounds(segments: list[SpeechSegment]) -> list[float]:
+    return [t for s in segments for t in (s.start_s, s.end_s)]
+
+
+def _probabilities(*runs: tuple[float, float]) -> np.ndarray:
+    """Per-window probabilities from (probability, seconds) runs."""
+    return np.concatenate([np.full(round(s * 16000 / WINDOW), p, np.float32) for p, s in runs])
+
+
+def test_segmenter_rules_on_known_probabilities() -> None:
+    o = VADOptions(min_speech_ms=250, min_silence_ms=100, speech_pad_ms=200)
+    probs = _probabilities(
+        (0.0, 1.024),  # silence
+        (0.9, 0.512),  # speech
+        (0.4, 0.064),  # between the thresholds: neither speech nor a pause
+        (0.9, 0.512),
+        (0.1, 0.064),  # a pause shorter than min_silence: the same segment
+        (0.9, 0.512),
+        (0.0, 0.256),  # a real pause, narrower than two paddings
+        (0.9, 0.128),  # too short to keep
+        (0.0, 0.512),
+        (0.9, 0.512),  # speech running to the end of the clip
+    )
+    n = len(probs) * WINDOW - 100
+    segments = segments_from_probabilities(probs, n, o)
+    # Kept: 1.024-2.688 s and 3.584 s to the end, each padded by 200 ms.
+    assert _bounds(segments) == pytest.approx([1.024 - 0.2, 2.688 + 0.2, 3.584 - 0.2, n / 16000])
+
+
+def test_neighbours_share_a_narrow_gap_instead_of_overlapping() -> None:
+    probs = _probabilities((0.9, 0.512), (0.0, 0.192), (0.9, 0.512))
+    first, second = segments_from_probabilities(probs, len(probs) * WINDOW, VADOptions(speech_pad_ms=200))
+    assert first.start_s == 0.0
+    assert first.end_s == second.start_s == pytest.approx(0.512 + 0.096)
+
+
+def test_over_long_speech_is_cut_at_its_longest_pause() -> None:
+    o = VADOptions(min_silence_ms=300, speech_pad_ms=0, max_segment_s=2.0)
+    probs = _probabilities((0.9, 0.96), (0.0, 0.064), (0.9, 0.64), (0.0, 0.192), (0.9, 0.96))
+    segments = segments_from_probabilities(probs, len(probs) * WINDOW, o)
+    assert _bounds(segments) == pytest.approx([0.0, 1.664, 1.856, 2.816])
+
+
+def test_the_device_path_does_not_import_torch() -> None:
+    # A phone or speaker runs VAD and the edge model without torch; check in a fresh process.
     code = (
-        "import torch; torch.set_num_threads(2); from asr.vad import SileroVAD; "
-        "SileroVAD.load(); print(torch.get_num_threads())"
+        "import sys, numpy as np; from asr.vad import SileroVAD; "
+        "SileroVAD.load().detect(np.zeros(16000, np.float32)); print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    assert done.stdout.strip() == "2"
+    assert done.stdout.strip() == "False"

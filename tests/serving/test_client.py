@@ -2,6 +2,8 @@
 
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,14 +12,15 @@ import pytest
 import soundfile as sf
 
 from asr.corpus.domain import DomainPack
-from asr.pipeline import build_pipeline
+from asr.edge import export_edge
+from asr.pipeline import build_frontend, build_pipeline
 from serving.cli import main
 from serving.client import CloudClient, EdgeClient, flac_of_speech
 from serving.launch import Server, running_server
 from serving.search import CatalogIndex
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR
 from tests.serving.events import rows
-from tests.signals import encode, espeak, pad, silence
+from tests.signals import REPO, encode, espeak, pad, silence
 
 pytestmark = pytest.mark.server
 
@@ -38,7 +41,7 @@ def query(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cloud_mode_uploads_only_the_speech_as_flac(server: Server, query: Path) -> None:
-    client = CloudClient(server.url, build_pipeline(DEFAULT_MODEL_DIR, device="cpu"), session_id="cloud-1")
+    client = CloudClient(server.url, build_frontend(), session_id="cloud-1")
     try:
         result = client.search(query)
     finally:
@@ -65,9 +68,7 @@ def test_edge_mode_answers_on_the_device(query: Path) -> None:
 def test_silence_costs_no_upload(server: Server, tmp_path: Path) -> None:
     quiet = tmp_path / "quiet.wav"
     quiet.write_bytes(encode(silence(2.0), 16_000))
-    client = CloudClient(
-        server.url, build_pipeline(DEFAULT_MODEL_DIR, device="cpu"), session_id="cloud-quiet"
-    )
+    client = CloudClient(server.url, build_frontend(), session_id="cloud-quiet")
     try:
         result = client.search(quiet)
     finally:
@@ -95,3 +96,17 @@ def test_client_command_in_both_modes(
     assert edge["mode"] == "edge" and edge["payload_bytes"] == 0
     assert main(["client", "--mode", "cloud", "--url", "http://127.0.0.1:9", str(query)]) == 1
     assert "voice-search:" in capsys.readouterr().err
+
+
+def test_device_clients_run_without_torch(server: Server, query: Path, tmp_path: Path) -> None:
+    """A device needs ONNX Runtime and numpy only: VAD, the edge model and the upload import no torch."""
+    edge = export_edge(DEFAULT_MODEL_DIR, tmp_path / "edge", "fp32").folder
+    for args in (["--mode", "cloud", "--url", server.url], ["--mode", "edge", "--model", str(edge)]):
+        code = (
+            "import sys; from serving.cli import main; "
+            f"code = main(['client', *{args!r}, {str(query)!r}]); "
+            "print(code, 'torch' in sys.modules, file=sys.stderr)"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+        assert done.stderr.strip().splitlines()[-1] == "0 False", done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1])["mode"] == args[1]
