@@ -163,7 +163,20 @@ def _quantize(source: Path, target: Path, calibration: list[np.ndarray], tmp: Pa
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QUInt8,
         op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        nodes_to_exclude=activation_products(prepared),
     )
+
+
+def activation_products(model_path: Path) -> list[str]:
+    """MatMul nodes with no weight (attention's query x key and scores x value). Quantizing them
+    wraps both inputs and the softmax in quantize/dequantize pairs for little arithmetic saved:
+    leaving them in float measured faster here (median 17.4 vs 22.2 ms per query against fp32's
+    32.3, 2 threads, interleaved) and agreed with fp32 on as many frames."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    weights = {w.name for w in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights.intersection(n.input)]
 
 
 class OnnxRecognizer:

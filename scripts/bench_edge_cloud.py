@@ -98,6 +98,39 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def model_speed(
+    folders: dict[str, Path], entries: list[ManifestEntry], repeats: int, threads: int
+) -> dict[str, Any]:
+    """The model stage alone, in this process, the precisions interleaved clip by clip so that the
+    machine's noise falls on each alike; per clip the fastest of `repeats` runs counts (noise only
+    ever adds time). Gives each precision's median and the per-clip speed-up over fp32."""
+    from asr.audio import load_audio
+    from asr.edge import OnnxRecognizer
+
+    models = {name: OnnxRecognizer(folder, threads) for name, folder in folders.items()}
+    audio = [load_audio(e.audio).samples for e in entries]
+    best = {name: [float("inf")] * len(audio) for name in models}
+    for model in models.values():
+        model.log_probs(audio[:1])  # warm-up
+    for _ in range(repeats):
+        for i, clip in enumerate(audio):
+            for name, model in models.items():
+                started = time.perf_counter()
+                model.log_probs([clip])
+                best[name][i] = min(best[name][i], time.perf_counter() - started)
+    speedups = np.array(best["fp32"]) / np.array(best["int8"])
+    return {
+        "threads": threads,
+        "repeats": repeats,
+        "median_ms": {name: round(1000 * float(np.median(t)), 2) for name, t in best.items()},
+        "int8_speedup": {
+            "median": round(float(np.median(speedups)), 2),
+            "min": round(float(speedups.min()), 2),
+            "max": round(float(speedups.max()), 2),
+        },
+    }
+
+
 def summarize(run: dict[str, Any]) -> dict[str, Any]:
     totals = np.array([c["timings_ms"]["total"] for c in run["clips"]])
     audio = np.array([c["audio_s"] for c in run["clips"]])
@@ -165,6 +198,9 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=40)
     parser.add_argument("--profiles", nargs="+", default=["loopback", "wifi", "4g", "3g"])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".cache" / "edge-cloud")
+    parser.add_argument(
+        "--speed-repeats", type=int, default=5, help="runs per clip of the side-by-side model-stage timing"
+    )
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -211,6 +247,8 @@ def main() -> int:
     ]
     with tempfile.TemporaryDirectory() as state, running_server(Path(state)) as server:
         runs += [child(f"cloud:{p}", 1, "--url", server.url) for p in args.profiles]
+    folders = {"int8": edge_dir, "fp32": fp32_dir}
+    speed = [model_speed(folders, clips(args), args.speed_repeats, threads) for threads in (1, 2)]
     summary = [summarize(r) for r in runs]
     edge_run = runs[1]
     crossovers = {r["config"]: crossover(edge_run, r) for r in runs if r["config"].startswith("cloud:")}
@@ -219,6 +257,7 @@ def main() -> int:
         "model_bytes": {"int8_onnx": export.bytes, "fp32_onnx": (fp32_dir / "model.onnx").stat().st_size},
         "summary": summary,
         "cloud_beats_edge_int8_2_threads": crossovers,
+        "model_speed": speed,
         "runs": runs,
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
@@ -237,6 +276,12 @@ def main() -> int:
         )
     lines.append("")
     lines += [f"- {config}: cloud beats edge int8 (2 threads) {when}" for config, when in crossovers.items()]
+    lines += [
+        f"- model stage side by side, {m['threads']} thread(s), best of {m['repeats']} per clip: "
+        f"int8 {m['median_ms']['int8']} ms, fp32 ONNX {m['median_ms']['fp32']} ms (median); int8 speed-up "
+        f"{m['int8_speedup']['median']}x median ({m['int8_speedup']['min']}-{m['int8_speedup']['max']}x)"
+        for m in speed
+    ]
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -25,6 +25,8 @@ def test_the_comparison_writes_its_table_and_plots(tmp_path: Path) -> None:
             "3g",
             "--out",
             str(out),
+            "--speed-repeats",
+            "2",
         ],
         cwd=REPO_ROOT,
         check=True,
@@ -47,6 +49,10 @@ def test_the_comparison_writes_its_table_and_plots(tmp_path: Path) -> None:
     cloud = {s["config"]: s for s in report["summary"] if s["config"].startswith("cloud:")}
     assert cloud["cloud:3g"]["mean_payload_bytes"] > 0
     assert report["model_bytes"]["int8_onnx"] <= report["model_bytes"]["fp32_onnx"] / 2
+    assert [m["threads"] for m in report["model_speed"]] == [1, 2]
+    for m in report["model_speed"]:
+        assert m["median_ms"]["int8"] > 0 and m["median_ms"]["fp32"] > 0
+        assert m["int8_speedup"]["min"] <= m["int8_speedup"]["median"] <= m["int8_speedup"]["max"]
     assert set(report["cloud_beats_edge_int8_2_threads"]) == {"cloud:loopback", "cloud:3g"}
     assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
     assert "<svg" in (out / "latency.html").read_text()

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr.edge import ONNX_FILE, OnnxRecognizer, export_edge
+from asr.edge import ONNX_FILE, OnnxRecognizer, activation_products, export_edge
 from asr.model import Recognizer
 from asr.pipeline import build_pipeline, load_recognizer
 from serving.cli import main
@@ -50,6 +50,23 @@ def test_int8_export_of_the_bundled_model_is_small_and_agrees_with_fp32(
         assert ours.shape == theirs.shape and np.isfinite(ours).all()
         agreements.append(np.mean(ours.argmax(-1) == theirs.argmax(-1)))
     assert min(agreements) >= INT8_ARGMAX_AGREEMENT, agreements
+
+
+def test_int8_keeps_attention_products_in_float(int8_folder: Path, tmp_path: Path) -> None:
+    import onnx
+
+    fp32 = export_edge(DEFAULT_MODEL_DIR, tmp_path / "fp32", "fp32").folder
+    attention = set(activation_products(fp32 / ONNX_FILE))
+    graph = onnx.load(str(int8_folder / ONNX_FILE)).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    layers = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["num_hidden_layers"]
+    assert len(attention) == 2 * layers  # query x key and scores x value in each layer
+    float_inputs = [
+        producer.get(i) != "DequantizeLinear" for n in graph.node if n.name in attention for i in n.input
+    ]
+    assert float_inputs and all(float_inputs)
+    quantized = [n for n in graph.node if n.op_type == "MatMul" and n.name not in attention]
+    assert quantized and all(producer.get(n.input[1]) == "DequantizeLinear" for n in quantized)
 
 
 def test_every_command_runs_on_an_edge_folder(int8_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
