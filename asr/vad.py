@@ -69,7 +69,8 @@ class VoiceActivityDetector(Protocol):
 
 
 class SileroVAD:
-    """Silero VAD on an ONNX Runtime session. Stateful per call, so one instance serves one thread."""
+    """Silero VAD on an ONNX Runtime session. The network's recurrent state lives in each call, and
+    ONNX Runtime sessions may run concurrently, so one instance can serve several threads."""
 
     def __init__(self, session: Any, options: VADOptions) -> None:
         self._session = session

@@ -114,6 +114,13 @@ class ShapingProxy:
         self._ready.set()
         self._loop.run_forever()
         server.close()
+        # Connections a keep-alive client left open still have coroutines waiting: cancel them and
+        # let them unwind here, or they are collected later with their loop closed.
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
 
     def start(self) -> "ShapingProxy":
         self._thread.start()
