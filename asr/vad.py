@@ -24,6 +24,9 @@ CONTEXT = 64
 """Samples of the previous window the network sees in front of each new one."""
 EXIT_MARGIN = 0.15
 """Speech ends when the probability falls below `threshold - EXIT_MARGIN` (Silero's hysteresis)."""
+MIN_CUT_PAUSE_WINDOWS = 4
+"""A pause must last this many quiet windows (128 ms) to cut over-long speech at it; Silero's own
+rule asks for more than 98 ms. Shorter dips are often inside words."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class VADOptions:
     """Wider than Silero's 30 ms default: CTC models need context around word edges."""
     max_segment_s: float = 10.0
     """Longest span recognized at once: bounds model memory, with the pipeline's batch budget.
-    Silero cuts over-long speech at its longest inner pause, so cuts rarely fall inside words."""
+    Over-long speech is cut at its longest inner pause, so cuts rarely fall inside words."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -121,9 +124,11 @@ def segments_from_probabilities(
 ) -> list[SpeechSegment]:
     """Speech spans from per-window probabilities, with Silero's rules: speech starts at a window
     at or above `threshold` and ends where the probability stays below the exit threshold for
-    `min_silence_ms`; spans of at most `min_speech_ms` are dropped; spans too long to fit
-    `max_segment_s` once padded are cut at their longest pause; each span is padded by
-    `speech_pad_ms`, never past the middle of the gap to its neighbour."""
+    `min_silence_ms`; spans of at most `min_speech_ms` are dropped; each span is padded by
+    `speech_pad_ms`, never past the middle of the gap to its neighbour. Spans too long to fit
+    `max_segment_s` once padded are cut at their longest pause (our rule: Silero cuts at the
+    longest pause seen when the limit is reached, so long speech may be cut elsewhere than by
+    the silero package; shorter speech gets the same spans)."""
     o = options
     pad = o.speech_pad_ms * SAMPLE_RATE_HZ // 1000
     spans = [
@@ -131,9 +136,11 @@ def segments_from_probabilities(
         for start, end in _hysteresis(probs, n_samples, o)
         if end - start > o.min_speech_ms * SAMPLE_RATE_HZ / 1000
     ]
-    longest = o.max_segment_s * SAMPLE_RATE_HZ - 2 * pad
+    # The same limit as Silero's: the padded span, plus the window the limit is noticed in, fits.
+    longest = o.max_segment_s * SAMPLE_RATE_HZ - WINDOW - 2 * pad
     quiet = probs < _exit_threshold(o)
-    spans = [part for span in spans for part in _cut_at_pauses(span, quiet, longest)]
+    shortest = o.min_speech_ms * SAMPLE_RATE_HZ / 1000
+    spans = [part for span in spans for part in _cut_at_pauses(span, quiet, longest, shortest)]
     segments = []
     for k, (start, end) in enumerate(spans):
         before = (spans[k - 1][1] + start) / 2 if k else 0
@@ -172,22 +179,43 @@ def _exit_threshold(o: VADOptions) -> float:
     return max(o.threshold - EXIT_MARGIN, 0.01)
 
 
-def _cut_at_pauses(span: tuple[int, int], quiet: np.ndarray, longest: float) -> list[tuple[int, int]]:
-    """Split an over-long span at its longest inner run of quiet windows, recursively; a span
-    with no pause is left for `split_long_segments` to cut evenly."""
+def _cut_at_pauses(
+    span: tuple[int, int], quiet: np.ndarray, longest: float, shortest: float
+) -> list[tuple[int, int]]:
+    """Split an over-long span at its longest inner pause of at least `MIN_CUT_PAUSE_WINDOWS`
+    that leaves both sides longer than `shortest`, recursively; a span with no such pause is
+    left for `split_long_segments` to cut evenly."""
     start, end = span
     if end - start <= longest:
         return [span]
-    first, last = start // WINDOW + 1, min(end // WINDOW, len(quiet)) - 1
-    best, best_len, run = -1, 0, 0
-    for i, q in enumerate(quiet[first:last].tolist()):
-        run = run + 1 if q else 0
-        if run > best_len:
-            best, best_len = i - run + 1, run
-    if best_len == 0:
+    pauses = [
+        (to - at, at, to)
+        for at, to in _quiet_runs(quiet, start // WINDOW + 1, min(end // WINDOW, len(quiet)) - 1)
+        if to - at >= MIN_CUT_PAUSE_WINDOWS
+        and at * WINDOW - start > shortest
+        and end - to * WINDOW > shortest
+    ]
+    if not pauses:
         return [span]
-    cut_from, cut_to = (first + best) * WINDOW, (first + best + best_len) * WINDOW
-    return _cut_at_pauses((start, cut_from), quiet, longest) + _cut_at_pauses((cut_to, end), quiet, longest)
+    _, at, to = max(pauses)
+    return _cut_at_pauses((start, at * WINDOW), quiet, longest, shortest) + _cut_at_pauses(
+        (to * WINDOW, end), quiet, longest, shortest
+    )
+
+
+def _quiet_runs(quiet: np.ndarray, first: int, last: int) -> list[tuple[int, int]]:
+    """(first, past-the-end) window indices of each run of quiet windows in [first, last)."""
+    runs: list[tuple[int, int]] = []
+    at = None
+    for i in range(first, last):
+        if quiet[i] and at is None:
+            at = i
+        elif not quiet[i] and at is not None:
+            runs.append((at, i))
+            at = None
+    if at is not None:
+        runs.append((at, last))
+    return runs
 
 
 class WholeClipVAD:

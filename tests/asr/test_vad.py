@@ -48,6 +48,7 @@ def test_long_speech_is_cut_to_the_maximum_segment(speech_16k: np.ndarray) -> No
     segments = vad.detect(long_clip)
     assert segments
     assert max(s.duration_s for s in segments) <= 2.0 + 1e-6
+    assert min(s.duration_s for s in segments) > VADOptions().min_speech_ms / 1000
 
 
 def test_split_long_segments() -> None:
@@ -142,6 +143,16 @@ def test_over_long_speech_is_cut_at_its_longest_pause() -> None:
     probs = _probabilities((0.9, 0.96), (0.0, 0.064), (0.9, 0.64), (0.0, 0.192), (0.9, 0.96))
     segments = segments_from_probabilities(probs, len(probs) * WINDOW, o)
     assert _bounds(segments) == pytest.approx([0.0, 1.664, 1.856, 2.816])
+
+
+def test_no_sliver_is_cut_off_over_long_speech() -> None:
+    """A pause too near an end would leave a piece shorter than min_speech_ms: cut evenly instead."""
+    o = VADOptions(min_silence_ms=300, speech_pad_ms=0, max_segment_s=4.0)
+    probs = _probabilities((0.9, 0.064), (0.0, 0.128), (0.9, 6.0), (0.0, 0.064), (0.9, 0.128))
+    segments = segments_from_probabilities(probs, len(probs) * WINDOW, o)
+    assert len(segments) == 2 and segments[0].start_s == 0.0
+    assert segments[0].duration_s == pytest.approx(segments[1].duration_s)
+    assert max(s.duration_s for s in segments) <= 4.0
 
 
 def test_the_device_path_does_not_import_torch() -> None:
