@@ -101,9 +101,10 @@ def peak_rss_mb() -> float:
 def model_speed(
     folders: dict[str, Path], entries: list[ManifestEntry], repeats: int, threads: int
 ) -> dict[str, Any]:
-    """The model stage alone, in this process, the precisions interleaved clip by clip so that the
-    machine's noise falls on each alike; per clip the fastest of `repeats` runs counts (noise only
-    ever adds time). Gives each precision's median and the per-clip speed-up over fp32."""
+    """The model alone on whole clips (no VAD), in this process, the precisions interleaved clip
+    by clip so that the machine's noise falls on each alike; per clip the fastest of `repeats`
+    runs counts (noise only ever adds time). Gives each precision's median and the per-clip
+    speed-up over fp32."""
     from asr.audio import load_audio
     from asr.edge import OnnxRecognizer
 
@@ -277,7 +278,8 @@ def main() -> int:
     lines.append("")
     lines += [f"- {config}: cloud beats edge int8 (2 threads) {when}" for config, when in crossovers.items()]
     lines += [
-        f"- model stage side by side, {m['threads']} thread(s), best of {m['repeats']} per clip: "
+        f"- model alone on whole clips, side by side, {m['threads']} thread(s), "
+        f"best of {m['repeats']} per clip: "
         f"int8 {m['median_ms']['int8']} ms, fp32 ONNX {m['median_ms']['fp32']} ms (median); int8 speed-up "
         f"{m['int8_speedup']['median']}x median ({m['int8_speedup']['min']}-{m['int8_speedup']['max']}x)"
         for m in speed

@@ -52,7 +52,7 @@ def test_the_comparison_writes_its_table_and_plots(tmp_path: Path) -> None:
     assert [m["threads"] for m in report["model_speed"]] == [1, 2]
     for m in report["model_speed"]:
         assert m["median_ms"]["int8"] > 0 and m["median_ms"]["fp32"] > 0
-        assert m["int8_speedup"]["min"] <= m["int8_speedup"]["median"] <= m["int8_speedup"]["max"]
+        assert m["int8_speedup"]["median"] > 0 and m["repeats"] == 2
     assert set(report["cloud_beats_edge_int8_2_threads"]) == {"cloud:loopback", "cloud:3g"}
     assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
     assert "<svg" in (out / "latency.html").read_text()

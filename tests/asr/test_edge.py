@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr.edge import ONNX_FILE, OnnxRecognizer, activation_products, export_edge
-from asr.model import Recognizer
+from asr.edge import ONNX_FILE, OnnxRecognizer, activation_products, export_edge, read_vocabulary
+from asr.errors import ModelLoadError
+from asr.model import Recognizer, vocabulary_from_tokenizer
 from asr.pipeline import build_pipeline, load_recognizer
 from serving.cli import main
 from serving.settings import DEFAULT_MODEL_DIR
@@ -85,3 +86,50 @@ def test_export_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["export", "--edge", "--calibration", str(missing), "--out", str(tmp_path / "b")]) == 2
     assert "cannot read manifest" in capsys.readouterr().err
     assert not (tmp_path / "b" / ONNX_FILE).exists()
+
+
+LETTERS = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+
+
+def _old_style_tokenizer(folder: Path) -> Path:
+    """Tokenizer files as facebook/wav2vec2-base-960h ships them: no added_tokens_decoder, the
+    special tokens in special_tokens_map.json."""
+    folder.mkdir()
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", "|", *LETTERS])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials))
+    (folder / "tokenizer_config.json").write_text(json.dumps({**specials, "do_lower_case": False}))
+    return folder
+
+
+def test_vocabulary_is_read_as_transformers_reads_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import Wav2Vec2CTCTokenizer
+
+    for folder in (tiny_model_dir, _old_style_tokenizer(tmp_path / "base-960h")):
+        tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(folder, local_files_only=True)
+        expected = vocabulary_from_tokenizer(tokenizer)
+        assert read_vocabulary(folder) == expected
+
+
+@pytest.mark.parametrize(
+    "vocab_json", ['{"a": 0', '["a", "b"]', '{"en": {"a": 0}}', "{}"], ids=["cut", "list", "nested", "empty"]
+)
+def test_unreadable_tokenizer_files_are_load_errors(tmp_path: Path, vocab_json: str) -> None:
+    folder = _old_style_tokenizer(tmp_path / "broken")
+    (folder / "vocab.json").write_text(vocab_json)
+    with pytest.raises(ModelLoadError):
+        read_vocabulary(folder)
+
+
+def test_a_broken_edge_folder_is_a_clear_cli_error(
+    int8_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in int8_folder.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "tokenizer_config.json").write_text('{"added_tokens_decoder": {"0": "<pad>"}}')
+    sample = str(Path(__file__).resolve().parents[2] / "data" / "samples" / "arctic_a0001.flac")
+    assert main(["transcribe", "--model", str(broken), sample]) != 0
+    assert "added_tokens_decoder" in capsys.readouterr().err
