@@ -53,7 +53,9 @@ def test_int8_export_of_the_bundled_model_is_small_and_agrees_with_fp32(
     assert min(agreements) >= INT8_ARGMAX_AGREEMENT, agreements
 
 
-def test_int8_keeps_attention_products_in_float(int8_folder: Path, tmp_path: Path) -> None:
+def test_int8_keeps_attention_products_and_the_waveform_conv_in_float(
+    int8_folder: Path, tmp_path: Path
+) -> None:
     import onnx
 
     fp32 = export_edge(DEFAULT_MODEL_DIR, tmp_path / "fp32", "fp32").folder
@@ -68,6 +70,10 @@ def test_int8_keeps_attention_products_in_float(int8_folder: Path, tmp_path: Pat
     assert float_inputs and all(float_inputs)
     quantized = [n for n in graph.node if n.op_type == "MatMul" and n.name not in attention]
     assert quantized and all(producer.get(n.input[1]) == "DequantizeLinear" for n in quantized)
+    convs = [n for n in graph.node if n.op_type == "Conv"]  # the waveform's own stays float
+    assert [producer.get(n.input[1]) == "DequantizeLinear" for n in convs] == [False] + [True] * (
+        len(convs) - 1
+    )
 
 
 def test_every_command_runs_on_an_edge_folder(int8_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
