@@ -42,6 +42,16 @@ class Vocabulary:
     blank_id: int
     delimiter_id: int
 
+    @classmethod
+    def from_ids(cls, ids: dict[str, int], blank: str | None, delimiter: str | None) -> "Vocabulary":
+        """From a token -> id map (a tokenizer's vocabulary) and the blank and delimiter tokens."""
+        if blank is None or delimiter is None or blank not in ids or delimiter not in ids:
+            raise ModelLoadError("the tokenizer needs a pad token (the CTC blank) and a word delimiter")
+        tokens = [""] * (max(ids.values()) + 1)
+        for token, index in ids.items():
+            tokens[index] = token
+        return cls(tuple(tokens), blank_id=ids[blank], delimiter_id=ids[delimiter])
+
     def token_for_char(self, char: str) -> str | None:
         """The model token spelling `char` (" " -> the delimiter); None if the model lacks it.
 
@@ -162,14 +172,8 @@ def resolve_device(device: Device) -> str:
 
 def vocabulary_from_tokenizer(tokenizer: Any) -> Vocabulary:
     """Build the id-ordered vocabulary; the blank is the tokenizer's pad token."""
-    vocab: dict[str, int] = tokenizer.get_vocab()
-    tokens = [""] * (max(vocab.values()) + 1)
-    for token, index in vocab.items():
-        tokens[index] = token
     delimiter = getattr(tokenizer, "word_delimiter_token", WORD_DELIMITER) or WORD_DELIMITER
-    if tokenizer.pad_token_id is None or delimiter not in vocab:
-        raise ModelLoadError("the tokenizer needs a pad token (the CTC blank) and a word delimiter")
-    return Vocabulary(tuple(tokens), blank_id=int(tokenizer.pad_token_id), delimiter_id=vocab[delimiter])
+    return Vocabulary.from_ids(tokenizer.get_vocab(), tokenizer.pad_token, delimiter)
 
 
 def model_version(directory: Path) -> str:

@@ -137,7 +137,10 @@ class Pipeline:
         self.recognizer = recognizer
         self.decoder = decoder
         self.front = Frontend(vad, options)
-        self.options = self.front.options
+
+    @property
+    def options(self) -> PipelineOptions:
+        return self.front.options
 
     def transcribe(self, source: str | Path | bytes) -> Transcript:
         """Run every stage on one input. Raises `AudioError` subclasses for unusable input."""

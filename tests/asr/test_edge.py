@@ -59,7 +59,7 @@ def test_int8_keeps_attention_products_and_the_waveform_conv_in_float(
     import onnx
 
     fp32 = export_edge(DEFAULT_MODEL_DIR, tmp_path / "fp32", "fp32").folder
-    attention = set(activation_products(fp32 / ONNX_FILE))
+    attention = set(activation_products(onnx.load(str(fp32 / ONNX_FILE)).graph))
     graph = onnx.load(str(int8_folder / ONNX_FILE)).graph
     producer = {out: node.op_type for node in graph.node for out in node.output}
     layers = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["num_hidden_layers"]
