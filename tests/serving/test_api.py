@@ -1,7 +1,6 @@
 """The HTTP API end to end: a real server process, the bundled model, a real SQLite event store."""
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,6 @@ from tests.serving.events import event, rows
 from tests.signals import encode, espeak, noise, silence, speech
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("api")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

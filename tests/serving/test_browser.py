@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from playwright.sync_api import Page, sync_playwright
 
-from serving.launch import Server, running_server
+from serving.launch import Server
 from tests.serving.events import event, rows
 from tests.signals import espeak, pad
 
@@ -22,12 +22,6 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("audio") / "query.wav"
     sf.write(path, pad(samples, 0.3, 0.3, rate), rate)
     return path
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("browser")) as running:
-        yield running
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +15,13 @@ from asr.edge import export_edge
 from asr.pipeline import build_frontend, build_pipeline
 from serving.cli import main
 from serving.client import CloudClient, EdgeClient, flac_of_speech
-from serving.launch import Server, running_server
+from serving.launch import Server
 from serving.search import CatalogIndex
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR
 from tests.serving.events import rows
 from tests.signals import REPO, encode, espeak, pad, silence
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("client")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
