@@ -5,12 +5,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Everything Python installs from this lock of exactly what was tested (Python 3.11, Linux x86-64);
+# pyproject.toml keeps the ranges the project supports. Regenerate it with `make lock`.
+LOCK := requirements.lock
+# The installers are pinned too: an upgrade of either can change what a lock means.
+PIP_VERSION := 26.0.1
+PIP_TOOLS_VERSION := 7.6.2
 
 # Debian packages needed at run or test time: the TTS engines that voice the training corpus, and
 # chromium for the demo page's browser tests.
 SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium prometheus
 
-.PHONY: install system-deps run serve test lint typecheck bench bench-api bench-edge eval clean
+.PHONY: install system-deps lock doctor run serve test lint typecheck bench bench-api bench-edge eval clean
 
 install: system-deps $(STAMP)
 
@@ -21,11 +27,29 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "please install these Debian packages: $$missing"; exit 1; fi
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+# A fresh venv each time the lock or pyproject changes, so nothing outside the lock survives;
+# the project itself goes in without dependencies (the lock has them all, hashes checked), and
+# `voice-search doctor` proves the result before anything uses it.
+$(STAMP): pyproject.toml $(LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/voice-search doctor
 	touch $@
+
+# Re-run after changing a dependency in pyproject.toml (then `make install`, `make test`, and
+# commit both files). The lock records exactly what the resolver picked for Python 3.11 on
+# Linux x86-64; `voice-search doctor` and the tests fail while the two files disagree.
+lock:
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
+	$(BIN)/pip-compile --quiet --extra dev --extra peers --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
+
+# Check an existing install: lock vs pyproject, installed versions, imports, native libraries.
+doctor: install
+	$(BIN)/voice-search doctor
 
 run: install
 	$(BIN)/voice-search transcribe data/samples --format jsonl
@@ -58,7 +82,6 @@ bench-edge: install
 
 # The model against offline peers (pocketsphinx, Whisper tiny.en); needs a built corpus/.
 eval: install
-	$(BIN)/pip install --quiet -e ".[dev,peers]"
 	$(BIN)/python scripts/evaluate_models.py --limit 100 --json .cache/evaluation.json
 
 clean:

@@ -1,7 +1,7 @@
 """CTC decoding: per-frame log-probabilities in, words with times and confidences out.
 
 Two decoders share one output type. `GreedyDecoder` takes the best token per frame. `BeamDecoder`
-runs flashlight's beam search (through torchaudio's `ctc_decoder`), optionally constrained to a
+runs flashlight-text's beam search (called directly: no torchaudio), optionally constrained to a
 lexicon, rescored by an n-gram LM (KenLM, ARPA or binary) and biased toward hotwords; this is how
 search steers recognition toward the catalog's words.
 
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from asr.dependencies import require
 from asr.errors import DecoderConfigError
 from asr.model import Emissions, Vocabulary
 from asr.text import normalize_text
@@ -171,44 +172,84 @@ class BeamDecoder:
     """Flashlight CTC beam search with optional lexicon, n-gram LM and hotword bias."""
 
     def __init__(self, vocab: Vocabulary, options: BeamOptions | None = None) -> None:
-        from torchaudio.models.decoder import ctc_decoder
-
         self.vocab = vocab
         self.options = options = options or BeamOptions()
         lexicon = _with_hotword_words(options.lexicon, options.hotwords)
         with tempfile.TemporaryDirectory() as tmp:
             lexicon_file = _write_lexicon(lexicon, vocab, Path(tmp)) if lexicon is not None else None
-            lm: Any = str(options.lm_path) if options.lm_path else None
-            if options.hotwords:
-                lm = _hotword_lm(vocab, options, lexicon_file)
             try:
-                self._decoder = ctc_decoder(
-                    lexicon=str(lexicon_file) if lexicon_file else None,
-                    tokens=list(vocab.tokens),
-                    lm=lm,
-                    beam_size=options.beam_size,
-                    beam_threshold=options.beam_threshold,
-                    lm_weight=options.lm_weight if options.lm_path or options.hotwords else 0.0,
-                    word_score=options.word_score,
-                    blank_token=vocab.tokens[vocab.blank_id],
-                    sil_token=vocab.tokens[vocab.delimiter_id],
-                    unk_word="<unk>",
-                )
+                # Flashlight keeps a raw pointer to the LM, so this object holds a reference.
+                self._lm = _decoder_lm(vocab, options, lexicon_file)
+                self._decoder = _flashlight_decoder(vocab, options, lexicon_file, self._lm)
             except (RuntimeError, ValueError) as e:
                 raise DecoderConfigError(f"cannot build the beam decoder: {e}") from e
-        self._lm = lm  # flashlight keeps a raw pointer to a Python LM: hold a reference.
 
     def decode(self, emissions: Emissions) -> Hypothesis:
-        import torch
-
-        if emissions.log_probs.shape[0] == 0:
+        log_probs = np.ascontiguousarray(emissions.log_probs, dtype=np.float32)
+        frame_count, token_count = log_probs.shape
+        if frame_count == 0:
             return Hypothesis("", 0.0)
-        batch = torch.from_numpy(np.ascontiguousarray(emissions.log_probs, dtype=np.float32))[None]
-        best = self._decoder(batch)[0][0]
-        # Flashlight's path starts with one extra step (the initial silence state), so its
-        # timestep t is emission frame t - 1.
-        frames = [max(int(t) - 1, 0) for t in best.timesteps]
-        return hypothesis_from_path(best.tokens.tolist(), frames, emissions, self.vocab)
+        # Flashlight reads the array through its address: `log_probs` stays alive for the call.
+        path = self._decoder.decode(log_probs.ctypes.data, frame_count, token_count)[0].tokens
+        token_ids, frames = [], []
+        for step, token in enumerate(path):
+            if token != self.vocab.blank_id and (step == 0 or token != path[step - 1]):
+                token_ids.append(token)
+                # The path starts with one extra step (the initial silence state), so its step t
+                # is emission frame t - 1.
+                frames.append(max(step - 1, 0))
+        return hypothesis_from_path(token_ids, frames, emissions, self.vocab)
+
+
+BEAM_SEARCH = "beam search (lexicon, hotwords, catalog-biased decoding)"
+
+
+def _flashlight(module: str = "decoder") -> Any:
+    return require(f"flashlight.lib.text.{module}", BEAM_SEARCH)
+
+
+def _decoder_lm(vocab: Vocabulary, options: BeamOptions, lexicon_file: Path | None) -> Any:
+    """The LM flashlight scores with: hotword bias (over KenLM if given), KenLM, or none."""
+    if options.hotwords:
+        return _hotword_lm(vocab, options, lexicon_file)
+    if options.lm_path is not None and lexicon_file is not None:
+        dictionary = _flashlight("dictionary")
+        word_dict = dictionary.create_word_dict(dictionary.load_words(str(lexicon_file)))
+        return _flashlight("decoder.kenlm").KenLM(str(options.lm_path), word_dict)
+    return _flashlight().ZeroLM()
+
+
+def _flashlight_decoder(vocab: Vocabulary, options: BeamOptions, lexicon_file: Path | None, lm: Any) -> Any:
+    """A lexicon-free decoder, or one constrained to the lexicon's words through a spelling trie."""
+    fl, dictionary = _flashlight(), _flashlight("dictionary")
+
+    token_count = len(vocab.tokens)
+    lm_weight = options.lm_weight if options.lm_path or options.hotwords else 0.0
+    common = {
+        "beam_size": options.beam_size,
+        "beam_size_token": token_count,
+        "beam_threshold": options.beam_threshold,
+        "lm_weight": lm_weight,
+        "sil_score": 0.0,
+        "log_add": False,
+        "criterion_type": fl.CriterionType.CTC,
+    }
+    if lexicon_file is None:
+        free_options = fl.LexiconFreeDecoderOptions(**common)
+        return fl.LexiconFreeDecoder(free_options, lm, vocab.delimiter_id, vocab.blank_id, [])
+    lexicon = dictionary.load_words(str(lexicon_file))
+    word_dict = dictionary.create_word_dict(lexicon)
+    trie = fl.Trie(token_count, vocab.delimiter_id)
+    start = lm.start(False)
+    for word, spellings in lexicon.items():
+        word_id = word_dict.get_index(word)
+        _, score = lm.score(start, word_id)  # smeared through the trie: the LM look-ahead
+        for spelling in spellings:
+            trie.insert([vocab.index(token) for token in spelling], word_id, score)
+    trie.smear(fl.SmearingMode.MAX)
+    lexicon_options = fl.LexiconDecoderOptions(**common, word_score=options.word_score, unk_score=-math.inf)
+    unk_id = word_dict.get_index("<unk>")
+    return fl.LexiconDecoder(lexicon_options, trie, lm, vocab.delimiter_id, vocab.blank_id, unk_id, [], False)
 
 
 def _with_hotword_words(lexicon: tuple[str, ...] | None, hotwords: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -247,21 +288,19 @@ def _write_lexicon(words: Iterable[str], vocab: Vocabulary, folder: Path) -> Pat
 
 def _hotword_lm(vocab: Vocabulary, options: BeamOptions, lexicon_file: Path | None) -> Any:
     """Build the decoder LM that adds hotword bonuses (wrapping KenLM when one is given)."""
-    from torchaudio.models.decoder import CTCDecoderLM, CTCDecoderLMState
+    fl = _flashlight()
+    LM, LMState = fl.LM, fl.LMState  # noqa: N806 (flashlight's class names)
 
     inner: Any = None
     weight = max(options.lm_weight, 1e-6)
     root = _build_trie(options.hotwords, vocab)
     bonus_by_index: list[float] = []
     if lexicon_file is not None:
-        from flashlight.lib.text.dictionary import create_word_dict, load_words
-
-        word_dict = create_word_dict(load_words(str(lexicon_file)))
+        dictionary = _flashlight("dictionary")
+        word_dict = dictionary.create_word_dict(dictionary.load_words(str(lexicon_file)))
         words = [word_dict.get_entry(i) for i in range(word_dict.index_size())]
         if options.lm_path is not None:
-            from flashlight.lib.text.decoder.kenlm import KenLM
-
-            inner = KenLM(str(options.lm_path), word_dict)
+            inner = _flashlight("decoder.kenlm").KenLM(str(options.lm_path), word_dict)
         hot = {w for phrase in options.hotwords for w in phrase.split()}
         bonus_by_index = [options.hotword_weight if w in hot else 0.0 for w in words]
 
@@ -272,7 +311,7 @@ def _hotword_lm(vocab: Vocabulary, options: BeamOptions, lexicon_file: Path | No
         next_inner, lm_score = inner.score(inner_state, index) if inner is not None else (None, 0.0)
         return next_inner, hot, lm_score * options.lm_weight + bonus_by_index[index]
 
-    class HotwordLM(CTCDecoderLM):  # type: ignore[misc]
+    class HotwordLM(LM):  # type: ignore[misc,valid-type]
         """Word mode: a bonus per hotword. Token mode: a bonus per character along the hotword trie.
 
         Flashlight multiplies whatever this returns by `lm_weight`; scores are divided by it here
@@ -280,14 +319,14 @@ def _hotword_lm(vocab: Vocabulary, options: BeamOptions, lexicon_file: Path | No
         """
 
         def __init__(self) -> None:
-            CTCDecoderLM.__init__(self)
+            LM.__init__(self)
             # Keyed by, and so holding, the state objects: flashlight hands back the same state for
             # the same path, and the dict keeps their Python side alive while it does.
             self.states: dict[Any, tuple[Any, _HotwordState, float]] = {}
 
         def start(self, start_with_nothing: bool) -> Any:
             self.states.clear()
-            state = CTCDecoderLMState()
+            state = LMState()
             inner_state = inner.start(start_with_nothing) if inner is not None else None
             self.states[state] = (
                 inner_state,

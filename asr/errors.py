@@ -14,6 +14,7 @@ specific class here is what decides what a user sees.
     │   └── ClipTooLongError        longer than the configured maximum
     ├── ModelError                  the recognizer cannot be loaded or run (a server error)
     │   └── ModelLoadError          the directory is missing or is not a CTC checkpoint
+    ├── DependencyError             an installed package fails to load (a broken or mismatched install)
     ├── DecoderConfigError          an invalid decoding option (lexicon, LM, hotwords)
     ├── ManifestError               an evaluation manifest is missing, malformed or names no audio
     └── DataError                   a domain pack or training corpus is malformed
@@ -58,6 +59,11 @@ class ModelError(ASRError):
 
 class ModelLoadError(ModelError):
     """The model directory is missing, incomplete, or not a wav2vec2-style CTC checkpoint."""
+
+
+class DependencyError(ASRError):
+    """A package a feature needs is installed but fails to import: a broken or mismatched install,
+    cured by reinstalling from the lock, never by the caller's input."""
 
 
 class DecoderConfigError(ASRError):

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asr.audio import SAMPLE_RATE_HZ, Samples
+from asr.dependencies import require
 from asr.errors import ModelError, ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -106,8 +107,8 @@ class Recognizer:
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: Device = "auto") -> "Recognizer":
         """Load a local HF CTC checkpoint folder; half precision on CUDA, float32 on CPU."""
-        import torch
-        from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
+        torch = require("torch", "loading the recognizer")
+        transformers = require("transformers", "loading the recognizer")
 
         path = Path(directory)
         if not (path / "config.json").is_file():
@@ -115,9 +116,9 @@ class Recognizer:
         resolved = resolve_device(device)
         dtype = torch.float16 if resolved == "cuda" else torch.float32
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            features = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCTC.from_pretrained(path, local_files_only=True, dtype=dtype)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+            features = transformers.AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
+            model = transformers.AutoModelForCTC.from_pretrained(path, local_files_only=True, dtype=dtype)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ModelLoadError(f"cannot load a CTC model from {path}: {e}") from e
         model.to(resolved).eval()

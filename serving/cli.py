@@ -1,7 +1,8 @@
 """`voice-search`: the command-line interface.
 
 Exit codes: 0 every input succeeded; 1 some inputs failed (each is reported, the rest still
-processed); 2 a usage error (bad flags, no inputs, a model or decoder option that cannot load).
+processed); 2 a usage error (bad flags, no inputs, a model or decoder option that cannot load);
+3 a broken install (a package fails to load: `make install` cures it).
 User errors print one line to stderr, never a traceback.
 """
 
@@ -21,7 +22,14 @@ from tqdm import tqdm
 
 from asr.audio import AudioLimits
 from asr.decoding import BeamOptions, read_word_list
-from asr.errors import AudioError, DataError, DecoderConfigError, ManifestError, ModelLoadError
+from asr.errors import (
+    AudioError,
+    DataError,
+    DecoderConfigError,
+    DependencyError,
+    ManifestError,
+    ModelLoadError,
+)
 from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, select_entries, summarize
 from asr.model import Device
 from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_frontend, build_pipeline
@@ -33,7 +41,7 @@ logger = logging.getLogger("voice_search")
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 """Files picked up from folders and globs; a file named explicitly is tried whatever its suffix."""
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_BROKEN_INSTALL = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -58,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ModelLoadError, DecoderConfigError, ManifestError, DataError) as e:
         print(f"voice-search: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except DependencyError as e:
+        print(f"voice-search: error: {e}", file=sys.stderr)
+        return EXIT_BROKEN_INSTALL
     except KeyboardInterrupt:
         print("voice-search: interrupted", file=sys.stderr)
         return 130
@@ -227,6 +238,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(command=_export)
 
+    doctor = commands.add_parser(
+        "doctor", help="check the install: lock vs pyproject, installed versions, imports, native libraries"
+    )
+    doctor.set_defaults(command=_doctor)
+
     client = commands.add_parser(
         "client", help="answer voice queries on the device (edge) or send their speech to a server (cloud)"
     )
@@ -333,6 +349,18 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
         else:
             found.append(path)
     return list(dict.fromkeys(found))
+
+
+def _doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.doctor import run_checks
+
+    problems = run_checks()
+    for problem in problems:
+        print(f"voice-search doctor: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_BROKEN_INSTALL
+    print("voice-search doctor: the install is complete and works")
+    return EXIT_OK
 
 
 def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
