@@ -248,28 +248,17 @@ MODEL_SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0) -> Path:
-    """Write a randomly initialised wav2vec2 CTC checkpoint (model, tokenizer, feature extractor).
+def default_tokens() -> tuple[str, ...]:
+    """Our vocabulary, in id order: the CTC blank (also the pad), unknown, word delimiter, letters."""
+    return (BLANK_TOKEN, "<unk>", WORD_DELIMITER, *DEFAULT_ALPHABET)
 
-    Uses the layer-norm feature encoder (`feat_extract_norm="layer"`, stable layer norm): the
-    variant that trains from scratch without stalling, and that takes an attention mask.
-    """
-    import torch
-    from transformers import (
-        Wav2Vec2Config,
-        Wav2Vec2CTCTokenizer,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForCTC,
-        Wav2Vec2Processor,
-    )
 
-    if shape not in MODEL_SHAPES:
-        raise ValueError(f"unknown model shape {shape!r}; choose from {sorted(MODEL_SHAPES)}")
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    tokens = [BLANK_TOKEN, "<unk>", WORD_DELIMITER, *DEFAULT_ALPHABET]
+def write_processor(out: Path, feature_config: Path | None = None, attention_mask: bool = True) -> None:
+    """Write our tokenizer and a feature extractor (`feature_config`'s, or the default) into `out`."""
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
     vocab_file = out / "vocab.json"
-    vocab_file.write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    vocab_file.write_text(json.dumps({t: i for i, t in enumerate(default_tokens())}))
     tokenizer = Wav2Vec2CTCTokenizer(
         str(vocab_file),
         unk_token="<unk>",
@@ -279,15 +268,34 @@ def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0)
         eos_token=None,
         do_lower_case=False,
     )
-    features = Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=SAMPLE_RATE_HZ,
-        padding_value=0.0,
-        do_normalize=True,
-        return_attention_mask=True,
-    )
+    if feature_config is not None:
+        features = Wav2Vec2FeatureExtractor.from_json_file(str(feature_config))
+    else:
+        features = Wav2Vec2FeatureExtractor(
+            feature_size=1,
+            sampling_rate=SAMPLE_RATE_HZ,
+            padding_value=0.0,
+            do_normalize=True,
+            return_attention_mask=attention_mask,
+        )
+    Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
+
+
+def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0) -> Path:
+    """Write a randomly initialised wav2vec2 CTC checkpoint (model, tokenizer, feature extractor).
+
+    Uses the layer-norm feature encoder (`feat_extract_norm="layer"`, stable layer norm): the
+    variant that trains from scratch without stalling, and that takes an attention mask.
+    """
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    if shape not in MODEL_SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; choose from {sorted(MODEL_SHAPES)}")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
     config = Wav2Vec2Config(
-        vocab_size=len(tokens),
+        vocab_size=len(default_tokens()),
         pad_token_id=0,
         ctc_loss_reduction="mean",
         ctc_zero_infinity=True,
@@ -297,5 +305,5 @@ def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0)
     )
     torch.manual_seed(seed)
     Wav2Vec2ForCTC(config).save_pretrained(out)
-    Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
+    write_processor(out)
     return out

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.audio import AudioLimits, load_audio
+from asr.audio import SAMPLE_RATE_HZ, AudioLimits, Samples, load_audio
 from asr.decoding import GreedyDecoder
 from asr.errors import AudioError, DataError
 from asr.evaluate import ManifestEntry, read_manifest, run_entry, summarize
@@ -37,11 +37,15 @@ from asr.model import (
     vocabulary_from_tokenizer,
 )
 from asr.pipeline import Pipeline
+from asr.pretrained import FINE_TUNING_LAYERDROP, adapt_checkpoint, speaks_our_vocabulary
 from asr.text import normalize_text
 from asr.vad import SileroVAD
 
 logger = logging.getLogger(__name__)
 
+SCHEDULES = ("auto", "linear", "tri-stage")
+TRI_STAGE_SHARES = (0.1, 0.4, 0.5)
+"""Warm-up, hold and decay shares of the steps (wav2vec 2.0's fine-tuning schedule)."""
 CHECKPOINT = "checkpoint"
 BEST = "best"
 METRICS = "metrics.jsonl"
@@ -93,6 +97,11 @@ class TrainConfig:
     eval_clips: int = 150
     log_every: int = 50
     freeze_feature_encoder: bool = False
+    """Also on whenever `init` is a foreign checkpoint (see `adapts_checkpoint`)."""
+    schedule: str = "auto"
+    """"linear": warm-up then linear decay to `final_lr_ratio`. "tri-stage": warm-up (10%), hold
+    (40%), exponential decay to `final_lr_ratio` (50%), the wav2vec 2.0 fine-tuning schedule.
+    "auto": tri-stage for a foreign checkpoint, linear otherwise."""
     mask_time_prob: float = 0.0
     """wav2vec2's SpecAugment time masking while training. Off by default: transformers' masking
     always hides at least `mask_time_min_masks` (2) spans of 10 frames, 400 ms per clip however
@@ -100,12 +109,29 @@ class TrainConfig:
     to CTC's all-blank plateau. Worth 0.05 when fine-tuning a working model on longer clips."""
     seed: int = 0
     device: Device = "auto"
+    shared_data: Path | None = None
+    """The real sets' folder: no clip of their dev split (asr/corpus/real.py) may train, and
+    the training half of Speech Commands' `_silence_` recordings is the noise for `augment`."""
+    augment: float = 0.0
+    """Share of drawn clips augmented on the fly (speed, noise, reverb, EQ, gain, band, codec;
+    `asr.corpus.augment.draw_training_spec`), drawn afresh each time a clip is drawn."""
+    distill_weight: float = 0.0
+    """Weight of the distillation loss (L1 minus cosine similarity between a projection of
+    transformer layer `distill_layer` and Whisper tiny.en's encoder frames of the clean clip,
+    `asr.teacher`); 0 trains on CTC alone."""
+    distill_layer: int = 3
 
     def __post_init__(self) -> None:
         if not self.train:
             raise DataError("training needs at least one manifest")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise DataError("steps, batch size and eval interval must be positive")
+        if self.schedule not in SCHEDULES:
+            raise DataError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise DataError("the augmented share must be between 0 and 1")
+        if self.distill_weight < 0 or self.distill_layer < 1:
+            raise DataError("the distillation weight must be >= 0 and its layer >= 1")
 
 
 @dataclass
@@ -133,6 +159,19 @@ def refuse_failing_manifest(path: Path, shown: int = 5) -> None:
         rows = "; ".join(f"line {f.line} ({f.kind}): {f.detail}" for f in report.errors[:shown])
         more = f" and {len(report.errors) - shown} more" if len(report.errors) > shown else ""
         raise DataError(f"{path} fails the data check (voice-search data check {path}): {rows}{more}")
+
+
+def refuse_dev_clips(manifest: Path, shared_data: Path, shown: int = 3) -> None:
+    """Raise `DataError` when a training manifest holds a clip of the real sets' dev split."""
+    from asr.corpus.real import dev_clips
+
+    held = dev_clips(shared_data)
+    leaked = [e.audio for e in read_manifest(manifest) if e.audio.resolve() in held]
+    if leaked:
+        names = ", ".join(str(path) for path in leaked[:shown])
+        raise DataError(
+            f"{manifest} holds {len(leaked)} clips of dev speakers, who must never train ({names})"
+        )
 
 
 def encode_labels(text: str, vocab: Vocabulary) -> list[int]:
@@ -189,13 +228,40 @@ class _Sampler:
         return out
 
 
-def _initial_model_dir(config: TrainConfig) -> Path:
+def adapts_checkpoint(config: TrainConfig) -> bool:
+    """True when `init` is a checkpoint over another vocabulary, or one without a CTC head."""
+    return not config.init.startswith("scratch:") and not speaks_our_vocabulary(Path(config.init))
+
+
+def _initial_model_dir(config: TrainConfig, log: Callable[[str], None]) -> Path:
     if config.init.startswith("scratch:"):
         return create_model_dir(config.out_dir / "init", shape=config.init.split(":", 1)[1], seed=config.seed)
+    if adapts_checkpoint(config):
+        adapted = adapt_checkpoint(Path(config.init), config.out_dir / "init", seed=config.seed)
+        log(
+            f"{config.init} is not over our vocabulary: a new CTC head "
+            f"({len(adapted.mapped_tokens)} rows mapped from its head), feature encoder frozen, "
+            f"LayerDrop {FINE_TUNING_LAYERDROP}"
+        )
+        return adapted.directory
     return Path(config.init)
 
 
+def _schedule(config: TrainConfig) -> str:
+    if config.schedule == "auto":
+        return "tri-stage" if adapts_checkpoint(config) else "linear"
+    return config.schedule
+
+
 def _lr_factor(step: int, config: TrainConfig) -> float:
+    if _schedule(config) == "tri-stage":
+        warmup, hold = (int(share * config.steps) for share in TRI_STAGE_SHARES[:2])
+        if step < warmup:
+            return config.final_lr_ratio + (1 - config.final_lr_ratio) * step / max(1, warmup)
+        if step < warmup + hold:
+            return 1.0
+        progress = min(1.0, (step - warmup - hold) / max(1, config.steps - warmup - hold))
+        return float(config.final_lr_ratio**progress)
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
@@ -211,23 +277,27 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
     np.random.seed(config.seed)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     resume = config.out_dir / CHECKPOINT
-    source_dir = resume if (resume / "state.pt").is_file() else _initial_model_dir(config)
+    source_dir = resume if (resume / "state.pt").is_file() else _initial_model_dir(config, log)
     device = resolve_device(config.device)
     model = AutoModelForCTC.from_pretrained(source_dir, local_files_only=True, dtype=torch.float32).to(device)
     features = AutoFeatureExtractor.from_pretrained(source_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(source_dir, local_files_only=True)
     recognizer = Recognizer(model, features, vocabulary_from_tokenizer(tokenizer), device, version="training")
-    if config.freeze_feature_encoder:
+    if config.freeze_feature_encoder or adapts_checkpoint(config):
         model.freeze_feature_encoder()
     _set_spec_augment(model, config.mask_time_prob)
 
     for source in config.train:
         refuse_failing_manifest(source.manifest)
+        if config.shared_data is not None:
+            refuse_dev_clips(source.manifest, config.shared_data)
     sources = [_load_examples(s, recognizer.vocab, config.max_clip_s) for s in config.train]
     sampler = _Sampler(sources, [s.weight for s in config.train], config.seed)
-    optimizer = torch.optim.AdamW(
-        (p for p in model.parameters() if p.requires_grad), lr=config.lr, weight_decay=config.weight_decay
-    )
+    distiller = _Distiller(config, model, device) if config.distill_weight else None
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if distiller is not None:
+        trained += list(distiller.projection.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
     state = TrainState()
     if source_dir == resume:
@@ -239,7 +309,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
             torch.set_rng_state(saved["torch_rng"])
             np.random.set_state(saved["numpy_rng"])
         state = TrainState(**saved["state"])
+        if distiller is not None and "projection" in saved:
+            distiller.projection.load_state_dict(saved["projection"])
         log(f"resumed at step {state.step}")
+    augmenter = _Augmenter(config, sampler.rng) if config.augment else None
     dev = _dev_entries(config)
     dev_pipeline = Pipeline(recognizer, GreedyDecoder(recognizer.vocab), SileroVAD.load()) if dev else None
     use_amp = device == "cuda"
@@ -248,14 +321,27 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
     started = time.perf_counter() - state.elapsed_s
     window_started = time.perf_counter()
     losses: list[float] = []
+    distill_losses: list[float] = []
     while state.step < config.steps:
         model.train()
         limit = config.curriculum_clip_s if state.step < config.curriculum_steps else None
-        inputs, labels = _collate(sampler.batch(config.batch_size, limit), features, device)
+        inputs, labels = _collate(
+            sampler.batch(config.batch_size, limit), features, device, augmenter, distiller
+        )
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            loss = model(
-                inputs["input_values"], attention_mask=inputs.get("attention_mask"), labels=labels
-            ).loss
+            outputs = model(
+                inputs["input_values"],
+                attention_mask=inputs.get("attention_mask"),
+                labels=labels,
+                output_hidden_states=distiller is not None,
+            )
+            loss = outputs.loss
+            if distiller is not None:
+                distill_loss = distiller.loss(
+                    outputs.hidden_states, inputs["teacher_targets"], inputs["teacher_mask"]
+                )
+                distill_losses.append(float(distill_loss.detach()))
+                loss = loss + distiller.weight * distill_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -277,7 +363,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
                 "lr": schedule.get_last_lr()[0],
                 "elapsed_s": round(state.elapsed_s, 1),
             }
-            losses = []
+            if distill_losses:
+                record["distill_loss"] = float(np.mean(distill_losses))
+            losses, distill_losses = [], []
             if dev_pipeline is not None:
                 model.eval()
                 record |= _evaluate_dev(dev_pipeline, dev, log)
@@ -290,7 +378,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
             with (config.out_dir / METRICS).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             log(json.dumps(record))
-            _save_checkpoint(model, source_dir, optimizer, schedule, sampler, state, config.out_dir)
+            extra = {"projection": distiller.projection.state_dict()} if distiller is not None else {}
+            _save_checkpoint(model, source_dir, optimizer, schedule, sampler, state, config.out_dir, extra)
     return state
 
 
@@ -307,21 +396,109 @@ def _set_spec_augment(model: Any, mask_time_prob: float) -> None:
         model.config.mask_time_prob = mask_time_prob
 
 
+@dataclass(frozen=True)
+class _Heard:
+    """A clip as the student hears it, and where the clean speech lies in it (for the teacher)."""
+
+    samples: Samples
+    clean: Samples
+    lead_samples: int = 0
+    speech_samples: int = 0
+
+
+class _Augmenter:
+    """On-the-fly augmentation drawn from the sampler's generator, so a resumed run (which
+    restores that generator) hears exactly what an uninterrupted one would."""
+
+    def __init__(self, config: TrainConfig, rng: np.random.Generator) -> None:
+        from asr.corpus.build import load_noise_bank
+
+        noise = config.shared_data / "speech_commands_dev" / "manifest.jsonl" if config.shared_data else None
+        self.noise_bank = load_noise_bank(noise if noise and noise.is_file() else None, "train")
+        self.names = sorted(self.noise_bank)
+        self.share = config.augment
+        self.rng = rng
+
+    def __call__(self, clean: Samples) -> _Heard:
+        from asr.corpus.augment import apply, draw_training_spec
+
+        if self.rng.random() >= self.share:
+            return _Heard(clean, clean, 0, len(clean))
+        spec = draw_training_spec(self.rng, self.names)
+        heard = apply(clean, spec, self.rng, self.noise_bank)
+        lead = spec.lead_silence_ms * SAMPLE_RATE_HZ // 1000
+        return _Heard(heard, clean, lead, round(len(clean) / spec.speed))
+
+
+class _Distiller:
+    """The distillation loss: a linear projection of one student layer toward the teacher."""
+
+    def __init__(self, config: TrainConfig, model: Any, device: str) -> None:
+        from asr.teacher import TEACHER_DIM, WhisperTeacher
+
+        self.teacher = WhisperTeacher(threads=max(1, torch.get_num_threads()))
+        self.projection = torch.nn.Linear(model.config.hidden_size, TEACHER_DIM).to(device)
+        self.model = model
+        self.weight = config.distill_weight
+        self.layer = config.distill_layer
+        if self.layer > model.config.num_hidden_layers:
+            raise DataError(
+                f"the model has {model.config.num_hidden_layers} layers; distill from one of them"
+            )
+
+    def targets(
+        self, batch: list[_Example], heard: list[_Heard], width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from asr.teacher import align_frames
+
+        frames = int(self.model._get_feat_extract_output_lengths(torch.tensor(width)))
+        stride = width / max(frames, 1)
+        targets, masks = [], []
+        for example, clip in zip(batch, heard, strict=True):
+            teacher = self.teacher.frames(str(example.path), clip.clean)
+            lead, speech = round(clip.lead_samples / stride), round(clip.speech_samples / stride)
+            target, mask = align_frames(teacher, frames, lead, max(speech, 1))
+            targets.append(target)
+            masks.append(mask)
+        return torch.from_numpy(np.stack(targets)), torch.from_numpy(np.stack(masks))
+
+    def loss(
+        self, hidden_states: Sequence[torch.Tensor], targets: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        predicted = self.projection(hidden_states[self.layer].float())
+        frames = min(predicted.shape[1], targets.shape[1])
+        predicted, targets, mask = predicted[:, :frames], targets[:, :frames], mask[:, :frames]
+        l1 = (predicted - targets).abs().mean(dim=-1)
+        cosine = torch.nn.functional.cosine_similarity(predicted, targets, dim=-1)
+        loss: torch.Tensor = ((l1 - cosine) * mask).sum() / mask.sum().clamp(min=1)
+        return loss
+
+
 def _collate(
-    batch: list[_Example], features: Any, device: str
+    batch: list[_Example],
+    features: Any,
+    device: str,
+    augment: Callable[[Samples], _Heard] | None = None,
+    distiller: _Distiller | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    clips = []
+    heard = []
     for example in batch:
         try:
-            clips.append(load_audio(example.path, AudioLimits(max_clip_s=60)).samples)
+            samples = load_audio(example.path, AudioLimits(max_clip_s=60)).samples
         except AudioError as e:
             raise DataError(f"unreadable training clip {example.path}: {e}") from e
+        heard.append(augment(samples) if augment else _Heard(samples, samples, 0, len(samples)))
+    clips = [h.samples for h in heard]
     inputs = features(clips, sampling_rate=16_000, padding=True, return_tensors="pt")
     width = max(1, max(len(e.labels) for e in batch))
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
     for row, example in enumerate(batch):
         labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
-    return {k: v.to(device) for k, v in inputs.items()}, labels.to(device)
+    tensors = {k: v.to(device) for k, v in inputs.items()}
+    if distiller is not None:
+        targets, mask = distiller.targets(batch, heard, max(len(c) for c in clips))
+        tensors |= {"teacher_targets": targets.to(device), "teacher_mask": mask.to(device)}
+    return tensors, labels.to(device)
 
 
 def _dev_entries(config: TrainConfig) -> list[ManifestEntry]:
@@ -379,6 +556,7 @@ def _save_checkpoint(
     sampler: _Sampler,
     state: TrainState,
     out_dir: Path,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     tmp = out_dir / (CHECKPOINT + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -388,8 +566,13 @@ def _save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "sampler": sampler.rng.bit_generator.state,
+            # Dropout and transformers' SpecAugment masks draw from these: without them a resumed
+            # run would diverge from an uninterrupted one at its first step.
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
             "state": asdict(state),
-        },
+        }
+        | (extra or {}),
         tmp / "state.pt",
     )
     final = out_dir / CHECKPOINT

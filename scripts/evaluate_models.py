@@ -2,13 +2,19 @@
 
     python scripts/evaluate_models.py [--model DIR] [--limit 200] [--systems ours,pocketsphinx,...]
 
-Sets (each capped at --limit clips, drawn with a fixed seed):
-  queries    corpus/test.jsonl, source=query: held-out voices and held-out query texts
-  sentences  corpus/test.jsonl, source=sentence: held-out voices, LJ Speech sentences
-  fsdd       ../shared/data/fsdd, split=test: isolated digits, 8 kHz, real speakers
-  commands   corpus/real_test_speech_commands.jsonl: Speech Commands speakers never trained on,
-             including `_silence_` clips (false speech)
-  arctic     ../shared/data/cathy_arctic: read sentences, a real speaker never trained on
+Sets (each capped at --limit clips, drawn with a fixed seed). The real ones are the dev speakers
+of ../shared/data (asr/corpus/real.py), whom no training manifest may hold; they come first:
+  commands   Speech Commands dev speakers (1 s command words), with half the `_silence_` clips
+             (false speech)
+  ocean      speechocean762 dev speakers: non-native adults and children reading English
+  fsdd       the FSDD dev speaker: isolated digits, 8 kHz
+  wake       the wake-word contributor kept for dev (Mycroft Precise)
+  an4        AN4 census utterances, 33 speakers (dev only)
+  vctk       VCTK p239, read newspaper sentences (dev only)
+  arctic     CMU ARCTIC read by cathy (dev only)
+  queries    corpus/test.jsonl, source=query: held-out TTS voices and held-out query texts
+  sentences  corpus/test.jsonl, source=sentence: held-out TTS voices, LJ Speech sentences
+The synthetic sets need a built corpus (`voice-search corpus build`); without one they are skipped.
 
 Systems: "ours" (greedy), "ours-biased" (beam search constrained to the domain pack's vocabulary
 with its catalog names as hotwords: catalog-biased decoding), pocketsphinx (its wheel's English
@@ -19,6 +25,7 @@ All systems get the same decoded 16 kHz audio. Prints Markdown tables and writes
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,6 +36,7 @@ import numpy as np
 
 from asr.audio import load_audio
 from asr.corpus.domain import DomainPack
+from asr.corpus.real import write_real_manifests
 from asr.decoding import BeamOptions
 from asr.evaluate import (
     EvaluationReport,
@@ -44,6 +52,15 @@ from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, REPO_ROOT
 
 Transcriber = Callable[[Path], Transcribed]
+REAL_EVALUATION_SETS = {
+    "commands": "speech_commands_dev",
+    "ocean": "speechocean762_train",
+    "fsdd": "fsdd",
+    "wake": "wake_words_mycroft",
+    "an4": "an4_sample",
+    "vctk": "vctk_p239",
+    "arctic": "cathy_arctic",
+}
 
 
 def load_sets(corpus: Path, shared: Path, limit: int) -> dict[str, list[ManifestEntry]]:
@@ -54,16 +71,23 @@ def load_sets(corpus: Path, shared: Path, limit: int) -> dict[str, list[Manifest
             chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), limit, replace=False))]
         return chosen
 
-    corpus_test = read_manifest(corpus / "test.jsonl")
-    return {
-        "queries": pick(corpus_test, lambda e: e.fields.get("source") == "query"),
-        "sentences": pick(corpus_test, lambda e: e.fields.get("source") == "sentence"),
-        "fsdd": pick(
-            read_manifest(shared / "fsdd" / "manifest.jsonl"), lambda e: e.fields.get("split") == "test"
-        ),
-        "commands": pick(read_manifest(corpus / "real_test_speech_commands.jsonl"), lambda e: True),
-        "arctic": pick(read_manifest(shared / "cathy_arctic" / "manifest.jsonl"), lambda e: True),
-    }
+    sets = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_real_manifests(shared, Path(tmp))
+        for name, real_set in REAL_EVALUATION_SETS.items():
+            manifest = Path(tmp) / f"real_dev_{real_set}.jsonl"
+            if manifest.is_file() and manifest.stat().st_size:
+                # Resolved while the folder exists: the paths are relative to it.
+                sets[name] = [
+                    replace(e, audio=e.audio.resolve()) for e in pick(read_manifest(manifest), bool)
+                ]
+    if (corpus / "test.jsonl").is_file():
+        corpus_test = read_manifest(corpus / "test.jsonl")
+        sets["queries"] = pick(corpus_test, lambda e: e.fields.get("source") == "query")
+        sets["sentences"] = pick(corpus_test, lambda e: e.fields.get("source") == "sentence")
+    else:
+        print(f"no {corpus / 'test.jsonl'}: the synthetic sets are skipped", file=sys.stderr)
+    return sets
 
 
 def ours(model: Path, beam: BeamOptions | None = None) -> Transcriber:

@@ -172,7 +172,12 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, metavar="DIR", help="run folder: checkpoints, metrics.jsonl, best/"
     )
     trainer.add_argument(
-        "--init", metavar="DIR|scratch:SHAPE", help="start model (default: the bundled model)"
+        "--init",
+        metavar="DIR|scratch:SHAPE",
+        help=(
+            "start model: ours, any local wav2vec2 checkpoint (self-supervised only, or CTC over "
+            "another vocabulary: a new CTC head is fitted), or scratch (default: the bundled model)"
+        ),
     )
     trainer.add_argument(
         "--train",
@@ -210,6 +215,34 @@ def _parser() -> argparse.ArgumentParser:
     trainer.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     trainer.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument(
+        "--augment",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="augment this share of training clips on the fly: speed, noise, reverb, EQ, gain, band, codec",
+    )
+    trainer.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="add a distillation loss toward Whisper tiny.en's encoder frames (needs the peers extra)",
+    )
+    trainer.add_argument("--distill-layer", type=_positive_int, default=3, metavar="N")
+    trainer.add_argument(
+        "--schedule",
+        choices=("auto", "linear", "tri-stage"),
+        default="auto",
+        help="learning-rate schedule (auto: tri-stage when --init is a foreign checkpoint, else linear)",
+    )
+    trainer.add_argument(
+        "--shared-data",
+        type=Path,
+        default=DEFAULT_SHARED_DATA,
+        metavar="DIR",
+        help="the real sets: their dev clips are refused in training, their noise augments",
+    )
     trainer.add_argument(
         "--export", type=Path, metavar="DIR", help="at the end, export the best model as fp16 to DIR"
     )
@@ -528,7 +561,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _corpus_build(args: argparse.Namespace, settings: Settings) -> int:
-    from asr.corpus.build import CorpusConfig, build_corpus, write_real_manifests
+    from asr.corpus.build import CorpusConfig, build_corpus
+    from asr.corpus.real import write_real_manifests
 
     sentences = args.shared_data / "text" / "ljspeech_sentences.tsv"
     noise = args.shared_data / "speech_commands_dev" / "manifest.jsonl"
@@ -660,6 +694,11 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         mask_time_prob=args.mask_time_prob,
         seed=args.seed,
         device=args.device,
+        shared_data=args.shared_data if args.shared_data.is_dir() else None,
+        augment=args.augment,
+        schedule=args.schedule,
+        distill_weight=args.distill,
+        distill_layer=args.distill_layer,
     )
     state = train(config, log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.export:

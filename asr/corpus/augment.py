@@ -5,14 +5,21 @@ generated white/pink noise), room reverberation (a synthetic exponentially decay
 response), gain from whisper-quiet to clipped, extra leading/trailing silence, and narrow-band
 8 kHz telephone audio. Everything is drawn from a seeded generator, so a clip's id and the
 corpus seed determine its audio exactly.
+
+Training adds speaker and channel variation on the fly (`draw_training_spec`), so that no two
+epochs hear the same clip: speed perturbation, which moves tempo and pitch (formants) together
+as a different vocal tract would; a random peaking equalizer (microphones and rooms colour the
+spectrum); and a low-bitrate Opus round trip (what phones and messengers send).
 """
 
+import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import soundfile as sf
 import soxr
-from scipy.signal import fftconvolve
+from scipy.signal import fftconvolve, lfilter
 
 from asr.audio import SAMPLE_RATE_HZ, Samples
 
@@ -20,6 +27,13 @@ SNR_CHOICES_DB = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0)
 """From barely intelligible (0 dB) to a quiet room (30 dB)."""
 GAIN_RANGE_DB = (-35.0, 12.0)
 """-35 dB is a whisper far from the microphone; +12 dB on normalized TTS clips hard."""
+SPEED_FACTORS = (0.9, 1.0, 1.1)
+"""Kaldi's speed perturbation (Ko et al., Interspeech 2015): three copies of every clip."""
+EQ_GAIN_RANGE_DB = (-9.0, 9.0)
+EQ_CENTRE_RANGE_HZ = (150.0, 5000.0)
+"""One peaking band anywhere in the speech band, as a cheap microphone or a small room adds."""
+OPUS_COMPRESSION_RANGE = (0.7, 1.0)
+"""libsndfile's compression level for Opus; 0.9 gave speechocean762's 32 kbit/s, 1.0 is lower still."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,10 @@ class AugmentSpec:
     lead_silence_ms: int = 0
     trail_silence_ms: int = 0
     narrowband: bool = False
+    speed: float = 1.0
+    eq_gain_db: float = 0.0
+    eq_centre_hz: float = 1000.0
+    opus_compression: float | None = None
 
     @property
     def is_clean(self) -> bool:
@@ -60,6 +78,49 @@ def draw_spec(rng: np.random.Generator, noise_names: Sequence[str], clean: bool)
         trail_silence_ms=trail,
         narrowband=bool(rng.random() < 0.15),
     )
+
+
+def draw_training_spec(rng: np.random.Generator, noise_names: Sequence[str]) -> AugmentSpec:
+    """Conditions for one training clip, drawn afresh every time the clip is drawn."""
+    base = draw_spec(rng, noise_names, clean=bool(rng.random() < 0.25))
+    return replace(
+        base,
+        # Edge silence is the front end's job (VAD and trimming): a little is enough here.
+        lead_silence_ms=min(base.lead_silence_ms, 300),
+        trail_silence_ms=min(base.trail_silence_ms, 300),
+        speed=float(rng.choice(SPEED_FACTORS)),
+        eq_gain_db=round(float(rng.uniform(*EQ_GAIN_RANGE_DB)), 1) if rng.random() < 0.5 else 0.0,
+        eq_centre_hz=round(float(np.exp(rng.uniform(*np.log(EQ_CENTRE_RANGE_HZ)))), 0),
+        opus_compression=round(float(rng.uniform(*OPUS_COMPRESSION_RANGE)), 2)
+        if rng.random() < 0.15
+        else None,
+    )
+
+
+def change_speed(x: Samples, factor: float) -> Samples:
+    """Play `x` `factor` times faster (shorter and higher), by resampling."""
+    if factor == 1.0:
+        return x
+    return np.asarray(soxr.resample(x, SAMPLE_RATE_HZ * factor, SAMPLE_RATE_HZ), dtype=np.float32)
+
+
+def peaking_eq(x: Samples, centre_hz: float, gain_db: float, q: float = 1.0) -> Samples:
+    """RBJ cookbook peaking filter: `gain_db` at `centre_hz`, flat far from it."""
+    a = 10 ** (gain_db / 40)
+    w0 = 2 * np.pi * centre_hz / SAMPLE_RATE_HZ
+    alpha = np.sin(w0) / (2 * q)
+    b = np.array([1 + alpha * a, -2 * np.cos(w0), 1 - alpha * a])
+    den = np.array([1 + alpha / a, -2 * np.cos(w0), 1 - alpha / a])
+    return np.asarray(lfilter(b / den[0], den / den[0], x), dtype=np.float32)
+
+
+def opus_round_trip(x: Samples, compression: float) -> Samples:
+    """Encode as Ogg Opus at libsndfile's `compression` level and decode again."""
+    buffer = io.BytesIO()
+    sf.write(buffer, x, SAMPLE_RATE_HZ, format="OGG", subtype="OPUS", compression_level=compression)
+    buffer.seek(0)
+    decoded, _ = sf.read(buffer, dtype="float32")
+    return np.asarray(decoded[: len(x)], dtype=np.float32)
 
 
 def _rms(x: Samples) -> float:
@@ -89,7 +150,8 @@ def apply(
     clean: Samples, spec: AugmentSpec, rng: np.random.Generator, noise_bank: dict[str, Samples] | None = None
 ) -> Samples:
     """Render `spec` on a float32 16 kHz clip; the result is float32 in [-1, 1] (clipped if loud)."""
-    x = clean.astype(np.float32)
+    x = change_speed(clean.astype(np.float32), spec.speed)
+    clean = x  # the SNR is relative to the speech as it will be heard
     if spec.reverb_rt60_s:
         x = fftconvolve(x, room_impulse(spec.reverb_rt60_s, rng))[: len(x)].astype(np.float32)
     x = np.concatenate(
@@ -98,8 +160,12 @@ def apply(
     )  # fmt: skip
     if spec.noise != "none" and spec.snr_db is not None:
         x = x + _noise_like(spec.noise, len(x), rng, noise_bank) * _rms(clean) / 10 ** (spec.snr_db / 20)
+    if spec.eq_gain_db:
+        x = peaking_eq(x, spec.eq_centre_hz, spec.eq_gain_db)
     if spec.narrowband:
         x = soxr.resample(soxr.resample(x, SAMPLE_RATE_HZ, 8000), 8000, SAMPLE_RATE_HZ)[: len(x)]
+    if spec.opus_compression is not None:
+        x = opus_round_trip(np.clip(x, -1.0, 1.0), spec.opus_compression)
     if spec.gain_db:
         x = x * 10 ** (spec.gain_db / 20)
     return np.clip(x, -1.0, 1.0).astype(np.float32)

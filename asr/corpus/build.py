@@ -13,7 +13,6 @@ on disk, so an interrupted build resumes where it stopped and reproduces the sam
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ import soxr
 from asr.audio import SAMPLE_RATE_HZ, Samples
 from asr.corpus.augment import AugmentSpec, apply, draw_spec
 from asr.corpus.domain import DomainPack
+from asr.corpus.real import noise_split, stable_hash
 from asr.corpus.tts import Engine, SynthesisError, Voice, all_engines
 from asr.errors import DataError
 from asr.preprocess import PreprocessOptions, normalization_gain_db
@@ -73,10 +73,6 @@ class PlannedClip:
     voice: Voice
     augment: AugmentSpec
     tags: dict[str, str] = field(default_factory=dict)
-
-
-def _stable_seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
 def _texts(config: CorpusConfig, rng: np.random.Generator) -> list[tuple[str, str, dict[str, str]]]:
@@ -149,8 +145,8 @@ def plan_corpus(
         # Whole texts are held out (a test sentence is never trained on), except isolated words,
         # which every split needs: those are held out by voice alone.
         key = f"{text}#{index}" if source == "word" else text
-        split = _split(_stable_seed(config.seed, "split", key), config)
-        clip_rng = np.random.default_rng(_stable_seed(config.seed, key))
+        split = _split(stable_hash(config.seed, "split", key), config)
+        clip_rng = np.random.default_rng(stable_hash(config.seed, key))
         for _ in range(100):  # draw until the voice's split matches the text's split
             engine = str(clip_rng.choice(config.engines, p=shares))
             voice_id = f"{engine}:{clip_rng.choice(voices[engine])}"
@@ -185,10 +181,6 @@ def load_noise_bank(manifest: Path | None, split: str = "train") -> dict[str, Sa
     return bank
 
 
-def noise_split(name: str) -> str:
-    return "train" if _stable_seed("noise", name) % 2 == 0 else "test"
-
-
 def level_and_augment(
     samples: Samples,
     rate: int,
@@ -211,7 +203,7 @@ def render_clip(
     path = out_dir / "audio" / f"{clip.id}.flac"
     if not path.exists():
         samples, rate = engines[clip.voice.engine].synthesize(clip.text, clip.voice)
-        rng = np.random.default_rng(_stable_seed(seed, clip.id))
+        rng = np.random.default_rng(stable_hash(seed, clip.id))
         audio = level_and_augment(samples, rate, clip.augment, rng, noise_bank)
         tmp = path.with_suffix(".tmp.flac")
         sf.write(tmp, audio, SAMPLE_RATE_HZ, subtype="PCM_16")
@@ -270,39 +262,3 @@ def build_corpus(
         counts[split] = len(chosen)
     counts["failed"] = len(failures)
     return counts
-
-
-def speaker_split(speaker: str) -> str:
-    """Half the Speech Commands speakers train, the other half are only ever tested on."""
-    return "train" if _stable_seed("speaker", speaker) % 2 == 0 else "test"
-
-
-def write_real_manifests(shared_data: Path, out_dir: Path) -> dict[str, int]:
-    """Manifests of the real recordings, pointing into `shared_data` (paths relative to `out_dir`).
-
-    `real_train.jsonl`: FSDD's training split, and the training half of the Speech Commands
-    speakers with the training half of its `_silence_` clips (empty text: the model learns to say
-    nothing over noise). `real_test_speech_commands.jsonl`: the other half. CMU ARCTIC (cathy) is
-    never trained on: it is the unseen-speaker sentence test.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train: list[dict[str, Any]] = []
-    sc_test: list[dict[str, Any]] = []
-
-    def rows(name: str) -> Iterator[dict[str, Any]]:
-        folder = shared_data / name
-        for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            row["audio"] = os.path.relpath(folder / row["audio"], out_dir)
-            row["set"] = name
-            yield row
-
-    train += [r for r in rows("fsdd") if r.get("split") != "test"]
-    for row in rows("speech_commands_dev"):
-        is_silence = row.get("label") == "_silence_"
-        split = noise_split(Path(row["audio"]).name) if is_silence else speaker_split(row["speaker"])
-        (train if split == "train" else sc_test).append(row)
-    for name, chosen in (("real_train", train), ("real_test_speech_commands", sc_test)):
-        with (out_dir / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in chosen)
-    return {"real_train": len(train), "real_test_speech_commands": len(sc_test)}

@@ -110,3 +110,46 @@ def test_curriculum_draws_only_short_clips_and_refuses_when_none_exist(
     only_long = replace(mixed, out_dir=tmp_path / "long", train=(DataSource(long_only),))
     with pytest.raises(DataError, match=r"no training clip is at most 2\.0 s"):
         train(only_long, log=lambda _: None)
+
+
+class _InterruptedError(Exception):
+    pass
+
+
+def test_on_the_fly_augmentation_is_deterministic_and_survives_a_resume(
+    tmp_path: Path, tiny_set: Path, shared_data: Path
+) -> None:
+    def augmented(out: Path) -> TrainConfig:
+        return replace(
+            config(out, tiny_set, 10), augment=1.0, shared_data=shared_data, eval_every=5, log_every=1
+        )
+
+    def stop_after_step_6(line: str) -> None:
+        if line.startswith("step 7 "):  # the step-5 checkpoint is on disk by now
+            raise _InterruptedError
+
+    straight = train(augmented(tmp_path / "straight"), log=lambda _: None)
+    with pytest.raises(_InterruptedError):
+        train(augmented(tmp_path / "resumed"), log=stop_after_step_6)
+    resumed = train(augmented(tmp_path / "resumed"), log=lambda _: None)
+    assert resumed.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], rel=1e-5)
+    plain = train(replace(augmented(tmp_path / "plain"), augment=0.0), log=lambda _: None)
+    assert plain.history[0]["loss"] != pytest.approx(straight.history[0]["loss"], rel=1e-3)
+    with pytest.raises(DataError, match="between 0 and 1"):
+        replace(config(tmp_path, tiny_set, 1), augment=1.5)
+
+
+def test_distillation_adds_its_loss_and_resumes_with_its_projection(tmp_path: Path, tiny_set: Path) -> None:
+    distilled = replace(
+        config(tmp_path / "run", tiny_set, 10), distill_weight=1.0, distill_layer=1, eval_every=5
+    )
+    first = train(distilled, log=lambda _: None)
+    assert all(r["distill_loss"] < 1.5 for r in first.history)  # L1 - cosine: below 1 + L1 scale
+    assert first.history[-1]["distill_loss"] < first.history[0]["distill_loss"]
+    saved = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
+    assert saved["projection"]["weight"].shape[0] == 384
+    lines: list[str] = []
+    train(replace(distilled, steps=20), log=lines.append)
+    assert "resumed at step 10" in lines
+    with pytest.raises(DataError, match="distill from one of them"):
+        train(replace(distilled, out_dir=tmp_path / "deep", distill_layer=99), log=lambda _: None)

@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from asr.corpus.augment import AugmentSpec, apply, colored_noise, draw_spec, room_impulse
+from asr.corpus.augment import (
+    AugmentSpec,
+    apply,
+    change_speed,
+    colored_noise,
+    draw_spec,
+    draw_training_spec,
+    opus_round_trip,
+    peaking_eq,
+    room_impulse,
+)
 from tests.signals import tone
 
 
@@ -61,3 +71,47 @@ def test_draw_spec_is_seeded_and_clean_clips_stay_clean() -> None:
     specs = [draw_spec(np.random.default_rng(i), ["tap"], clean=False) for i in range(200)]
     assert {s.noise for s in specs} >= {"none", "white", "pink", "tap"}
     assert any(s.narrowband for s in specs) and any(s.reverb_rt60_s for s in specs)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_changes_length_and_pitch(factor: float) -> None:
+    clean = tone(seconds=1.0, freq_hz=500.0, amplitude=0.3)
+    faster = change_speed(clean, factor)
+    assert len(faster) == pytest.approx(len(clean) / factor, abs=2)
+    spectrum = np.abs(np.fft.rfft(faster))
+    peak_hz = np.argmax(spectrum) * 16_000 / len(faster)
+    assert peak_hz == pytest.approx(500.0 * factor, rel=0.02)
+
+
+@pytest.mark.parametrize("gain_db", [-9.0, 6.0])
+def test_peaking_eq_changes_its_band_and_leaves_others(gain_db: float) -> None:
+    at_centre = tone(seconds=1.0, freq_hz=1000.0, amplitude=0.1)
+    far = tone(seconds=1.0, freq_hz=6000.0, amplitude=0.1)
+    centre_change = 20 * np.log10(rms(peaking_eq(at_centre, 1000.0, gain_db)[4000:]) / rms(at_centre[4000:]))
+    far_change = 20 * np.log10(rms(peaking_eq(far, 1000.0, gain_db)[4000:]) / rms(far[4000:]))
+    assert centre_change == pytest.approx(gain_db, abs=0.3)
+    assert abs(far_change) < 1.0
+
+
+def test_opus_round_trip_keeps_length_and_loses_high_frequencies() -> None:
+    rng = np.random.default_rng(0)
+    noise = (0.1 * rng.standard_normal(16_000)).astype(np.float32)
+    coded = opus_round_trip(noise, 1.0)
+    assert len(coded) == len(noise) and coded.dtype == np.float32
+    assert not np.allclose(coded, noise, atol=1e-3)  # lossy: it changed
+
+
+def test_training_specs_vary_every_draw_and_are_seeded() -> None:
+    draws = [draw_training_spec(np.random.default_rng(7), ["tap"]) for _ in range(2)]
+    assert draws[0] == draws[1]
+    rng = np.random.default_rng(0)
+    specs = [draw_training_spec(rng, ["tap"]) for _ in range(300)]
+    assert {s.speed for s in specs} == {0.9, 1.0, 1.1}
+    assert any(s.eq_gain_db for s in specs) and any(s.opus_compression for s in specs)
+    assert any(s.noise == "tap" for s in specs)
+    assert max(max(s.lead_silence_ms, s.trail_silence_ms) for s in specs) <= 300
+    clean = tone(seconds=1.0, amplitude=0.3)
+    bank = {"tap": colored_noise("pink", 4000, rng)}
+    for spec in specs[:40]:
+        out = apply(clean, spec, rng, bank)
+        assert out.dtype == np.float32 and np.all(np.abs(out) <= 1.0) and np.isfinite(out).all()

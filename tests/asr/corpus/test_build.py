@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr.corpus.build import HELD_OUT_VOICES, CorpusConfig, build_corpus, plan_corpus, write_real_manifests
+from asr.corpus.build import HELD_OUT_VOICES, CorpusConfig, build_corpus, plan_corpus
 from asr.corpus.check import check_labels
 from serving.settings import DEFAULT_DOMAIN_DIR
 from tests.signals import noise
@@ -80,20 +80,3 @@ def test_build_writes_clips_and_manifests_and_resumes(config: CorpusConfig) -> N
         p: p.stat().st_mtime_ns for p in (config.out_dir / "audio").glob("*.flac")
     } == mtimes  # nothing re-rendered
     assert (config.out_dir / "train.jsonl").read_text() == manifest
-
-
-def test_real_manifests_split_speech_commands_by_speaker(shared_data: Path, tmp_path: Path) -> None:
-    counts = write_real_manifests(shared_data, tmp_path)
-    train = [json.loads(line) for line in (tmp_path / "real_train.jsonl").read_text().splitlines()]
-    test = [
-        json.loads(line) for line in (tmp_path / "real_test_speech_commands.jsonl").read_text().splitlines()
-    ]
-    assert counts["real_train"] == len(train) > 2000
-    sc_train = {
-        r["speaker"] for r in train if r["set"] == "speech_commands_dev" and r.get("label") != "_silence_"
-    }
-    sc_test = {r["speaker"] for r in test if r.get("label") != "_silence_"}
-    assert sc_train and sc_test and not sc_train & sc_test
-    assert not [r for r in train if r["set"] == "fsdd" and r.get("split") == "test"]
-    assert (tmp_path / train[0]["audio"]).is_file()
-    assert check_labels(tmp_path / "real_train.jsonl").ok
