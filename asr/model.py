@@ -234,6 +234,20 @@ MODEL_SHAPES: dict[str, dict[str, Any]] = {
         num_conv_pos_embedding_groups=16,
         layerdrop=0.0,
     ),
+    # For a lent GPU (scripts/train_gpu.py): 11.4M parameters, 22.8 MB in fp16, within the
+    # bundled model's 25 MB; the compact front end (stride product 320: 20 ms frames).
+    "medium": dict(
+        hidden_size=320,
+        num_hidden_layers=8,
+        num_attention_heads=5,
+        intermediate_size=1280,
+        conv_dim=(128, 256, 320, 320),
+        conv_kernel=(10, 8, 4, 4),
+        conv_stride=(5, 4, 4, 4),
+        num_conv_pos_embeddings=64,
+        num_conv_pos_embedding_groups=16,
+        layerdrop=0.0,
+    ),
     "small-fast": dict(
         hidden_size=256,
         num_hidden_layers=6,

@@ -16,6 +16,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,13 @@ class TrainConfig:
     transformer layer `distill_layer` and Whisper tiny.en's encoder frames of the clean clip,
     `asr.teacher`); 0 trains on CTC alone."""
     distill_layer: int = 3
+    loader_threads: int = 1
+    """Threads that read and augment a batch's clips (numpy, soxr and libsndfile release the GIL):
+    one keeps up with a CPU model; a GPU needs more."""
+    cache_audio_mb: int = 0
+    """Keep up to this many MB of decoded clips in memory instead of decoding them every draw."""
+    max_minutes: float | None = None
+    """Stop (with a checkpoint) after this much training time, whatever `steps` says."""
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -313,6 +321,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
             distiller.projection.load_state_dict(saved["projection"])
         log(f"resumed at step {state.step}")
     augmenter = _Augmenter(config, sampler.rng) if config.augment else None
+    loader = _Loader(config, features, device, augmenter, distiller)
     dev = _dev_entries(config)
     dev_pipeline = Pipeline(recognizer, GreedyDecoder(recognizer.vocab), SileroVAD.load()) if dev else None
     use_amp = device == "cuda"
@@ -322,12 +331,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
     window_started = time.perf_counter()
     losses: list[float] = []
     distill_losses: list[float] = []
+    stop_at = time.perf_counter() + 60 * config.max_minutes if config.max_minutes else math.inf
     while state.step < config.steps:
         model.train()
         limit = config.curriculum_clip_s if state.step < config.curriculum_steps else None
-        inputs, labels = _collate(
-            sampler.batch(config.batch_size, limit), features, device, augmenter, distiller
-        )
+        inputs, labels = loader(sampler.batch(config.batch_size, limit))
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
             outputs = model(
                 inputs["input_values"],
@@ -355,7 +363,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
             recent = float(np.mean(losses[-config.log_every :]))
             lr = schedule.get_last_lr()[0]
             log(f"step {state.step} loss {recent:.3f} lr {lr:.2e} {per_step:.2f} s/step")
-        if state.step % config.eval_every == 0 or state.step == config.steps:
+        out_of_time = time.perf_counter() >= stop_at
+        if state.step % config.eval_every == 0 or state.step == config.steps or out_of_time:
             state.elapsed_s = time.perf_counter() - started
             record = {
                 "step": state.step,
@@ -380,6 +389,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
             log(json.dumps(record))
             extra = {"projection": distiller.projection.state_dict()} if distiller is not None else {}
             _save_checkpoint(model, source_dir, optimizer, schedule, sampler, state, config.out_dir, extra)
+        if out_of_time:
+            log(f"stopped at step {state.step}: --max-minutes {config.max_minutes} reached")
+            break
     return state
 
 
@@ -407,8 +419,9 @@ class _Heard:
 
 
 class _Augmenter:
-    """On-the-fly augmentation drawn from the sampler's generator, so a resumed run (which
-    restores that generator) hears exactly what an uninterrupted one would."""
+    """On-the-fly augmentation. Each clip's draw comes from its own generator, seeded from the
+    sampler's generator in batch order: loader threads may finish in any order, and a resumed
+    run (which restores the sampler's generator) still hears what an uninterrupted one would."""
 
     def __init__(self, config: TrainConfig, rng: np.random.Generator) -> None:
         from asr.corpus.build import load_noise_bank
@@ -419,13 +432,17 @@ class _Augmenter:
         self.share = config.augment
         self.rng = rng
 
-    def __call__(self, clean: Samples) -> _Heard:
+    def seeds(self, count: int) -> list[int]:
+        return [int(seed) for seed in self.rng.integers(0, 2**63, size=count)]
+
+    def __call__(self, clean: Samples, seed: int) -> _Heard:
         from asr.corpus.augment import apply, draw_training_spec
 
-        if self.rng.random() >= self.share:
+        rng = np.random.default_rng(seed)
+        if rng.random() >= self.share:
             return _Heard(clean, clean, 0, len(clean))
-        spec = draw_training_spec(self.rng, self.names)
-        heard = apply(clean, spec, self.rng, self.noise_bank)
+        spec = draw_training_spec(rng, self.names)
+        heard = apply(clean, spec, rng, self.noise_bank)
         lead = spec.lead_silence_ms * SAMPLE_RATE_HZ // 1000
         return _Heard(heard, clean, lead, round(len(clean) / spec.speed))
 
@@ -474,31 +491,48 @@ class _Distiller:
         return loss
 
 
-def _collate(
-    batch: list[_Example],
-    features: Any,
-    device: str,
-    augment: Callable[[Samples], _Heard] | None = None,
-    distiller: _Distiller | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    heard = []
-    for example in batch:
+class _Loader:
+    """Reads (from memory when cached), augments and pads a batch; threads for fast devices."""
+
+    def __init__(
+        self, config: TrainConfig, features: Any, device: str, augment: _Augmenter | None, distiller: Any
+    ) -> None:
+        self.features, self.device, self.augment, self.distiller = features, device, augment, distiller
+        self.pool = ThreadPoolExecutor(config.loader_threads) if config.loader_threads > 1 else None
+        self.cache: dict[Path, Samples] = {}
+        self.cache_bytes_left = config.cache_audio_mb * 1_000_000
+
+    def _read(self, path: Path) -> Samples:
+        if path in self.cache:
+            return self.cache[path]
         try:
-            samples = load_audio(example.path, AudioLimits(max_clip_s=60)).samples
+            samples = load_audio(path, AudioLimits(max_clip_s=60)).samples
         except AudioError as e:
-            raise DataError(f"unreadable training clip {example.path}: {e}") from e
-        heard.append(augment(samples) if augment else _Heard(samples, samples, 0, len(samples)))
-    clips = [h.samples for h in heard]
-    inputs = features(clips, sampling_rate=16_000, padding=True, return_tensors="pt")
-    width = max(1, max(len(e.labels) for e in batch))
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for row, example in enumerate(batch):
-        labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
-    tensors = {k: v.to(device) for k, v in inputs.items()}
-    if distiller is not None:
-        targets, mask = distiller.targets(batch, heard, max(len(c) for c in clips))
-        tensors |= {"teacher_targets": targets.to(device), "teacher_mask": mask.to(device)}
-    return tensors, labels.to(device)
+            raise DataError(f"unreadable training clip {path}: {e}") from e
+        if samples.nbytes <= self.cache_bytes_left:
+            self.cache[path] = samples
+            self.cache_bytes_left -= samples.nbytes
+        return samples
+
+    def _hear(self, example: _Example, seed: int) -> _Heard:
+        clean = self._read(example.path)
+        return self.augment(clean, seed) if self.augment else _Heard(clean, clean, 0, len(clean))
+
+    def __call__(self, batch: list[_Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        seeds = self.augment.seeds(len(batch)) if self.augment else [0] * len(batch)
+        mapper = self.pool.map if self.pool else map
+        heard = list(mapper(self._hear, batch, seeds))
+        clips = [h.samples for h in heard]
+        inputs = self.features(clips, sampling_rate=SAMPLE_RATE_HZ, padding=True, return_tensors="pt")
+        width = max(1, max(len(e.labels) for e in batch))
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for row, example in enumerate(batch):
+            labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
+        tensors = {k: v.to(self.device) for k, v in inputs.items()}
+        if self.distiller is not None:
+            targets, mask = self.distiller.targets(batch, heard, max(len(c) for c in clips))
+            tensors |= {"teacher_targets": targets.to(self.device), "teacher_mask": mask.to(self.device)}
+        return tensors, labels.to(self.device)
 
 
 def _dev_entries(config: TrainConfig) -> list[ManifestEntry]:

@@ -230,6 +230,16 @@ def _parser() -> argparse.ArgumentParser:
         help="add a distillation loss toward Whisper tiny.en's encoder frames (needs the peers extra)",
     )
     trainer.add_argument("--distill-layer", type=_positive_int, default=3, metavar="N")
+    trainer.add_argument("--loader-threads", type=_positive_int, default=1, metavar="N")
+    trainer.add_argument(
+        "--cache-audio-mb", type=int, default=0, metavar="MB", help="decoded clips kept in memory"
+    )
+    trainer.add_argument(
+        "--max-minutes",
+        type=float,
+        metavar="MIN",
+        help="stop (with a checkpoint) after this much training time",
+    )
     trainer.add_argument(
         "--schedule",
         choices=("auto", "linear", "tri-stage"),
@@ -697,6 +707,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         shared_data=args.shared_data if args.shared_data.is_dir() else None,
         augment=args.augment,
         schedule=args.schedule,
+        loader_threads=args.loader_threads,
+        cache_audio_mb=args.cache_audio_mb,
+        max_minutes=args.max_minutes,
         distill_weight=args.distill,
         distill_layer=args.distill_layer,
     )

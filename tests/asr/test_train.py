@@ -153,3 +153,22 @@ def test_distillation_adds_its_loss_and_resumes_with_its_projection(tmp_path: Pa
     assert "resumed at step 10" in lines
     with pytest.raises(DataError, match="distill from one of them"):
         train(replace(distilled, out_dir=tmp_path / "deep", distill_layer=99), log=lambda _: None)
+
+
+def test_loader_threads_and_the_audio_cache_do_not_change_what_is_heard(
+    tmp_path: Path, tiny_set: Path, shared_data: Path
+) -> None:
+    base = replace(config(tmp_path / "one", tiny_set, 6), augment=1.0, shared_data=shared_data, eval_every=3)
+    one = train(base, log=lambda _: None)
+    many = train(
+        replace(base, out_dir=tmp_path / "many", loader_threads=3, cache_audio_mb=10), log=lambda _: None
+    )
+    assert [r["loss"] for r in many.history] == pytest.approx([r["loss"] for r in one.history], rel=1e-5)
+
+
+def test_max_minutes_stops_with_a_checkpoint(tmp_path: Path, tiny_set: Path) -> None:
+    lines: list[str] = []
+    state = train(replace(config(tmp_path / "run", tiny_set, 1000), max_minutes=1e-6), log=lines.append)
+    assert state.step == 1
+    assert any(line.startswith("stopped at step 1") for line in lines)
+    assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()

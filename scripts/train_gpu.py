@@ -1,0 +1,218 @@
+"""Train a larger model on a lent GPU: one prepared call of at most 10 minutes.
+
+A lent machine reaches nothing and gets only the working tree (64 MiB) and what `carry` names,
+so everything it needs is packed here first, and what comes back (at most 8 files of 16 MiB)
+is unpacked here:
+
+    # here: the corpus as Opus, the wheels the device image lacks, within the budget
+    .venv/bin/python scripts/train_gpu.py pack --out .gpu
+    # there: one device `run` with carry [".gpu"] (pack prints this command)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl \\
+      && PYTHONPATH=/tmp/site:. python3 scripts/train_gpu.py train --pack .gpu --out $OUT --minutes 8
+    # here: fp16 shards back into a model folder with our tokenizer, then evaluate it
+    .venv/bin/python scripts/train_gpu.py unpack --files FILES_AT --out runs/gpu-medium/model
+
+`train` runs the project's own training loop (asr/train.py) with bf16 autocast on CUDA, loader
+threads and decoded clips cached in memory, stops itself after --minutes, and writes the model
+as fp16 safetensors shards of at most 16 MiB plus its metrics. It runs on the CPU too (tests).
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEVICE_WHEELS = ("soundfile", "cffi", "pycparser", "soxr", "jiwer", "rapidfuzz", "click")
+"""What asr.train imports that the device image (Python 3.12, torch, transformers, numpy, scipy)
+lacks; versions come from requirements.lock."""
+SHARD = "16MB"
+"""The largest file a device call returns is 16 MiB; transformers counts in decimal megabytes."""
+OPUS_COMPRESSION = 0.9
+"""libsndfile's Opus level; 0.9 is about 32 kbit/s, as speechocean762 ships (its clips train fine)."""
+DEFAULT_SOURCES = ("corpus/real_train.jsonl:1", "corpus/train.jsonl:0.3")
+
+
+def pack(
+    sources: list[str], out: Path, budget_mib: float, max_clip_s: float, seed: int, wheels: bool
+) -> dict[str, Any]:
+    """Re-encode the sources' clips as Opus into `out` (shuffled across sources, until the
+    budget is spent) and write one manifest per source plus `sources.json` with their weights."""
+    import soundfile as sf
+
+    from asr.audio import SAMPLE_RATE_HZ, load_audio
+    from asr.evaluate import read_manifest
+    from asr.train import DataSource
+
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "audio").mkdir(parents=True)
+    parsed = [DataSource.parse(s) for s in sources]
+    todo = [
+        (index, entry)
+        for index, source in enumerate(parsed)
+        for entry in read_manifest(source.manifest)
+        if float(entry.fields.get("duration_s") or 0) <= max_clip_s
+    ]
+    order = np.random.default_rng(seed).permutation(len(todo))
+    budget = budget_mib * 2**20
+    rows: list[list[dict[str, Any]]] = [[] for _ in parsed]
+    spent = 0
+    for n, position in enumerate(order):
+        index, entry = todo[position]
+        name = f"audio/{n:06d}.opus"
+        samples = load_audio(entry.audio).samples
+        sf.write(
+            out / name,
+            samples,
+            SAMPLE_RATE_HZ,
+            format="OGG",
+            subtype="OPUS",
+            compression_level=OPUS_COMPRESSION,
+        )
+        spent += (out / name).stat().st_size
+        if spent > budget:
+            (out / name).unlink()
+            break
+        rows[index].append(
+            {"audio": name, "text": entry.text, "duration_s": round(len(samples) / SAMPLE_RATE_HZ, 3)}
+        )
+    listing = []
+    for source, chosen in zip(parsed, rows, strict=True):
+        manifest = f"{source.manifest.stem}.jsonl"
+        (out / manifest).write_text("".join(json.dumps(r) + "\n" for r in chosen), encoding="utf-8")
+        listing.append({"manifest": manifest, "weight": source.weight, "clips": len(chosen)})
+    (out / "sources.json").write_text(json.dumps(listing, indent=1))
+    if wheels:
+        download_wheels(out / "wheels")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {"sources": listing, "audio_mib": round(spent / 2**20, 1), "pack_mib": round(size / 2**20, 1)}
+
+
+def download_wheels(folder: Path) -> None:
+    """cp312 manylinux wheels of DEVICE_WHEELS at the lock's versions (the device's Python)."""
+    from serving.doctor import LOCK_FILE, read_lock
+
+    pins = read_lock(LOCK_FILE)
+    platforms = [f"--platform={p}_x86_64" for p in ("manylinux_2_28", "manylinux_2_17", "manylinux2014")]
+    for name in DEVICE_WHEELS:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+             "--python-version=3.12", "--implementation=cp", *platforms, "--dest", str(folder),
+             f"{name}=={pins[name].version}"],
+            check=True,
+        )  # fmt: skip
+
+
+def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from asr.train import BEST, CHECKPOINT, METRICS, DataSource, TrainConfig, train
+
+    listing = json.loads((args.pack / "sources.json").read_text())
+    run_dir = args.run_dir
+    config = TrainConfig(
+        out_dir=run_dir,
+        init=args.init or f"scratch:{args.shape}",
+        train=tuple(DataSource(args.pack / s["manifest"], s["weight"]) for s in listing if s["clips"]),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        curriculum_steps=args.curriculum_steps,
+        max_clip_s=args.max_clip_s,
+        eval_every=args.checkpoint_every,
+        augment=args.augment,
+        loader_threads=args.loader_threads,
+        cache_audio_mb=args.cache_audio_mb,
+        max_minutes=args.minutes,
+        seed=args.seed,
+    )
+    state = train(config, log=lambda line: print(line, flush=True))
+    trained = run_dir / (BEST if (run_dir / BEST).is_dir() else CHECKPOINT)
+    from transformers import AutoModelForCTC
+
+    model = AutoModelForCTC.from_pretrained(trained, local_files_only=True, dtype=torch.float32).half()
+    model.save_pretrained(args.out / "model", max_shard_size=SHARD)
+    shutil.copy(run_dir / METRICS, args.out / METRICS)
+    summary = {
+        "step": state.step,
+        "elapsed_s": round(state.elapsed_s, 1),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "files": sorted(str(p.relative_to(args.out)) for p in args.out.rglob("*") if p.is_file()),
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def unpack(files: Path, out: Path) -> Path:
+    """A model folder from the returned shards: config, weights, and our tokenizer and features."""
+    from asr.model import Recognizer, write_processor
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(files / "model", out)
+    write_processor(out)
+    Recognizer.from_pretrained(out, device="cpu")  # proves it loads
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    packer = commands.add_parser("pack", help="corpus as Opus + device wheels, within the budget")
+    packer.add_argument(
+        "--source", action="append", help=f"MANIFEST[:WEIGHT] (default: {' '.join(DEFAULT_SOURCES)})"
+    )
+    packer.add_argument("--out", type=Path, default=Path(".gpu"))
+    packer.add_argument(
+        "--budget-mib", type=float, default=50.0, help="audio budget (the tree travels in 64 MiB)"
+    )
+    packer.add_argument("--max-clip-s", type=float, default=6.0)
+    packer.add_argument("--seed", type=int, default=0)
+    packer.add_argument("--no-wheels", action="store_true", help="skip downloading the device wheels")
+
+    trainer = commands.add_parser("train", help="train from a pack (on the device; CPU works too)")
+    trainer.add_argument("--pack", type=Path, default=Path(".gpu"))
+    trainer.add_argument("--out", type=Path, required=True, help="where the returned files go ($OUT)")
+    trainer.add_argument("--run-dir", type=Path, default=Path("/tmp/gpu-run"))
+    trainer.add_argument("--shape", default="medium")
+    trainer.add_argument("--init", help="start from this model folder instead of scratch:SHAPE")
+    trainer.add_argument("--minutes", type=float, default=8.0)
+    trainer.add_argument("--steps", type=int, default=12000)
+    trainer.add_argument("--batch-size", type=int, default=64)
+    trainer.add_argument("--lr", type=float, default=1.5e-3)
+    trainer.add_argument("--warmup-steps", type=int, default=500)
+    trainer.add_argument("--curriculum-steps", type=int, default=1000)
+    trainer.add_argument("--max-clip-s", type=float, default=6.0)
+    trainer.add_argument("--checkpoint-every", type=int, default=1000)
+    trainer.add_argument("--augment", type=float, default=0.8)
+    trainer.add_argument("--loader-threads", type=int, default=12)
+    trainer.add_argument("--cache-audio-mb", type=int, default=8000)
+    trainer.add_argument("--seed", type=int, default=0)
+
+    unpacker = commands.add_parser("unpack", help="returned shards -> a model folder here")
+    unpacker.add_argument("--files", type=Path, required=True, help="the device call's files_at folder")
+    unpacker.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    if args.command == "pack":
+        sources = args.source or list(DEFAULT_SOURCES)
+        report = pack(
+            sources, args.out, args.budget_mib, args.max_clip_s, args.seed, wheels=not args.no_wheels
+        )
+        print(json.dumps(report, indent=1))
+    elif args.command == "train":
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(train_on_device(args), indent=1))
+    else:
+        print(unpack(args.files, args.out))
+
+
+if __name__ == "__main__":
+    main()
