@@ -48,7 +48,7 @@ def test_corpus_build_small(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
     assert code == 0, err
     counts = json.loads(out)
     assert counts["train"] > 0 and counts["failed"] == 0 and counts["real_train"] > 0
-    for name in ("train", "dev", "test", "real_train", "real_test_speech_commands"):
+    for name in ("train", "dev", "test", "real_train", "real_dev", "real_dev_speechocean762_train"):
         assert (out_dir / f"{name}.jsonl").is_file()
 
 
