@@ -33,6 +33,8 @@ from asr.errors import (
 from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, select_entries, summarize
 from asr.model import Device
 from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_frontend, build_pipeline
+from serving.lifecycle.models_cli import add_model_commands
+from serving.lifecycle.registry import RegistryError
 from serving.monitor_cli import add_monitor_commands
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, Settings
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit_allocator_caching()
     try:
         code: int = args.command(args, settings)
-    except (UsageError, ModelLoadError, DecoderConfigError, ManifestError, DataError) as e:
+    except (UsageError, ModelLoadError, DecoderConfigError, ManifestError, DataError, RegistryError) as e:
         print(f"voice-search: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except DependencyError as e:
@@ -230,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
         help="add a distillation loss toward Whisper tiny.en's encoder frames (needs the peers extra)",
     )
     trainer.add_argument("--distill-layer", type=_positive_int, default=3, metavar="N")
+    trainer.add_argument(
+        "--no-track", action="store_true", help="do not log the run to MLflow (logged by default)"
+    )
     trainer.add_argument("--loader-threads", type=_positive_int, default=1, metavar="N")
     trainer.add_argument(
         "--cache-audio-mb", type=int, default=0, metavar="MB", help="decoded clips kept in memory"
@@ -258,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     trainer.set_defaults(command=_train)
     add_monitor_commands(commands)
+    add_model_commands(commands)
 
     export = commands.add_parser("export", help="export the model for edge CPUs (ONNX Runtime, int8 or fp32)")
     export.add_argument("--edge", action="store_true", required=True, help="an ONNX Runtime CPU build")
@@ -713,11 +719,34 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         distill_weight=args.distill,
         distill_layer=args.distill_layer,
     )
-    state = train(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    run = None
+    if not args.no_track:
+        from serving.lifecycle.models_cli import open_registry
+        from serving.lifecycle.tracking import TrainingRun
+
+        run = TrainingRun(open_registry(settings), config)
+    state = train(
+        config,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        on_record=run.record if run else None,
+    )
+    card = None
     if args.export:
         best = args.out / "best" if (args.out / "best").is_dir() else args.out / "checkpoint"
         export_model(best, args.export)
-    print(json.dumps({"step": state.step, "best_dev_wer": state.best_wer, "out": str(args.out)}))
+        card = args.export / "README.md"
+    if run is not None:
+        run.finish(model_card=card)
+    print(
+        json.dumps(
+            {
+                "step": state.step,
+                "best_dev_wer": state.best_wer,
+                "out": str(args.out),
+                "mlflow_run_id": run.run_id if run else None,
+            }
+        )
+    )
     return EXIT_OK
 
 

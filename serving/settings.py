@@ -81,6 +81,14 @@ class Settings:
     time only, never for production traffic."""
     fault_injection: bool = False
     """Enable `POST /v1/admin/faults` (a slow model on demand) for alarm drills."""
+    # The model registry (`serving/lifecycle`): MLflow.
+    mlflow_tracking_uri: str = ""
+    """An MLflow tracking server or database; empty: embedded SQLite under `mlflow_dir`. MLflow's
+    own `MLFLOW_TRACKING_URI` is honoured when this is not set."""
+    mlflow_dir: Path = DEFAULT_STATE_DIR / "mlflow"
+    """The embedded store's database and artifacts (registered models live here)."""
+    registry_name: str = "voice-search"
+    """The registered model whose aliases (champion, challenger, previous) the service follows."""
 
     def __post_init__(self) -> None:
         if self.device not in get_args(Device):
@@ -113,6 +121,8 @@ class Settings:
                 values[f.name] = _parse(raw, f.default)
             except ValueError as e:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {e}") from e
+        if "mlflow_tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI"):
+            values["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
         try:
             return cls(**values)
         except ValueError as e:

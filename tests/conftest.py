@@ -8,6 +8,13 @@ import pytest
 from asr.model import create_model_dir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Commands that use the registry write their MLflow store to a temporary folder, not var/."""
+    os.environ.setdefault("VOICE_SEARCH_MLFLOW_DIR", str(tmp_path_factory.mktemp("mlflow")))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised ~36k-parameter model in Hugging Face format (outputs are noise)."""

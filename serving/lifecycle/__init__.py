@@ -1,0 +1,1 @@
+"""Phase 2: the model lifecycle (registry, rollout, automation, retraining, simulation)."""
