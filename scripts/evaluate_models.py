@@ -134,7 +134,14 @@ def with_buckets(entry: ManifestEntry) -> ManifestEntry:
     duration = float(fields.get("duration_s") or 0)
     fields["length"] = "< 1.5 s" if duration < 1.5 else "1.5-3 s" if duration < 3 else "> 3 s"
     fields["snr"] = "clean" if fields.get("snr_db") in (None, "None") else f"{float(fields['snr_db']):.0f} dB"
+    if str(fields.get("age", "")).isdigit():
+        fields["age_group"] = "child (<= 15)" if int(fields["age"]) <= 15 else "adult"
     return replace(entry, fields=fields)
+
+
+SYNTHETIC_SLICES = ("engine", "voice", "noise", "snr", "gain", "length", "narrowband")
+REAL_SLICES = ("length", "gender", "age_group", "label", "speaker")
+"""Real sets have no conditions to slice by, but they have people: gender, age, the word said."""
 
 
 def main() -> None:
@@ -176,11 +183,7 @@ def main() -> None:
                 continue  # catalog bias is for in-domain queries
             started = time.perf_counter()
             outcomes = [run_entry(transcribe, with_buckets(e)) for e in entries]
-            by = (
-                ("engine", "voice", "noise", "snr", "gain", "length", "narrowband")
-                if set_name in ("queries", "sentences")
-                else ()
-            )
+            by = SYNTHETIC_SLICES if set_name in ("queries", "sentences") else REAL_SLICES
             report = summarize(outcomes, by=by)
             results[system][set_name] = report.to_dict() | {"wall_s": time.perf_counter() - started}
             if system == "ours" and by:
@@ -227,8 +230,9 @@ def worst_slices(set_name: str, report: EvaluationReport, top: int = 8) -> str:
     rows = [
         (k, v, s)
         for k, by in report.slices.items()
+        if len(by) > 1  # a slice that is the whole set says nothing
         for v, s in by.items()
-        if s.wer is not None and s.utterances >= 5
+        if s.wer is not None and s.utterances >= 5 and v != "(none)"
     ]
     rows.sort(key=lambda r: -(r[2].wer or 0))
     lines = [
