@@ -28,7 +28,11 @@ from typing import Any, Literal, Protocol
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["voice_search", "text_search", "transcribe", "feedback", "openai_transcription", "other"]
+Kind = Literal[
+    "voice_search", "text_search", "transcribe", "feedback", "openai_transcription", "shadow", "other"
+]
+"""`shadow`: a challenger's transcript of a voice search's audio, off the critical path (its
+`target_request_id` is the search the champion answered)."""
 Outcome = Literal["ok", "null_transcript", "no_result", "client_error", "server_error"]
 
 

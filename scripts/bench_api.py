@@ -11,10 +11,14 @@ then drives it over HTTP with a bounded asyncio load generator:
    events recorded vs requests sent);
 4. overload at concurrency 64: 503s with Retry-After, and recovery after the burst;
 5. monitoring overhead: two servers, monitoring on and off, sent the same 3 s queries in
-   alternation at concurrency 1, so machine noise hits both alike.
+   alternation at concurrency 1, so machine noise hits both alike;
+6. shadow overhead: two servers with the same challenger loaded (a copy of the champion, so it
+   costs what a real challenger of that shape costs), shadow on and off, sent bursts at
+   concurrency 4 in alternating order; the champion's p95 on each.
 
 Usage: python scripts/bench_api.py [--corpus corpus] [--duration-s 60] [--json .cache/bench_api.json]
        python scripts/bench_api.py --sections monitoring     # only the monitoring overhead
+       python scripts/bench_api.py --sections shadow         # only the shadow overhead
 """
 
 import argparse
@@ -33,6 +37,7 @@ import numpy as np
 
 from asr.evaluate import ManifestEntry, read_manifest
 from serving.launch import Server, running_server
+from serving.settings import DEFAULT_MODEL_DIR
 
 
 @dataclass
@@ -174,6 +179,75 @@ async def monitoring_overhead(clips: list[bytes], requests: int) -> dict[str, An
     return out
 
 
+async def shadow_overhead(
+    clips: list[bytes], rounds: int, per_round: int, concurrency: int = 4
+) -> dict[str, Any]:
+    """The champion's latency at `concurrency` with shadow on and off, in alternating bursts."""
+    challenger = {"challenger_dir": str(DEFAULT_MODEL_DIR)}
+    with (
+        tempfile.TemporaryDirectory() as on_dir,
+        tempfile.TemporaryDirectory() as off_dir,
+        running_server(Path(on_dir), rollout_mode="shadow", **challenger) as on,
+        running_server(Path(off_dir), rollout_mode="off", **challenger) as off,
+    ):
+        latencies: dict[str, list[float]] = {"on": [], "off": []}
+        async with httpx.AsyncClient(timeout=120) as client:
+            for r in range(rounds):
+                order = [("on", on), ("off", off)] if r % 2 == 0 else [("off", off), ("on", on)]
+                for name, server in order:
+                    latencies[name] += await _burst(client, server, clips, per_round, concurrency, r)
+                    await _drain_shadow(client, on)
+            state = (await client.get(on.url + "/v1/rollout", params={"window": "1h"})).json()
+    out: dict[str, Any] = {"rounds": rounds, "requests_each": rounds * per_round, "concurrency": concurrency}
+    for name, values in latencies.items():
+        values.sort()
+        out[name] = {
+            "p50_ms": round(1000 * _percentile(values, 50), 1),
+            "p95_ms": round(1000 * _percentile(values, 95), 1),
+        }
+    out["p95_overhead_ratio"] = round(out["on"]["p95_ms"] / out["off"]["p95_ms"] - 1, 4)
+    out["shadow"] = state["shadow"]
+    out["comparison"] = state["comparison"]
+    return out
+
+
+async def _burst(
+    client: httpx.AsyncClient,
+    server: Server,
+    clips: list[bytes],
+    count: int,
+    concurrency: int,
+    round_index: int,
+) -> list[float]:
+    latencies: list[float] = []
+
+    async def worker(index: int) -> None:
+        for i in range(index, count, concurrency):
+            started = time.perf_counter()
+            response = await _post_audio(
+                client, server.url, clips[i % len(clips)], f"bench-shadow-{round_index}-{i}"
+            )
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return latencies
+
+
+async def _drain_shadow(client: httpx.AsyncClient, server: Server, timeout_s: float = 120) -> None:
+    """Wait until the challenger has heard everything it was offered, so one burst's shadow work
+    does not spill into the next burst against the other server."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        shadow = (await client.get(server.url + "/v1/rollout")).json()["shadow"]
+        if (
+            shadow["queued"] == 0
+            and shadow["recorded"] + shadow["failed"] + shadow["dropped"] >= shadow["offered"]
+        ):
+            return
+        await asyncio.sleep(0.2)
+
+
 def count_events(server: Server, session_prefix: str) -> int:
     with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
         return int(
@@ -196,6 +270,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if "monitoring" in args.sections:
         out["monitoring_overhead"] = await monitoring_overhead(clips, args.latency_requests * 2)
         print(json.dumps(out["monitoring_overhead"]), flush=True)
+    if "shadow" in args.sections:
+        out["shadow_overhead"] = await shadow_overhead(clips, args.shadow_rounds, args.shadow_requests)
+        print(json.dumps(out["shadow_overhead"]), flush=True)
     if "api" not in args.sections:
         return out
     with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp)) as server:
@@ -230,10 +307,12 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         nargs="+",
-        choices=("api", "monitoring"),
-        default=["api", "monitoring"],
-        help="what to measure (default: both)",
+        choices=("api", "monitoring", "shadow"),
+        default=["api", "monitoring", "shadow"],
+        help="what to measure (default: all)",
     )
+    parser.add_argument("--shadow-rounds", type=int, default=6)
+    parser.add_argument("--shadow-requests", type=int, default=40, help="requests per burst")
     args = parser.parse_args()
     results = asyncio.run(run(args))
     if args.json:

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from asr.audio import AudioLimits
 from asr.corpus.domain import DomainPack
+from asr.decoding import BeamOptions
 from asr.errors import AudioError
 from asr.pipeline import PipelineOptions, Transcript, build_pipeline
 from asr.text import vocabulary_words
@@ -34,7 +35,8 @@ from serving import __version__
 from serving.batching import MicroBatcher, TranscribeMany
 from serving.deps import Faults, ServiceState
 from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
-from serving.routes import feedback, health, monitoring, search, transcribe
+from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan, ShadowRunner
+from serving.routes import feedback, health, monitoring, rollout, search, transcribe
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import Settings
 
@@ -43,7 +45,14 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-ROUTERS = (search.router, transcribe.router, feedback.router, health.router, monitoring.router)
+ROUTERS = (
+    search.router,
+    transcribe.router,
+    feedback.router,
+    health.router,
+    monitoring.router,
+    rollout.router,
+)
 ROUTE_PATHS = tuple(getattr(route, "path", "") for router in ROUTERS for route in router.routes)
 """The service's paths (metrics label any other path "other")."""
 
@@ -56,7 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = await run_in_threadpool(_load, settings, ROUTE_PATHS)
         app.state.service = state
         state.batcher.start()
+        if state.challenger is not None:
+            state.challenger.batcher.start()
         tasks = [asyncio.create_task(_purge_expired_audio(state), name="audio-retention")]
+        if state.shadow is not None:
+            tasks.append(asyncio.create_task(state.shadow.run(), name="shadow"))
         if state.monitor is not None:
             tasks.append(asyncio.create_task(_evaluate_alarms(state.monitor), name="alarms"))
         state.ready = True
@@ -69,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Let a running alarm evaluation finish before the store it reads is closed.
             await asyncio.gather(*tasks, return_exceptions=True)
             await state.batcher.stop()
+            if state.challenger is not None:
+                await state.challenger.batcher.stop()
             state.store.close()
 
     app = FastAPI(
@@ -123,7 +138,27 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
         monitor.metrics.model_load.labels(version).set(load_s)
         monitor.metrics.model_info.labels(version, settings.slot).set(1)
     logger.info("loaded %s in %.1f s", version, load_s)
-    return ServiceState(settings, batcher, index, store, version, pack.name, monitor, faults)
+    rollout = RolloutPlan(settings.rollout_mode, settings.canary_share)  # type: ignore[arg-type]
+    challenger = _challenger(settings, beam, options) if settings.challenger_dir else None
+    if rollout.mode != "off" and challenger is None:
+        raise ValueError(f"rollout mode {rollout.mode!r} needs a challenger (VOICE_SEARCH_CHALLENGER_DIR)")
+    state = ServiceState(settings, batcher, index, store, version, pack.name, monitor, faults)
+    state.challenger, state.rollout = challenger, rollout
+    if challenger is not None and rollout.mode == "shadow":
+        state.shadow = ShadowRunner(challenger, batcher.busy, store, settings.shadow_max_queue)
+    return state
+
+
+def _challenger(settings: Settings, beam: BeamOptions | None, options: PipelineOptions) -> ModelSlot:
+    """The second model, with the same decoding and limits as the champion, on its own batcher."""
+    pipeline = build_pipeline(
+        Path(settings.challenger_dir), device=settings.device, beam=beam, options=options
+    )
+    batcher = MicroBatcher(
+        pipeline.transcribe_many, settings.micro_batch_size, settings.micro_batch_wait_ms, settings.max_queue
+    )
+    logger.info("loaded the challenger %s", pipeline.recognizer.version)
+    return ModelSlot(CHALLENGER_SLOT, batcher, pipeline.recognizer.version)
 
 
 def _with_faults(transcribe_many: TranscribeMany, faults: Faults) -> TranscribeMany:
@@ -191,7 +226,7 @@ async def _evaluate_alarms(monitor: Monitor) -> None:
         await asyncio.sleep(1.0)
 
 
-UNRECORDED = ("/v1/alerts", "/v1/monitoring/", "/v1/admin/")
+UNRECORDED = ("/v1/alerts", "/v1/monitoring/", "/v1/admin/", "/v1/rollout")
 """/v1/ paths that read or steer the monitors: recording them would make the dashboard watch itself."""
 
 
@@ -280,7 +315,7 @@ async def _record(request: Request, status: int, latency_s: float) -> None:
         route=request.url.path,
         status_code=status,
         outcome=outcome,
-        slot=service.settings.slot if service else None,
+        slot=fields.pop("slot", service.settings.slot if service else None),
         model_version=fields.pop("model_version", service.model_version if service else None),
         latency_s=latency_s,
         **fields,

@@ -42,6 +42,7 @@ class MicroBatcher:
         # One thread: the model already uses every core through torch's intra-op threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task[None] | None = None
+        self._running = False
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
@@ -55,6 +56,10 @@ class MicroBatcher:
     def depth(self) -> int:
         """Clips waiting for the recognizer (not counting the batch being recognized)."""
         return self._queue.qsize()
+
+    def busy(self) -> bool:
+        """A batch is being recognized or clips are waiting."""
+        return self._running or not self._queue.empty()
 
     async def submit(self, audio: bytes) -> Transcript:
         """Recognize one clip; raises the clip's `AudioError`, or `OverloadedError` when full."""
@@ -83,6 +88,7 @@ class MicroBatcher:
                     jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
                 except TimeoutError:
                     break
+            self._running = True
             try:
                 results = await loop.run_in_executor(
                     self._executor, self._transcribe_many, [job.audio for job in jobs]
@@ -90,6 +96,8 @@ class MicroBatcher:
             except Exception as e:
                 logger.exception("recognition failed for a batch of %d", len(jobs))
                 results = [e] * len(jobs)  # type: ignore[list-item]
+            finally:
+                self._running = False
             for job, result in zip(jobs, results, strict=True):
                 if job.future.done():  # the client went away
                     continue

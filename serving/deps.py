@@ -12,6 +12,7 @@ from monitoring.events import EventStore
 from monitoring.monitor import Monitor
 from serving.batching import MicroBatcher
 from serving.errors import BadRequestError, BodyTooLargeError, UnsupportedMediaError
+from serving.lifecycle.rollout import ModelSlot, RolloutPlan, ShadowRunner, routes_to_challenger
 from serving.search import CatalogIndex
 from serving.settings import Settings
 
@@ -35,6 +36,16 @@ class ServiceState:
     """None when monitoring is switched off."""
     faults: "Faults" = field(default_factory=lambda: Faults())
     ready: bool = False
+    challenger: ModelSlot | None = None
+    """A second model beside the champion (`batcher`), for shadow or canary."""
+    rollout: RolloutPlan = field(default_factory=RolloutPlan)
+    shadow: ShadowRunner | None = None
+
+    def slot_for(self, session_id: str | None) -> ModelSlot:
+        """The model that answers this session: the challenger for canary sessions, else the champion."""
+        if self.challenger is not None and session_id and routes_to_challenger(self.rollout, session_id):
+            return self.challenger
+        return ModelSlot(self.settings.slot, self.batcher, self.model_version)
 
 
 @dataclass

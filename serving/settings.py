@@ -89,6 +89,14 @@ class Settings:
     """The embedded store's database and artifacts (registered models live here)."""
     registry_name: str = "voice-search"
     """The registered model whose aliases (champion, challenger, previous) the service follows."""
+    challenger_dir: str = ""
+    """A second model folder loaded beside the champion (`model_dir`) for shadow or canary."""
+    rollout_mode: str = "off"
+    """off, shadow (the challenger hears every voice search after the answer) or canary."""
+    canary_share: float = 0.0
+    """Share of sessions the challenger answers in canary mode (sticky by session id)."""
+    shadow_max_queue: int = 8
+    """Clips waiting for the challenger in shadow mode; beyond this they are dropped, not waited for."""
 
     def __post_init__(self) -> None:
         if self.device not in get_args(Device):
@@ -96,11 +104,15 @@ class Settings:
         positive = (
             *("max_clip_s", "batch_size", "api_max_clip_s", "max_upload_bytes", "beam_size"),
             *("micro_batch_size", "max_queue", "search_limit", "audio_retention_days"),
-            *("alarm_step_s", "redo_window_s"),
+            *("alarm_step_s", "redo_window_s", "shadow_max_queue"),
         )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if self.rollout_mode not in ("off", "shadow", "canary"):
+            raise ValueError(f"rollout_mode must be off, shadow or canary, not {self.rollout_mode!r}")
+        if not 0 <= self.canary_share <= 1:
+            raise ValueError(f"canary_share must be between 0 and 1, not {self.canary_share}")
         if self.micro_batch_wait_ms < 0 or not 0 <= self.search_min_score <= 1:
             raise ValueError("micro_batch_wait_ms must be >= 0 and search_min_score in [0, 1]")
 

@@ -30,7 +30,8 @@ MAX_SPAN_S = 7 * 86_400.0
 the monitors' readers compete with the request path for the event store."""
 
 
-def _seconds(text: str, name: str) -> float:
+def span_seconds(text: str, name: str) -> float:
+    """A duration parameter (10m, 1h) as seconds within (0, 7 days], or a 400."""
     try:
         seconds = parse_duration(text)
     except ValueError as e:
@@ -62,7 +63,7 @@ async def series(
     points: Annotated[int, Query(ge=2, le=500)] = 60,
 ) -> dict[str, Any]:
     monitor = _monitor(service)
-    return await run_in_threadpool(monitor.series, _seconds(span, "span"), points)
+    return await run_in_threadpool(monitor.series, span_seconds(span, "span"), points)
 
 
 @router.get("/v1/monitoring/drift", summary="Every profiled feature of a recent window against the reference")
@@ -70,7 +71,7 @@ async def drift(
     service: Service, window: Annotated[str, Query(description="e.g. 5m, 1h")] = "5m"
 ) -> dict[str, Any]:
     monitor = _monitor(service)
-    table = await run_in_threadpool(monitor.drift, _seconds(window, "window"))
+    table = await run_in_threadpool(monitor.drift, span_seconds(window, "window"))
     reference = monitor.reference
     return {
         "window": window,

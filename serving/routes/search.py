@@ -2,13 +2,14 @@
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, BackgroundTasks, Request
 from starlette.concurrency import run_in_threadpool
 
 from asr.pipeline import Transcript
 from monitoring.events import Hit
 from serving import schemas
 from serving.deps import Service, ServiceState, read_audio_request
+from serving.lifecycle.rollout import ShadowJob
 from serving.recording import event_of, note_audio, note_transcript, timings_ms
 from serving.routes.common import ERRORS, audio_body
 from serving.search import SearchHit, SearchResult
@@ -25,15 +26,23 @@ router = APIRouter(prefix="/v1", tags=["search"])
     description="Audio as multipart (`file` or `audio` field, with `session_id` and optional `user_id` "
     "fields) or as the raw body with its audio content type (`session_id` and `user_id` in the query).",
 )
-async def voice_search(request: Request, service: Service) -> schemas.SearchResponse:
+async def voice_search(
+    request: Request, service: Service, background: BackgroundTasks
+) -> schemas.SearchResponse:
     event = event_of(request)
     event["kind"] = "voice_search"
     upload = await read_audio_request(request, service.settings.max_upload_bytes)
-    event.update(session_id=upload.text("session_id", required=True), user_id=upload.text("user_id"))
+    session_id = upload.text("session_id", required=True)
+    event.update(session_id=session_id, user_id=upload.text("user_id"))
     await note_audio(request, upload, service)
-    transcript = await service.batcher.submit(upload.audio)
+    slot = service.slot_for(session_id)
+    event["slot"] = slot.name
+    transcript = await slot.batcher.submit(upload.audio)
     note_transcript(request, transcript)
     result = await _search(request, service, transcript.text) if not transcript.no_speech else None
+    if service.shadow is not None:  # runs after the response is sent
+        job = ShadowJob(upload.audio, request.state.request_id, session_id, request.state.started_at)
+        background.add_task(service.shadow.offer, job)
     return _response(request, service, result, transcript)
 
 
@@ -90,7 +99,7 @@ def _response(
         no_result=not hits,
         null_transcript=bool(transcript and transcript.no_speech),
         model_version=transcript.model_version if transcript else service.model_version,
-        slot=service.settings.slot,
+        slot=event.get("slot", service.settings.slot),
         timings_ms=timings_ms(request),
         input=schemas.InputStats.from_stats(stats) if stats else None,
     )

@@ -1,0 +1,35 @@
+"""The rollout's state: which models serve, how the challenger is tried, and what shadow saw."""
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from monitoring.shadow import compare_shadow
+from serving.deps import Service
+from serving.routes.monitoring import span_seconds
+
+router = APIRouter(prefix="/v1", tags=["rollout"])
+
+
+@router.get("/rollout", summary="Champion and challenger, the rollout mode, and the shadow comparison")
+async def rollout(service: Service, window: str = "10m") -> dict[str, Any]:
+    """`window` (e.g. 10m, 1h) bounds the shadow comparison, ending now."""
+    span_s = span_seconds(window, "window")
+    events = await run_in_threadpool(service.store.events, time.time() - span_s)
+    challenger = service.challenger
+    return {
+        "mode": service.rollout.mode,
+        "canary_share": service.rollout.canary_share,
+        "champion": {"slot": service.settings.slot, "model_version": service.model_version},
+        "challenger": {"slot": challenger.name, "model_version": challenger.model_version}
+        if challenger
+        else None,
+        "shadow": asdict(service.shadow.stats) | {"queued": service.shadow.depth()}
+        if service.shadow
+        else None,
+        "comparison": asdict(compare_shadow(events)),
+        "window_s": span_s,
+    }
