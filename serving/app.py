@@ -35,8 +35,9 @@ from serving import __version__
 from serving.batching import MicroBatcher, TranscribeMany
 from serving.deps import Faults, ServiceState
 from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
+from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan, ShadowRunner
-from serving.routes import feedback, health, monitoring, rollout, search, transcribe
+from serving.routes import admin, feedback, health, monitoring, rollout, search, transcribe
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import Settings
 
@@ -52,6 +53,7 @@ ROUTERS = (
     health.router,
     monitoring.router,
     rollout.router,
+    admin.router,
 )
 ROUTE_PATHS = tuple(getattr(route, "path", "") for router in ROUTERS for route in router.routes)
 """The service's paths (metrics label any other path "other")."""
@@ -68,8 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.challenger is not None:
             state.challenger.batcher.start()
         tasks = [asyncio.create_task(_purge_expired_audio(state), name="audio-retention")]
-        if state.shadow is not None:
-            tasks.append(asyncio.create_task(state.shadow.run(), name="shadow"))
+        state.start_shadow()
         if state.monitor is not None:
             tasks.append(asyncio.create_task(_evaluate_alarms(state.monitor), name="alarms"))
         state.ready = True
@@ -81,9 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             # Let a running alarm evaluation finish before the store it reads is closed.
             await asyncio.gather(*tasks, return_exceptions=True)
+            await state.stop_shadow()
             await state.batcher.stop()
             if state.challenger is not None:
                 await state.challenger.batcher.stop()
+            if state.audit is not None:
+                state.audit.close()
             state.store.close()
 
     app = FastAPI(
@@ -146,6 +150,7 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     state.challenger, state.rollout = challenger, rollout
     if challenger is not None and rollout.mode == "shadow":
         state.shadow = ShadowRunner(challenger, batcher.busy, store, settings.shadow_max_queue)
+    state.audit = AuditLog(settings.audit_path)
     return state
 
 

@@ -1,5 +1,7 @@
 """Request-scoped dependencies: the service state, and audio read from a request within limits."""
 
+import asyncio
+import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -11,7 +13,15 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from monitoring.events import EventStore
 from monitoring.monitor import Monitor
 from serving.batching import MicroBatcher
-from serving.errors import BadRequestError, BodyTooLargeError, UnsupportedMediaError
+from serving.errors import (
+    BadRequestError,
+    BodyTooLargeError,
+    ConflictError,
+    ForbiddenError,
+    UnauthorizedError,
+    UnsupportedMediaError,
+)
+from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.rollout import ModelSlot, RolloutPlan, ShadowRunner, routes_to_challenger
 from serving.search import CatalogIndex
 from serving.settings import Settings
@@ -40,6 +50,39 @@ class ServiceState:
     """A second model beside the champion (`batcher`), for shadow or canary."""
     rollout: RolloutPlan = field(default_factory=RolloutPlan)
     shadow: ShadowRunner | None = None
+    audit: AuditLog | None = None
+    _shadow_task: "asyncio.Task[None] | None" = None
+    _shadow_worker_of: ShadowRunner | None = None
+
+    def set_rollout(self, plan: RolloutPlan) -> None:
+        """Switch the rollout plan at run time: shadow's worker starts or stops with it."""
+        if plan.mode != "off" and self.challenger is None:
+            raise ConflictError(f"rollout mode {plan.mode!r} needs a challenger; none is loaded")
+        self.rollout = plan
+        if plan.mode == "shadow" and self.shadow is None and self.challenger is not None:
+            self.shadow = ShadowRunner(
+                self.challenger, self.batcher.busy, self.store, self.settings.shadow_max_queue
+            )
+        if plan.mode != "shadow":
+            self.shadow = None
+        self.start_shadow()
+
+    def start_shadow(self) -> None:
+        """Run the current shadow runner's worker (stopping a previous one); on the event loop."""
+        if self._shadow_task is not None and self._shadow_worker_of is self.shadow:
+            return
+        if self._shadow_task is not None:
+            self._shadow_task.cancel()
+            self._shadow_task = None
+        self._shadow_worker_of = self.shadow
+        if self.shadow is not None:
+            self._shadow_task = asyncio.get_running_loop().create_task(self.shadow.run(), name="shadow")
+
+    async def stop_shadow(self) -> None:
+        if self._shadow_task is not None:
+            self._shadow_task.cancel()
+            await asyncio.gather(self._shadow_task, return_exceptions=True)
+            self._shadow_task = None
 
     def slot_for(self, session_id: str | None) -> ModelSlot:
         """The model that answers this session: the challenger for canary sessions, else the champion."""
@@ -62,6 +105,22 @@ def get_service(request: Request) -> ServiceState:
 
 
 Service = Annotated[ServiceState, Depends(get_service)]
+
+
+def require_admin(request: Request) -> str:
+    """The bearer token of an admin route, compared in constant time. With no token configured
+    the admin routes are disabled (403), never open. Returns the actor (`X-Actor`, else admin)."""
+    service = get_service(request)
+    expected = service.settings.admin_token
+    if not expected:
+        raise ForbiddenError("admin routes are disabled on this server: set VOICE_SEARCH_ADMIN_TOKEN")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise UnauthorizedError("this route needs 'Authorization: Bearer <the admin token>'")
+    return request.headers.get("x-actor", "admin")[:100]
+
+
+Admin = Annotated[str, Depends(require_admin)]
 
 
 @dataclass(frozen=True)

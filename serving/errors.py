@@ -63,6 +63,18 @@ class UnsupportedMediaError(ServiceError):
     """The declared content type is not audio."""
 
 
+class UnauthorizedError(ServiceError):
+    """An admin route without the right bearer token."""
+
+
+class ForbiddenError(ServiceError):
+    """An admin route on a server where admin routes are disabled (no token configured)."""
+
+
+class ConflictError(ServiceError):
+    """A valid request the current state cannot take (e.g. a canary with no challenger loaded)."""
+
+
 @dataclass(frozen=True)
 class ErrorInfo:
     status: int
@@ -85,6 +97,9 @@ _STATUS: tuple[tuple[type[Exception], int, str], ...] = (
     (BadRequestError, 422, "invalid_request"),
     (ClientDisconnect, 400, "client_disconnected"),
     (UnsupportedMediaError, 415, "unsupported_media_type"),
+    (UnauthorizedError, 401, "unauthorized"),
+    (ForbiddenError, 403, "forbidden"),
+    (ConflictError, 409, "conflict"),
     (ASRError, 500, "recognition_failed"),
     (EventStoreError, 503, "event_store_unavailable"),
 )
@@ -97,6 +112,8 @@ def error_info(error: Exception) -> ErrorInfo:
             headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, OverloadedError) else {}
             if isinstance(error, EventStoreError):
                 headers = {"Retry-After": "1"}  # a locked or busy database is usually gone in a moment
+            if isinstance(error, UnauthorizedError):
+                headers = {"WWW-Authenticate": "Bearer"}
             return ErrorInfo(status, kind, headers)
     return ErrorInfo(500, "internal_error", {})
 

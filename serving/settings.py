@@ -97,6 +97,9 @@ class Settings:
     """Share of sessions the challenger answers in canary mode (sticky by session id)."""
     shadow_max_queue: int = 8
     """Clips waiting for the challenger in shadow mode; beyond this they are dropped, not waited for."""
+    admin_token: str = ""
+    """Bearer token for the rollout admin routes (`/v1/admin/rollout`, `/v1/admin/audit`); empty
+    disables them (403), it never leaves them open."""
 
     def __post_init__(self) -> None:
         if self.device not in get_args(Device):
@@ -119,6 +122,11 @@ class Settings:
     @property
     def audio_dir(self) -> Path:
         return self.db_path.parent / "audio"
+
+    @property
+    def audit_path(self) -> Path:
+        """The audit log of deployment decisions, beside the event store."""
+        return self.db_path.parent / "audit.sqlite3"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

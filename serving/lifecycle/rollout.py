@@ -4,8 +4,9 @@
   offered to the challenger on a bounded queue that drops work rather than wait, and that only
   feeds the challenger once the champion has been idle (no batch running, none waiting) for
   `quiet_s`: on two cores any challenger inference that overlaps a champion batch slows it, so
-  on a busy server shadow work is dropped (and counted) rather than done. The challenger's transcript, confidence and latency are recorded as a `shadow` event
-  that points at the champion's request (`target_request_id`).
+  on a busy server shadow work is dropped (and counted) rather than done. The challenger's
+  transcript, confidence and latency are recorded as a `shadow` event that points at the
+  champion's request (`target_request_id`).
 - **canary**: a share of sessions is answered by the challenger, chosen by a hash of the session
   id, so a session stays on one model.
 """
