@@ -29,6 +29,7 @@ from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, LogNotifier, Notifier, WebhookNotifier, load_rules
 from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStore, EventStoreError, Outcome, SQLiteEventStore, purge_audio
+from monitoring.gates import GatePolicy
 from monitoring.metrics import ServiceMetrics
 from monitoring.monitor import Monitor, MonitorOptions
 from serving import __version__
@@ -36,6 +37,7 @@ from serving.batching import MicroBatcher, TranscribeMany
 from serving.deps import Faults, ServiceState
 from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
 from serving.lifecycle.audit import AuditLog
+from serving.lifecycle.canary import CanaryController, RampPolicy
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan, ShadowRunner
 from serving.routes import admin, feedback, health, monitoring, rollout, search, transcribe
 from serving.search import CatalogIndex, SearchOptions
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.challenger.batcher.start()
         tasks = [asyncio.create_task(_purge_expired_audio(state), name="audio-retention")]
         state.start_shadow()
+        state.canary = CanaryController.for_service(state, _ramp(settings))
+        tasks.append(asyncio.create_task(state.canary.run(settings.canary_step_s), name="canary"))
         if state.monitor is not None:
             tasks.append(asyncio.create_task(_evaluate_alarms(state.monitor), name="alarms"))
         state.ready = True
@@ -142,7 +146,7 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
         monitor.metrics.model_load.labels(version).set(load_s)
         monitor.metrics.model_info.labels(version, settings.slot).set(1)
     logger.info("loaded %s in %.1f s", version, load_s)
-    rollout = RolloutPlan(settings.rollout_mode, settings.canary_share)  # type: ignore[arg-type]
+    rollout = RolloutPlan(settings.rollout_mode, settings.canary_share, settings.canary_auto)  # type: ignore[arg-type]
     challenger = _challenger(settings, beam, options) if settings.challenger_dir else None
     if rollout.mode != "off" and challenger is None:
         raise ValueError(f"rollout mode {rollout.mode!r} needs a challenger (VOICE_SEARCH_CHALLENGER_DIR)")
@@ -152,6 +156,11 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
         state.shadow = ShadowRunner(challenger, batcher.busy, store, settings.shadow_max_queue)
     state.audit = AuditLog(settings.audit_path)
     return state
+
+
+def _ramp(settings: Settings) -> RampPolicy:
+    gates = GatePolicy(min_samples=settings.canary_min_samples)
+    return RampPolicy(settings.ramp_steps, settings.canary_hold_s, settings.canary_window_s, gates)
 
 
 def _challenger(settings: Settings, beam: BeamOptions | None, options: PipelineOptions) -> ModelSlot:

@@ -4,7 +4,7 @@ import asyncio
 import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
@@ -22,6 +22,9 @@ from serving.errors import (
     UnsupportedMediaError,
 )
 from serving.lifecycle.audit import AuditLog
+
+if TYPE_CHECKING:
+    from serving.lifecycle.canary import CanaryController
 from serving.lifecycle.rollout import ModelSlot, RolloutPlan, ShadowRunner, routes_to_challenger
 from serving.search import CatalogIndex
 from serving.settings import Settings
@@ -51,6 +54,8 @@ class ServiceState:
     rollout: RolloutPlan = field(default_factory=RolloutPlan)
     shadow: ShadowRunner | None = None
     audit: AuditLog | None = None
+    canary: "CanaryController | None" = None
+    """Judges the canary's gates and ramps or rolls back (started with the app)."""
     _shadow_task: "asyncio.Task[None] | None" = None
     _shadow_worker_of: ShadowRunner | None = None
 
@@ -66,6 +71,19 @@ class ServiceState:
         if plan.mode != "shadow":
             self.shadow = None
         self.start_shadow()
+
+    def swap_champion(self) -> str:
+        """Blue-green: the challenger becomes the champion and the champion the standby, in one
+        step on the event loop (no request sees half a swap). Returns the new champion's version."""
+        if self.challenger is None:
+            raise ConflictError("nothing to swap with: no challenger is loaded")
+        old = ModelSlot(self.challenger.name, self.batcher, self.model_version)
+        self.batcher, self.model_version = self.challenger.batcher, self.challenger.model_version
+        self.challenger = old
+        self.shadow = None  # its runner fed the old challenger
+        self.rollout = RolloutPlan("off")
+        self.start_shadow()
+        return self.model_version
 
     def start_shadow(self) -> None:
         """Run the current shadow runner's worker (stopping a previous one); on the event loop."""

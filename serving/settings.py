@@ -95,6 +95,17 @@ class Settings:
     """off, shadow (the challenger hears every voice search after the answer) or canary."""
     canary_share: float = 0.0
     """Share of sessions the challenger answers in canary mode (sticky by session id)."""
+    canary_auto: bool = False
+    """Ramp the canary share while its gates hold and roll back when one fails (`canary_*`)."""
+    canary_steps: str = "0.05,0.25,0.5,1"
+    """The ramp: shares of sessions, in order; after the last one held, the challenger is promoted."""
+    canary_hold_s: float = 120.0
+    """Event time every gate must pass at a share before the ramp moves on."""
+    canary_window_s: float = 120.0
+    canary_min_samples: int = 20
+    """Voice searches each slot needs in the window before a gate judges at all."""
+    canary_step_s: float = 5.0
+    """How often (wall time) the canary controller judges."""
     shadow_max_queue: int = 8
     """Clips waiting for the challenger in shadow mode; beyond this they are dropped, not waited for."""
     admin_token: str = ""
@@ -108,12 +119,15 @@ class Settings:
             *("max_clip_s", "batch_size", "api_max_clip_s", "max_upload_bytes", "beam_size"),
             *("micro_batch_size", "max_queue", "search_limit", "audio_retention_days"),
             *("alarm_step_s", "redo_window_s", "shadow_max_queue"),
+            *("canary_hold_s", "canary_window_s", "canary_min_samples", "canary_step_s"),
         )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
         if self.rollout_mode not in ("off", "shadow", "canary"):
             raise ValueError(f"rollout_mode must be off, shadow or canary, not {self.rollout_mode!r}")
+        if not self.ramp_steps or not all(0 < x <= 1 for x in self.ramp_steps):
+            raise ValueError(f"canary_steps must be shares in (0, 1], not {self.canary_steps!r}")
         if not 0 <= self.canary_share <= 1:
             raise ValueError(f"canary_share must be between 0 and 1, not {self.canary_share}")
         if self.micro_batch_wait_ms < 0 or not 0 <= self.search_min_score <= 1:
@@ -122,6 +136,13 @@ class Settings:
     @property
     def audio_dir(self) -> Path:
         return self.db_path.parent / "audio"
+
+    @property
+    def ramp_steps(self) -> tuple[float, ...]:
+        try:
+            return tuple(sorted(float(x) for x in self.canary_steps.split(",") if x.strip()))
+        except ValueError:
+            return ()
 
     @property
     def audit_path(self) -> Path:

@@ -41,6 +41,8 @@ class RolloutPlan:
     mode: Mode = "off"
     canary_share: float = 0.0
     """Share of sessions the challenger answers in canary mode, 0 to 1."""
+    auto: bool = False
+    """The canary controller ramps the share while the gates hold and rolls back when one fails."""
 
     def __post_init__(self) -> None:
         if self.mode not in get_args(Mode):

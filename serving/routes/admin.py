@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 class RolloutChange(BaseModel):
     mode: str = Field(description="off, shadow or canary")
     canary_share: float = Field(0.0, ge=0.0, le=1.0)
+    auto: bool = Field(False, description="canary only: ramp while the gates hold, roll back when one fails")
     reason: str = Field(min_length=1, max_length=500, description="why: kept in the audit log")
 
 
@@ -25,7 +26,7 @@ class RolloutChange(BaseModel):
 async def change_rollout(body: RolloutChange, service: Service, actor: Admin) -> dict[str, Any]:
     before = service.rollout
     try:
-        plan = RolloutPlan(body.mode, body.canary_share)  # type: ignore[arg-type]
+        plan = RolloutPlan(body.mode, body.canary_share, body.auto)  # type: ignore[arg-type]
     except ValueError as e:
         raise BadRequestError(str(e)) from e
     service.set_rollout(plan)
@@ -36,6 +37,27 @@ async def change_rollout(body: RolloutChange, service: Service, actor: Admin) ->
         "challenger": service.challenger.model_version if service.challenger else None,
     }
     entry = AuditEntry(actor, "rollout", body.reason, details)
+    if service.audit is not None:
+        entry = await run_in_threadpool(service.audit.record, entry)
+    return asdict(entry)
+
+
+class Reason(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/swap", summary="Blue-green: the standby (challenger) and the champion change places (audited)")
+async def swap(body: Reason, service: Service, actor: Admin) -> dict[str, Any]:
+    before = {
+        "champion": service.model_version,
+        "challenger": service.challenger.model_version if service.challenger else None,
+    }
+    service.swap_champion()
+    after = {
+        "champion": service.model_version,
+        "challenger": service.challenger.model_version if service.challenger else None,
+    }
+    entry = AuditEntry(actor, "swap", body.reason, {"before": before, "after": after})
     if service.audit is not None:
         entry = await run_in_threadpool(service.audit.record, entry)
     return asdict(entry)

@@ -31,5 +31,7 @@ async def rollout(service: Service, window: str = "10m") -> dict[str, Any]:
         if service.shadow
         else None,
         "comparison": asdict(compare_shadow(events)),
+        "auto": service.rollout.auto,
+        "gates": [asdict(r) for r in service.canary.last_results] if service.canary else [],
         "window_s": span_s,
     }

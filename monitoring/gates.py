@@ -1,0 +1,141 @@
+"""Canary gates: the challenger's window against the champion's, with a stated statistical rule.
+
+Each gate compares one quantity between the two slots over the same window of events:
+- ratios (server errors, null transcripts, redo, switch to typing): the challenger fails when
+  its ratio is worse by more than the gate's margin *and* a one-sided two-proportion z-test says
+  the difference is not chance (z > 1.645, p < 0.05);
+- p95 latency: fails above the champion's p95 times the gate's factor plus its slack;
+- mean confidence: fails below the champion's mean minus the gate's margin.
+A gate with fewer than `min_samples` voice searches on either side is undecided (None): a canary
+never advances on undecided gates, and never rolls back on them either.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitoring.events import Event, session_signals
+
+Z_ONE_SIDED_95 = 1.645
+
+
+@dataclass(frozen=True)
+class SlotWindow:
+    """One slot's voice searches in a window."""
+
+    slot: str
+    voice_searches: int
+    server_errors: int
+    null_transcripts: int
+    redo: int
+    switch_to_typing: int
+    latency_p95_s: float | None
+    mean_confidence: float | None
+
+
+def slot_window(events: Sequence[Event], slot: str, redo_window_s: float) -> SlotWindow:
+    """The voice searches `slot` answered in `events` (with the sessions' text searches, which
+    make the switch-to-typing signal)."""
+    searches = [e for e in events if e.kind == "voice_search" and e.slot == slot]
+    sessions = {e.session_id for e in searches}
+    # A canary keeps each session on one slot, so a session's searches all belong to it.
+    signals = session_signals([e for e in events if e.session_id in sessions], redo_window_s)
+    answered = [e for e in searches if e.status_code < 500]
+    latencies = [e.latency_s for e in answered if e.latency_s is not None]
+    confidences = [e.confidence for e in answered if e.confidence is not None]
+    return SlotWindow(
+        slot=slot,
+        voice_searches=len(searches),
+        server_errors=sum(1 for e in searches if e.status_code >= 500),
+        null_transcripts=sum(1 for e in answered if e.outcome == "null_transcript"),
+        redo=len(signals.redo),
+        switch_to_typing=len(signals.switch_to_typing),
+        latency_p95_s=float(np.percentile(latencies, 95)) if latencies else None,
+        mean_confidence=float(np.mean(confidences)) if confidences else None,
+    )
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    min_samples: int = 20
+    ratio_margin: float = 0.05
+    """How much worse a ratio may be (absolute) before the z-test is asked."""
+    latency_factor: float = 1.5
+    latency_slack_s: float = 0.05
+    confidence_margin: float = 0.1
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool | None
+    """None: not enough samples to judge."""
+    challenger: float | None
+    champion: float | None
+    rule: str
+
+
+def judge(champion: SlotWindow, challenger: SlotWindow, policy: GatePolicy) -> list[GateResult]:
+    enough = min(champion.voice_searches, challenger.voice_searches) >= policy.min_samples
+    ratios: tuple[tuple[str, Callable[[SlotWindow], int]], ...] = (
+        ("server_errors", lambda w: w.server_errors),
+        ("null_transcripts", lambda w: w.null_transcripts),
+        ("redo", lambda w: w.redo),
+        ("switch_to_typing", lambda w: w.switch_to_typing),
+    )
+    results = [_ratio_gate(name, champion, challenger, count, policy, enough) for name, count in ratios]
+    limit = (
+        champion.latency_p95_s * policy.latency_factor + policy.latency_slack_s
+        if champion.latency_p95_s is not None
+        else None
+    )
+    fast = None
+    if enough and limit is not None and challenger.latency_p95_s is not None:
+        fast = challenger.latency_p95_s <= limit
+    latency_rule = f"challenger p95 <= champion p95 x {policy.latency_factor} + {policy.latency_slack_s} s"
+    results.append(
+        GateResult("latency_p95_s", fast, challenger.latency_p95_s, champion.latency_p95_s, latency_rule)
+    )
+    floor = (
+        champion.mean_confidence - policy.confidence_margin if champion.mean_confidence is not None else None
+    )
+    sure = None
+    if enough and floor is not None and challenger.mean_confidence is not None:
+        sure = challenger.mean_confidence >= floor
+    confidence_rule = f"challenger mean >= champion mean - {policy.confidence_margin}"
+    results.append(
+        GateResult(
+            "mean_confidence", sure, challenger.mean_confidence, champion.mean_confidence, confidence_rule
+        )
+    )
+    return results
+
+
+def _ratio_gate(
+    name: str,
+    champion: SlotWindow,
+    challenger: SlotWindow,
+    count: Callable[[SlotWindow], int],
+    policy: GatePolicy,
+    enough: bool,
+) -> GateResult:
+    k1, n1 = count(challenger), challenger.voice_searches
+    k0, n0 = count(champion), champion.voice_searches
+    p1 = k1 / n1 if n1 else None
+    p0 = k0 / n0 if n0 else None
+    rule = f"fail when worse by > {policy.ratio_margin} and z > {Z_ONE_SIDED_95} (one-sided, p < 0.05)"
+    if not enough or p1 is None or p0 is None:
+        return GateResult(name, None, p1, p0, rule)
+    worse = p1 - p0 > policy.ratio_margin and two_proportion_z(k1, n1, k0, n0) > Z_ONE_SIDED_95
+    return GateResult(name, not worse, p1, p0, rule)
+
+
+def two_proportion_z(k1: int, n1: int, k0: int, n0: int) -> float:
+    """z of "proportion 1 is larger than proportion 0", pooled standard error."""
+    pooled = (k1 + k0) / (n1 + n0)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
+    if se == 0:
+        return 0.0 if k1 / n1 == k0 / n0 else math.inf
+    return (k1 / n1 - k0 / n0) / se

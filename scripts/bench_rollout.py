@@ -1,0 +1,155 @@
+"""Rollout targets on localhost, with real servers and real models (issue 14):
+
+1. degraded canary: a copy of the bundled model whose blank always wins (null transcripts) goes
+   into an automatic canary at the first ramp step (5%) under 5 voice searches per second of
+   traffic time (replayed faster than real time through `X-Event-Time`, each session searching
+   three times). Reported: traffic seconds until the rollback, and the share of sessions that
+   ever heard the challenger;
+2. blue-green: 10 voice searches per second (open loop, wall clock) for `--bluegreen-s`, the
+   standby swapped in halfway. Reported: failed requests, and events recorded vs requests sent.
+
+    .venv/bin/python scripts/bench_rollout.py [--json .cache/bench_rollout.json]
+"""
+
+import argparse
+import asyncio
+import json
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serving.app import EVENT_TIME_HEADER
+from serving.launch import Server, running_server
+from serving.lifecycle.drills import silent_copy
+from serving.settings import DEFAULT_MODEL_DIR, REPO_ROOT
+
+TOKEN = "bench"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CLIP = (REPO_ROOT / "data" / "samples" / "arctic_a0031.flac").read_bytes()
+
+
+async def post(client: httpx.AsyncClient, server: Server, session: str, at: float | None = None) -> int:
+    headers = {EVENT_TIME_HEADER: f"{at:.3f}"} if at is not None else {}
+    response = await client.post(
+        server.url + "/v1/search",
+        files={"file": ("q.flac", CLIP, "audio/flac")},
+        data={"session_id": session},
+        headers=headers,
+    )
+    return response.status_code
+
+
+def sessions_by_slot(db_path: Path) -> tuple[int, int]:
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        total = db.execute(
+            "SELECT COUNT(DISTINCT session_id) FROM events WHERE kind='voice_search'"
+        ).fetchone()[0]
+        seen = db.execute(
+            "SELECT COUNT(DISTINCT session_id) FROM events WHERE kind='voice_search' AND slot='challenger'"
+        ).fetchone()[0]
+    return int(total), int(seen)
+
+
+async def degraded_canary(rate_per_s: float, max_traffic_s: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        bad = silent_copy(DEFAULT_MODEL_DIR, Path(tmp) / "degraded")
+        settings = {
+            "challenger_dir": str(bad), "rollout_mode": "canary", "canary_share": "0.05",
+            "canary_auto": "true", "canary_step_s": "0.2", "trust_client_time": "true", "admin_token": TOKEN,
+        }  # fmt: skip
+        (Path(tmp) / "state").mkdir()
+        with running_server(Path(tmp) / "state", **settings) as server:
+            start = time.time() - 3600  # event time: an hour ago, stepping forward at the rate
+            async with httpx.AsyncClient(timeout=60) as client:
+                sent, rolled_back_at = 0, None
+                while sent / rate_per_s < max_traffic_s:
+                    at = start + sent / rate_per_s
+                    await post(client, server, f"user-{sent // 3}", at)
+                    sent += 1
+                    if sent % 5 == 0:
+                        state = (await client.get(server.url + "/v1/rollout")).json()
+                        if state["mode"] == "off":
+                            rolled_back_at = at - start
+                            break
+                audit = (await client.get(server.url + "/v1/admin/audit", headers=AUTH)).json()["entries"]
+            total, seen = sessions_by_slot(server.db_path)
+    return {
+        "rate_per_s": rate_per_s,
+        "requests": sent,
+        "rolled_back_after_traffic_s": rolled_back_at,
+        "sessions": total,
+        "sessions_that_saw_the_challenger": seen,
+        "share_of_sessions_affected": round(seen / total, 4) if total else None,
+        "reason": audit[0]["reason"] if audit else None,
+    }
+
+
+async def blue_green(rate_per_s: float, duration_s: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        standby = shutil.copytree(DEFAULT_MODEL_DIR, Path(tmp) / "standby")
+        (Path(tmp) / "state").mkdir()
+        with running_server(Path(tmp) / "state", challenger_dir=str(standby), admin_token=TOKEN) as server:
+            statuses: list[int] = []
+            async with httpx.AsyncClient(timeout=60) as client:
+
+                async def one(i: int) -> None:
+                    try:
+                        statuses.append(await post(client, server, f"bg-{i}"))
+                    except httpx.TransportError:
+                        statuses.append(599)
+
+                tasks, swap_status = [], None
+                started = time.perf_counter()
+                for i in range(int(rate_per_s * duration_s)):
+                    await asyncio.sleep(max(0.0, started + i / rate_per_s - time.perf_counter()))
+                    tasks.append(asyncio.create_task(one(i)))
+                    if i == int(rate_per_s * duration_s / 2):
+                        swap = await client.post(
+                            server.url + "/v1/admin/swap", json={"reason": "bench"}, headers=AUTH
+                        )
+                        swap_status = swap.status_code
+                await asyncio.gather(*tasks)
+            time.sleep(1)  # the last events are written after their responses
+            with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True) as db:
+                events = db.execute("SELECT COUNT(*) FROM events WHERE kind='voice_search'").fetchone()[0]
+    return {
+        "rate_per_s": rate_per_s,
+        "duration_s": duration_s,
+        "requests": len(statuses),
+        "failed": sum(1 for s in statuses if s != 200),
+        "events": int(events),
+        "swap_status": swap_status,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M")}
+    out["degraded_canary"] = await degraded_canary(5.0, args.max_traffic_s)
+    print(json.dumps(out["degraded_canary"]), flush=True)
+    out["blue_green"] = await blue_green(10.0, args.bluegreen_s)
+    print(json.dumps(out["blue_green"]), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--max-traffic-s", type=float, default=600.0)
+    parser.add_argument("--bluegreen-s", type=float, default=30.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = asyncio.run(run(args))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The canary controller: ramp a challenger while its gates hold, roll it back when one fails.
+
+Every `step_s` it compares the challenger's window of voice searches with the champion's
+(`monitoring.gates`). A failed gate switches the rollout off at once (the champion answers every
+session again), writes the gate values to the audit log and sends an alarm to the webhook. When
+every gate has passed for `hold_s` at the current share, the share moves to the next step of the
+ramp; after the last step held, the challenger is promoted: it becomes the champion, and the old
+champion stays loaded beside it as the standby (a blue-green pair), so a rollback is instant.
+Time is the monitors' clock (event time in a replay), so a replay ramps as production would.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from monitoring.alarms import LogNotifier, Notifier, Transition, WebhookNotifier
+from monitoring.events import Event, EventStoreError
+from monitoring.gates import GatePolicy, GateResult, judge, slot_window
+from serving.deps import ServiceState
+from serving.lifecycle.audit import AuditEntry
+from serving.lifecycle.rollout import RolloutPlan
+
+logger = logging.getLogger(__name__)
+
+AUTOMATION = "automation"
+
+
+@dataclass(frozen=True)
+class RampPolicy:
+    steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
+    hold_s: float = 120.0
+    """Event time every gate must have passed at a share before the next step."""
+    window_s: float = 120.0
+    gates: GatePolicy = field(default_factory=GatePolicy)
+
+
+@dataclass
+class CanaryController:
+    service: ServiceState
+    policy: RampPolicy = field(default_factory=RampPolicy)
+    notifiers: list[Notifier] = field(default_factory=list)
+    passing_since: float | None = None
+    last_results: list[GateResult] = field(default_factory=list)
+
+    @classmethod
+    def for_service(cls, service: ServiceState, policy: RampPolicy) -> "CanaryController":
+        notifiers: list[Notifier] = [LogNotifier()]
+        if service.settings.alert_webhook_url:
+            notifiers.append(WebhookNotifier(service.settings.alert_webhook_url))
+        return cls(service, policy, notifiers)
+
+    def now(self) -> float:
+        return self.service.monitor.now() if self.service.monitor is not None else time.time()
+
+    def active(self) -> bool:
+        plan = self.service.rollout
+        return plan.mode == "canary" and plan.auto and self.service.challenger is not None
+
+    def window(self, at: float) -> list[Event]:
+        """The events the gates judge at `at` (blocking: call it off the event loop)."""
+        return self.service.store.events(since=at - self.policy.window_s, until=at + 1e-6)
+
+    def step(self, at: float, events: Sequence[Event]) -> str | None:
+        """Judge the gates once; returns "rollback", "advance", "promote" or None. On the event
+        loop: a rollout change starts or stops the shadow worker there."""
+        service = self.service
+        plan = service.rollout
+        if not self.active() or service.challenger is None:
+            self.passing_since = None
+            return None
+        redo_s = service.settings.redo_window_s
+        champion = slot_window(events, service.settings.slot, redo_s)
+        challenger = slot_window(events, service.challenger.name, redo_s)
+        self.last_results = results = judge(champion, challenger, self.policy.gates)
+        failed = [r for r in results if r.passed is False]
+        if failed:
+            self._rollback(at, results, failed)
+            return "rollback"
+        if not all(r.passed for r in results):
+            return None  # undecided: wait for samples
+        if self.passing_since is None:
+            self.passing_since = at
+        if at - self.passing_since < self.policy.hold_s:
+            return None
+        later = [s for s in self.policy.steps if s > plan.canary_share]
+        self.passing_since = None
+        if later:
+            self._set(
+                RolloutPlan("canary", later[0], auto=True),
+                "advance",
+                f"gates held {self.policy.hold_s:.0f} s",
+                results,
+            )
+            return "advance"
+        self._promote(results)
+        return "promote"
+
+    def _rollback(self, at: float, results: list[GateResult], failed: list[GateResult]) -> None:
+        reason = "gate failed: " + ", ".join(f"{r.name} {r.challenger} vs {r.champion}" for r in failed)
+        self._set(RolloutPlan("off"), "rollback", reason, results)
+        first = failed[0]
+        alarm = Transition(
+            rule="canary_rollback", severity="critical", firing=True, at=at,
+            value=first.challenger, threshold=first.champion or 0.0,
+            subject=f"{self.service.challenger.model_version if self.service.challenger else '?'}: {reason}",
+        )  # fmt: skip
+        for notifier in self.notifiers:
+            notifier.notify(alarm)
+
+    async def run(self, step_s: float) -> None:
+        """Judge every `step_s` seconds while a canary ramps by itself."""
+        while True:
+            await asyncio.sleep(step_s)
+            if not self.active():
+                self.passing_since = None
+                continue
+            at = self.now()
+            try:
+                events = await asyncio.to_thread(self.window, at)
+            except EventStoreError:
+                logger.exception("canary: cannot read the event store; judging again in %s s", step_s)
+                continue
+            self.step(at, events)
+
+    def _promote(self, results: list[GateResult]) -> None:
+        service = self.service
+        promoted = service.swap_champion()
+        self._set(RolloutPlan("off"), "promote", f"{promoted} held every step of the ramp", results)
+
+    def _set(self, plan: RolloutPlan, action: str, reason: str, results: list[GateResult]) -> None:
+        before = self.service.rollout
+        self.service.set_rollout(plan)
+        details: dict[str, Any] = {
+            "before": asdict(before),
+            "after": asdict(plan),
+            "gates": [asdict(r) for r in results],
+            "champion": self.service.model_version,
+            "challenger": self.service.challenger.model_version if self.service.challenger else None,
+        }
+        logger.warning("canary %s: %s", action, reason)
+        if self.service.audit is not None:
+            self.service.audit.record(AuditEntry(AUTOMATION, action, reason, details))

@@ -1,0 +1,58 @@
+"""Canary gates: per-slot windows from events, and the statistical rule."""
+
+import pytest
+
+from monitoring.gates import GatePolicy, SlotWindow, judge, slot_window, two_proportion_z
+from tests.monitoring.factory import make
+
+
+def window(
+    slot: str, n: int, nulls: int = 0, errors: int = 0, p95: float = 0.1, confidence: float = 0.8
+) -> SlotWindow:
+    return SlotWindow(slot, n, errors, nulls, 0, 0, p95, confidence)
+
+
+def by_name(results: list) -> dict[str, bool | None]:  # type: ignore[type-arg]
+    return {r.name: r.passed for r in results}
+
+
+def test_a_challenger_that_says_nothing_fails_the_null_gate() -> None:
+    results = by_name(judge(window("primary", 40, nulls=2), window("challenger", 20, nulls=20), GatePolicy()))
+    assert results["null_transcripts"] is False
+    assert results["server_errors"] is True and results["latency_p95_s"] is True
+
+
+def test_small_differences_and_small_samples_do_not_fail() -> None:
+    assert (
+        by_name(judge(window("p", 40, nulls=2), window("c", 20, nulls=2), GatePolicy()))["null_transcripts"]
+        is True
+    )
+    undecided = judge(window("p", 40, nulls=0), window("c", 5, nulls=5), GatePolicy(min_samples=20))
+    assert all(r.passed is None for r in undecided)  # never judged on five clips
+
+
+def test_latency_and_confidence_gates() -> None:
+    slow = by_name(judge(window("p", 30, p95=0.2), window("c", 30, p95=0.5), GatePolicy()))
+    assert slow["latency_p95_s"] is False  # 0.5 > 0.2 x 1.5 + 0.05
+    unsure = by_name(judge(window("p", 30, confidence=0.8), window("c", 30, confidence=0.6), GatePolicy()))
+    assert unsure["mean_confidence"] is False
+
+
+def test_z_statistic() -> None:
+    assert two_proportion_z(20, 20, 2, 40) > 5
+    assert two_proportion_z(2, 40, 2, 40) == pytest.approx(0.0)
+    assert two_proportion_z(0, 10, 0, 10) == 0.0
+
+
+def test_slot_windows_split_events_by_slot_with_their_sessions_signals() -> None:
+    events = [
+        make("a", at=1, session_id="s1", slot="primary", transcript="paris", latency_s=0.1, confidence=0.9),
+        make("b", at=2, session_id="s1", slot="primary", transcript="paris", latency_s=0.1, confidence=0.9),
+        make("c", at=1, session_id="s2", slot="challenger", outcome="null_transcript", latency_s=0.3),
+        make("d", at=2, session_id="s2", kind="text_search", slot="primary", query_text="paris"),
+        make("e", at=3, session_id="s3", slot="challenger", status_code=500, outcome="server_error"),
+    ]
+    primary, challenger = slot_window(events, "primary", 30), slot_window(events, "challenger", 30)
+    assert (primary.voice_searches, primary.redo, primary.null_transcripts) == (2, 1, 0)
+    assert (challenger.voice_searches, challenger.null_transcripts, challenger.server_errors) == (2, 1, 1)
+    assert challenger.switch_to_typing == 1  # s2 typed after its voice search failed
