@@ -38,6 +38,7 @@ from serving.deps import Faults, ServiceState
 from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
 from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.canary import CanaryController, RampPolicy
+from serving.lifecycle.registry import registered_version
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan, ShadowRunner
 from serving.routes import admin, feedback, health, monitoring, rollout, search, transcribe
 from serving.search import CatalogIndex, SearchOptions
@@ -147,7 +148,11 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
         monitor.metrics.model_info.labels(version, settings.slot).set(1)
     logger.info("loaded %s in %.1f s", version, load_s)
     rollout = RolloutPlan(settings.rollout_mode, settings.canary_share, settings.canary_auto)  # type: ignore[arg-type]
-    challenger = _challenger(settings, beam, options) if settings.challenger_dir else None
+
+    def load_challenger(model_dir: Path, registry_version: int | None = None) -> ModelSlot:
+        return _challenger(settings, beam, options, model_dir, registry_version)
+
+    challenger = load_challenger(Path(settings.challenger_dir)) if settings.challenger_dir else None
     if rollout.mode != "off" and challenger is None:
         raise ValueError(f"rollout mode {rollout.mode!r} needs a challenger (VOICE_SEARCH_CHALLENGER_DIR)")
     state = ServiceState(settings, batcher, index, store, version, pack.name, monitor, faults)
@@ -155,6 +160,8 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     if challenger is not None and rollout.mode == "shadow":
         state.shadow = ShadowRunner(challenger, batcher.busy, store, settings.shadow_max_queue)
     state.audit = AuditLog(settings.audit_path)
+    state.load_challenger = load_challenger
+    state.champion_registry_version = registered_version(settings, version)
     return state
 
 
@@ -163,16 +170,20 @@ def _ramp(settings: Settings) -> RampPolicy:
     return RampPolicy(settings.ramp_steps, settings.canary_hold_s, settings.canary_window_s, gates)
 
 
-def _challenger(settings: Settings, beam: BeamOptions | None, options: PipelineOptions) -> ModelSlot:
-    """The second model, with the same decoding and limits as the champion, on its own batcher."""
-    pipeline = build_pipeline(
-        Path(settings.challenger_dir), device=settings.device, beam=beam, options=options
-    )
+def _challenger(
+    settings: Settings,
+    beam: BeamOptions | None,
+    options: PipelineOptions,
+    model_dir: Path,
+    registry_version: int | None = None,
+) -> ModelSlot:
+    """A second model, with the same decoding and limits as the champion, on its own batcher."""
+    pipeline = build_pipeline(model_dir, device=settings.device, beam=beam, options=options)
     batcher = MicroBatcher(
         pipeline.transcribe_many, settings.micro_batch_size, settings.micro_batch_wait_ms, settings.max_queue
     )
     logger.info("loaded the challenger %s", pipeline.recognizer.version)
-    return ModelSlot(CHALLENGER_SLOT, batcher, pipeline.recognizer.version)
+    return ModelSlot(CHALLENGER_SLOT, batcher, pipeline.recognizer.version, registry_version)
 
 
 def _with_faults(transcribe_many: TranscribeMany, faults: Faults) -> TranscribeMany:

@@ -2,8 +2,9 @@
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
@@ -56,6 +57,10 @@ class ServiceState:
     audit: AuditLog | None = None
     canary: "CanaryController | None" = None
     """Judges the canary's gates and ramps or rolls back (started with the app)."""
+    load_challenger: Callable[[Path, int | None], ModelSlot] | None = None
+    """Loads a model folder as a challenger with the champion's decoding (blocking)."""
+    champion_registry_version: int | None = None
+    """The registered version the champion was loaded from, when known."""
     _shadow_task: "asyncio.Task[None] | None" = None
     _shadow_worker_of: ShadowRunner | None = None
 
@@ -77,8 +82,11 @@ class ServiceState:
         step on the event loop (no request sees half a swap). Returns the new champion's version."""
         if self.challenger is None:
             raise ConflictError("nothing to swap with: no challenger is loaded")
-        old = ModelSlot(self.challenger.name, self.batcher, self.model_version)
+        old = ModelSlot(
+            self.challenger.name, self.batcher, self.model_version, self.champion_registry_version
+        )
         self.batcher, self.model_version = self.challenger.batcher, self.challenger.model_version
+        self.champion_registry_version = self.challenger.registry_version
         self.challenger = old
         self.shadow = None  # its runner fed the old challenger
         self.rollout = RolloutPlan("off")

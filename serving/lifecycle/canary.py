@@ -21,6 +21,7 @@ from monitoring.events import Event, EventStoreError
 from monitoring.gates import GatePolicy, GateResult, judge, slot_window
 from serving.deps import ServiceState
 from serving.lifecycle.audit import AuditEntry
+from serving.lifecycle.registry import sync_registry
 from serving.lifecycle.rollout import RolloutPlan
 
 logger = logging.getLogger(__name__)
@@ -126,9 +127,10 @@ class CanaryController:
             self.step(at, events)
 
     def _promote(self, results: list[GateResult]) -> None:
-        service = self.service
-        promoted = service.swap_champion()
+        promoted = self.service.swap_champion()
         self._set(RolloutPlan("off"), "promote", f"{promoted} held every step of the ramp", results)
+        # The registry follows off the event loop; the service has switched already.
+        asyncio.get_running_loop().run_in_executor(None, sync_registry, self.service)
 
     def _set(self, plan: RolloutPlan, action: str, reason: str, results: list[GateResult]) -> None:
         before = self.service.rollout

@@ -17,9 +17,13 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asr.model import model_version
+
+if TYPE_CHECKING:
+    from serving.deps import ServiceState
+    from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +256,37 @@ class Registry:
             created_ms=int(version.creation_timestamp or 0),
             tags=dict(version.tags or {}),
         )
+
+
+def open_server_registry(settings: "Settings") -> Registry:
+    """The registry the service's settings name (no first-use registration: the CLI does that)."""
+    return registry_for(settings.mlflow_tracking_uri, settings.mlflow_dir, settings.registry_name)
+
+
+def registered_version(settings: "Settings", served_version: str) -> int | None:
+    """The registry's version of the model the service loaded, when the registry's champion is
+    that model; None when there is no registry yet (none is created here) or it is another one."""
+    if not settings.mlflow_tracking_uri and not (settings.mlflow_dir / "mlflow.db").is_file():
+        return None
+    try:
+        champion = open_server_registry(settings).alias(CHAMPION)
+    except RegistryError:
+        logger.warning("cannot read the registry; promotions will not move its aliases", exc_info=True)
+        return None
+    return champion.version if champion is not None and champion.model_version == served_version else None
+
+
+def sync_registry(service: "ServiceState") -> None:
+    """After the service changed its champion: when the new champion came from the registry, it
+    becomes the registry's champion too (the old one `previous`). Blocking; failures are logged,
+    since the service has already switched."""
+    version = service.champion_registry_version
+    if version is None:
+        return
+    try:
+        open_server_registry(service.settings).promote(version)
+    except RegistryError:
+        logger.exception("the service promoted version %s, but the registry could not follow", version)
 
 
 def registry_for(tracking_uri: str, folder: Path, name: str) -> Registry:

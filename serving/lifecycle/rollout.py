@@ -68,6 +68,8 @@ class ModelSlot:
     name: str
     batcher: MicroBatcher
     model_version: str
+    registry_version: int | None = None
+    """The registered version it was loaded from, if any: a promotion moves the registry's aliases."""
 
 
 @dataclass(frozen=True)
