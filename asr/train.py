@@ -276,8 +276,14 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 1.0 - (1.0 - config.final_lr_ratio) * min(1.0, progress)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState:
-    """Train until `config.steps`, resuming from `out_dir/checkpoint` when present."""
+def train(
+    config: TrainConfig,
+    log: Callable[[str], None] = print,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainState:
+    """Train until `config.steps`, resuming from `out_dir/checkpoint` when present. `on_record`
+    gets each evaluation's record (step, loss, lr, dev metrics) as it is written: experiment
+    tracking hooks in there."""
     from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
 
     torch.manual_seed(config.seed)
@@ -387,6 +393,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainState
             with (config.out_dir / METRICS).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             log(json.dumps(record))
+            if on_record is not None:
+                on_record(record)
             extra = {"projection": distiller.projection.state_dict()} if distiller is not None else {}
             _save_checkpoint(model, source_dir, optimizer, schedule, sampler, state, config.out_dir, extra)
         if out_of_time:
