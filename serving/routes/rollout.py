@@ -7,11 +7,14 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from monitoring.gates import slot_window
 from monitoring.shadow import compare_shadow
 from serving.deps import Service
 from serving.routes.monitoring import span_seconds
 
 router = APIRouter(prefix="/v1", tags=["rollout"])
+HISTORY = 20
+"""Audit entries shown with the state: what was done and why (details stay behind the admin token)."""
 
 
 @router.get("/rollout", summary="Champion and challenger, the rollout mode, and the shadow comparison")
@@ -19,7 +22,10 @@ async def rollout(service: Service, window: str = "10m") -> dict[str, Any]:
     """`window` (e.g. 10m, 1h) bounds the shadow comparison, ending now."""
     span_s = span_seconds(window, "window")
     events = await run_in_threadpool(service.store.events, time.time() - span_s)
+    history = await run_in_threadpool(service.audit.entries, HISTORY) if service.audit else []
     challenger = service.challenger
+    slots = [service.settings.slot] + ([challenger.name] if challenger else [])
+    redo_s = service.settings.redo_window_s
     return {
         "mode": service.rollout.mode,
         "canary_share": service.rollout.canary_share,
@@ -34,4 +40,6 @@ async def rollout(service: Service, window: str = "10m") -> dict[str, Any]:
         "auto": service.rollout.auto,
         "gates": [asdict(r) for r in service.canary.last_results] if service.canary else [],
         "window_s": span_s,
+        "slots": [asdict(slot_window(events, slot, redo_s)) for slot in slots],
+        "history": [{"at": e.at, "actor": e.actor, "action": e.action, "reason": e.reason} for e in history],
     }
