@@ -98,3 +98,23 @@ def test_unknown_shape_and_unavailable_cuda(tmp_path: Path) -> None:
         with pytest.raises(ModelLoadError, match="no CUDA"):
             resolve_device("cuda")
     assert resolve_device("auto") in ("cpu", "cuda")
+
+
+def test_model_version_tells_fine_tuned_weights_of_the_same_shape_apart(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from asr.model import model_version
+
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "tiny")
+    assert model_version(copy) == model_version(tiny_model_dir)  # same folder name, same bytes
+    weights = copy / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1e-3  # "fine-tuned": same shapes, same file size
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert weights.stat().st_size == (tiny_model_dir / "model.safetensors").stat().st_size
+    assert model_version(copy) != model_version(tiny_model_dir)
