@@ -13,7 +13,9 @@ so a fresh clone has a champion.
 
 import hashlib
 import logging
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,14 +168,27 @@ class Registry:
             return None
 
     def model_dir(self, ref: str | int) -> Path:
-        """The local folder of a version's model files (downloaded when the store is remote)."""
+        """A local folder of a version's model files, named `<registered name>-v<version>` so that
+        the id the service records (`asr.model.model_version`) says which version it is."""
         import mlflow.artifacts
 
         found = self.get(ref)
-        path = mlflow.artifacts.download_artifacts(
-            run_id=found.run_id, artifact_path=MODEL_ARTIFACT, tracking_uri=self.tracking_uri
-        )
-        return Path(path)
+        served = self._served_root / f"{self.name}-v{found.version}"
+        if not (served / "config.json").is_file():
+            path = mlflow.artifacts.download_artifacts(
+                run_id=found.run_id, artifact_path=MODEL_ARTIFACT, tracking_uri=self.tracking_uri
+            )
+            tmp = served.with_name(served.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(path, tmp)
+            shutil.rmtree(served, ignore_errors=True)
+            tmp.replace(served)
+        return served
+
+    @property
+    def _served_root(self) -> Path:
+        root = self._artifact_root.parent if self._artifact_root else Path(tempfile.gettempdir())
+        return root / "served"
 
     # Writing
 
@@ -273,7 +288,13 @@ def registered_version(settings: "Settings", served_version: str) -> int | None:
     except RegistryError:
         logger.warning("cannot read the registry; promotions will not move its aliases", exc_info=True)
         return None
-    return champion.version if champion is not None and champion.model_version == served_version else None
+    same = champion is not None and _content(champion.model_version) == _content(served_version)
+    return champion.version if champion is not None and same else None
+
+
+def _content(version: str) -> str:
+    """The content hash of a `folder@hash` model version: the same weights in any folder."""
+    return version.rpartition("@")[2]
 
 
 def sync_registry(service: "ServiceState") -> None:
