@@ -33,6 +33,7 @@ from asr.errors import (
 from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, select_entries, summarize
 from asr.model import Device
 from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_frontend, build_pipeline
+from serving.lifecycle.labels_cli import add_label_commands
 from serving.lifecycle.models_cli import add_model_commands
 from serving.lifecycle.registry import RegistryError
 from serving.monitor_cli import add_monitor_commands
@@ -264,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     trainer.set_defaults(command=_train)
     add_monitor_commands(commands)
     add_model_commands(commands)
+    add_label_commands(commands)
 
     export = commands.add_parser("export", help="export the model for edge CPUs (ONNX Runtime, int8 or fp32)")
     export.add_argument("--edge", action="store_true", required=True, help="an ONNX Runtime CPU build")

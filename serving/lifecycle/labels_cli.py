@@ -1,0 +1,54 @@
+"""`voice-search labels export`: production labels as a training manifest, checked."""
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from monitoring.alarms import parse_duration
+from monitoring.events import SQLiteEventStore
+from serving.lifecycle.labels import STRENGTHS, export_labels
+from serving.settings import Settings
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_label_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    labels = commands.add_parser("labels", help="labels from production traffic").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    export = labels.add_parser(
+        "export", help="corrections, clicks and typed queries on kept audio, as a checked manifest"
+    )
+    export.add_argument("--out", type=Path, required=True, help="folder for manifest.jsonl and audio/")
+    export.add_argument("--since", default="7d", help="how far back (default 7d)")
+    export.add_argument("--min-strength", choices=STRENGTHS, default="strong")
+    export.add_argument("--db", type=Path, help="event store (default: the configured db_path)")
+    export.set_defaults(command=_export)
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        since_s = parse_duration(args.since)
+    except ValueError as e:
+        print(f"voice-search: error: --since: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    store = SQLiteEventStore(args.db or settings.db_path)
+    try:
+        report = export_labels(store, args.out, since_s, args.min_strength, settings.redo_window_s)
+    finally:
+        store.close()
+    check = report.check
+    print(
+        json.dumps(
+            {
+                "manifest": str(report.manifest),
+                "labels": report.labels,
+                "by_source": report.by_source,
+                "check_errors": [asdict(f) for f in check.errors],
+            },
+            indent=1,
+        )
+    )
+    return EXIT_OK if not check.errors else EXIT_CHECK_FAILED
