@@ -1,18 +1,15 @@
 """Prometheus /metrics and the alarm endpoints of a real server, driven over HTTP."""
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.launch import Server, running_server
+from tests.serving.webhook import Webhook, webhook_server
 from tests.signals import encode, espeak, silence
 
 pytestmark = pytest.mark.server
@@ -36,33 +33,18 @@ rules:
 """
 
 
-class _Webhook(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Webhook.received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    with webhook_server() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def webhook() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Webhook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/alerts"
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook) -> Iterator[Server]:
     state = tmp_path_factory.mktemp("metrics")
     rules = state / "alarms.yml"
     rules.write_text(RULES)
-    settings = {"alarm_rules": str(rules), "alarm_step_s": "1", "alert_webhook_url": webhook}
+    settings = {"alarm_rules": str(rules), "alarm_step_s": "1", "alert_webhook_url": webhook.url}
     with running_server(state, **settings) as running:
         yield running
 
@@ -164,7 +146,7 @@ def test_null_transcripts_and_empty_audio_are_counted(server: Server) -> None:
 
 
 def test_an_alarm_fires_is_served_and_notified_then_stays_quiet_for_a_healthy_rule(
-    server: Server, webhook: str
+    server: Server, webhook: Webhook
 ) -> None:
     for _ in range(8):
         httpx.post(
@@ -188,9 +170,9 @@ def test_an_alarm_fires_is_served_and_notified_then_stays_quiet_for_a_healthy_ru
     assert value(firing, "voice_search_alert_firing", alert="client_errors", severity="warning") == 1
     assert value(firing, "voice_search_alert_firing", alert="server_errors", severity="critical") == 0
     assert any(t["rule"] == "client_errors" and t["firing"] for t in alerts["history"])
-    while time.monotonic() - started < deadline and not _Webhook.received:
+    while time.monotonic() - started < deadline and not webhook.received:
         time.sleep(0.2)
-    assert any(r["alarm"]["rule"] == "client_errors" and r["alarm"]["firing"] for r in _Webhook.received)
+    assert any(r["alarm"]["rule"] == "client_errors" and r["alarm"]["firing"] for r in webhook.received)
     # Reading the monitors is not traffic: it leaves no events and no request counts.
     before = value(samples(server), "voice_search_requests_total", route="/v1/alerts", status="200")
     assert before == 0

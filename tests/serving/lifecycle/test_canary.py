@@ -3,16 +3,14 @@ the bundled model (its blank always wins: null transcripts) is rolled back by it
 alarm and an audit entry; an identical copy ramps through every step and is promoted; a
 blue-green swap under steady load fails and loses no request."""
 
-import json
 import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import pytest
@@ -22,30 +20,17 @@ from serving.launch import Server, running_server
 from serving.lifecycle.drills import silent_copy
 from serving.settings import DEFAULT_MODEL_DIR
 from tests.serving.lifecycle.test_rollout import search
+from tests.serving.webhook import Webhook, webhook_server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class _Webhook(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        _Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def webhook() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Webhook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/alerts"
-    server.shutdown()
+def webhook() -> Iterator[Webhook]:
+    with webhook_server() as running:
+        yield running
 
 
 CANARY = {"canary_min_samples": "4", "canary_step_s": "0.3", "canary_window_s": "600", "admin_token": TOKEN}
@@ -75,10 +60,10 @@ def audit(server: Server) -> list[dict[str, Any]]:
     return entries
 
 
-def test_a_degraded_challenger_is_rolled_back_by_its_gates(tmp_path: Path, webhook: str) -> None:
+def test_a_degraded_challenger_is_rolled_back_by_its_gates(tmp_path: Path, webhook: Webhook) -> None:
     bad = silent_copy(DEFAULT_MODEL_DIR, tmp_path / "degraded")
     settings = CANARY | {"challenger_dir": str(bad), "rollout_mode": "canary", "canary_share": "0.5",
-                         "canary_auto": "true", "alert_webhook_url": webhook}  # fmt: skip
+                         "canary_auto": "true", "alert_webhook_url": webhook.url}  # fmt: skip
     (tmp_path / "state").mkdir()
     with running_server(tmp_path / "state", **settings) as server:
         state = wait_for(server, lambda s: s["mode"] == "off", traffic="degraded")
@@ -96,12 +81,9 @@ def test_a_degraded_challenger_is_rolled_back_by_its_gates(tmp_path: Path, webho
             ).fetchone()[0]
         assert seen >= 4  # the gate waited for its minimum sample, then acted
     deadline = time.monotonic() + 10
-    while (
-        not [a for a in _Webhook.received if a["alarm"]["rule"] == "canary_rollback"]
-        and time.monotonic() < deadline
-    ):
+    while not webhook.alarms("canary_rollback") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert [a for a in _Webhook.received if a["alarm"]["rule"] == "canary_rollback"]
+    assert webhook.alarms("canary_rollback")[0]["firing"] is True
 
 
 def test_a_good_challenger_ramps_through_every_step_and_is_promoted(tmp_path: Path) -> None:
