@@ -39,8 +39,9 @@ from serving.errors import BadRequestError, BodyTooLargeError, error_response, i
 from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.canary import CanaryController, RampPolicy
 from serving.lifecycle.registry import registered_version
+from serving.lifecycle.review import ReviewQueue
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan, ShadowRunner
-from serving.routes import admin, feedback, health, monitoring, rollout, search, transcribe
+from serving.routes import admin, feedback, health, monitoring, review, rollout, search, transcribe
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import Settings
 
@@ -57,6 +58,7 @@ ROUTERS = (
     monitoring.router,
     rollout.router,
     admin.router,
+    review.router,
 )
 ROUTE_PATHS = tuple(getattr(route, "path", "") for router in ROUTERS for route in router.routes)
 """The service's paths (metrics label any other path "other")."""
@@ -93,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await state.challenger.batcher.stop()
             if state.audit is not None:
                 state.audit.close()
+            if state.review is not None:
+                state.review.close()
             state.store.close()
 
     app = FastAPI(
@@ -160,6 +164,7 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     if challenger is not None and rollout.mode == "shadow":
         state.shadow = ShadowRunner(challenger, batcher.busy, store, settings.shadow_max_queue)
     state.audit = AuditLog(settings.audit_path)
+    state.review = ReviewQueue(settings.review_path, settings.labels_dir)
     state.load_challenger = load_challenger
     state.champion_registry_version = registered_version(settings, version)
     return state
@@ -251,7 +256,7 @@ async def _evaluate_alarms(monitor: Monitor) -> None:
         await asyncio.sleep(1.0)
 
 
-UNRECORDED = ("/v1/alerts", "/v1/monitoring/", "/v1/admin/", "/v1/rollout")
+UNRECORDED = ("/v1/alerts", "/v1/monitoring/", "/v1/admin/", "/v1/rollout", "/v1/review")
 """/v1/ paths that read or steer the monitors: recording them would make the dashboard watch itself."""
 
 

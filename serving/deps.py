@@ -23,6 +23,7 @@ from serving.errors import (
     UnsupportedMediaError,
 )
 from serving.lifecycle.audit import AuditLog
+from serving.lifecycle.review import ReviewQueue
 
 if TYPE_CHECKING:
     from serving.lifecycle.canary import CanaryController
@@ -55,6 +56,7 @@ class ServiceState:
     rollout: RolloutPlan = field(default_factory=RolloutPlan)
     shadow: ShadowRunner | None = None
     audit: AuditLog | None = None
+    review: ReviewQueue | None = None
     canary: "CanaryController | None" = None
     """Judges the canary's gates and ramps or rolls back (started with the app)."""
     load_challenger: Callable[[Path, int | None], ModelSlot] | None = None

@@ -64,6 +64,14 @@ class SearchResponse(BaseModel):
         description="per stage: decode, preprocess, vad, asr, decoding, search"
     )
     input: InputStats | None = None
+    automation: str = Field(default="full", description="the degree of automation that answered")
+    needs_confirmation: bool = Field(
+        default=False, description="assist: the transcript is a suggestion to confirm"
+    )
+    sent_for_review: bool = Field(
+        default=False, description="a person answers this one (202): see /v1/review"
+    )
+    review_id: int | None = None
 
 
 class TextSearchRequest(BaseModel):

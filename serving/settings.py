@@ -108,6 +108,11 @@ class Settings:
     """How often (wall time) the canary controller judges."""
     shadow_max_queue: int = 8
     """Clips waiting for the challenger in shadow mode; beyond this they are dropped, not waited for."""
+    automation: str = "full"
+    """human_only, shadow, assist, partial or full (serving/lifecycle/review.py): who answers."""
+    review_confidence_threshold: float = 0.9
+    """In partial automation, requests below this confidence go to a person
+    (scripts/calibrate_automation.py picks it from labelled data)."""
     admin_token: str = ""
     """Bearer token for the rollout admin routes (`/v1/admin/rollout`, `/v1/admin/audit`); empty
     disables them (403), it never leaves them open."""
@@ -128,6 +133,14 @@ class Settings:
             raise ValueError(f"rollout_mode must be off, shadow or canary, not {self.rollout_mode!r}")
         if not self.ramp_steps or not all(0 < x <= 1 for x in self.ramp_steps):
             raise ValueError(f"canary_steps must be shares in (0, 1], not {self.canary_steps!r}")
+        if self.automation not in ("human_only", "shadow", "assist", "partial", "full"):
+            raise ValueError(
+                f"automation must be human_only, shadow, assist, partial or full, not {self.automation!r}"
+            )
+        if self.automation in ("human_only", "shadow", "partial") and not self.retain_audio:
+            raise ValueError(
+                f"automation {self.automation} sends audio to people: it needs retain_audio=true"
+            )
         if not 0 <= self.canary_share <= 1:
             raise ValueError(f"canary_share must be between 0 and 1, not {self.canary_share}")
         if self.micro_batch_wait_ms < 0 or not 0 <= self.search_min_score <= 1:
@@ -143,6 +156,15 @@ class Settings:
             return tuple(sorted(float(x) for x in self.canary_steps.split(",") if x.strip()))
         except ValueError:
             return ()
+
+    @property
+    def review_path(self) -> Path:
+        return self.db_path.parent / "review.sqlite3"
+
+    @property
+    def labels_dir(self) -> Path:
+        """Reviewed clips and their labels (training data, kept beyond the audio retention)."""
+        return self.db_path.parent / "labels"
 
     @property
     def audit_path(self) -> Path:

@@ -117,12 +117,33 @@ class LabelExport:
     check: CheckReport
 
 
+def reviewed_labels(reviews: Path, since: float) -> list[Label]:
+    """The review queue's accepted reviews (`serving.lifecycle.review`), strong labels."""
+    if not reviews.is_file():
+        return []
+    labels = []
+    for line in reviews.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["labelled_at"] >= since and Path(row["audio"]).is_file():
+            labels.append(Label(row["request_id"], Path(row["audio"]), row["text"], "strong", "review",
+                                row["labelled_at"], row.get("session_id")))  # fmt: skip
+    return [label for label in labels if normalize_text(label.text)]
+
+
 def export_labels(
-    store: EventStore, out_dir: Path, since_s: float, min_strength: Strength, redo_window_s: float
+    store: EventStore,
+    out_dir: Path,
+    since_s: float,
+    min_strength: Strength,
+    redo_window_s: float,
+    reviews: Path | None = None,
 ) -> LabelExport:
-    """Write `out_dir/manifest.jsonl` and `out_dir/audio/` from the last `since_s` of events."""
-    events = store.events(since=time.time() - since_s)
-    chosen = strongest_per_clip(production_labels(events, redo_window_s), min_strength)
+    """Write `out_dir/manifest.jsonl` and `out_dir/audio/` from the last `since_s` of events (and
+    of accepted reviews, when `reviews` names their file)."""
+    since = time.time() - since_s
+    events = store.events(since=since)
+    found = production_labels(events, redo_window_s) + (reviewed_labels(reviews, since) if reviews else [])
+    chosen = strongest_per_clip(found, min_strength)
     (out_dir / "audio").mkdir(parents=True, exist_ok=True)
     rows = []
     for label in chosen:

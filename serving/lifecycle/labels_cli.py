@@ -9,6 +9,7 @@ from pathlib import Path
 from monitoring.alarms import parse_duration
 from monitoring.events import SQLiteEventStore
 from serving.lifecycle.labels import STRENGTHS, export_labels
+from serving.lifecycle.review import REVIEW_LABELS
 from serving.settings import Settings
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
@@ -36,7 +37,8 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
     store = SQLiteEventStore(args.db or settings.db_path)
     try:
-        report = export_labels(store, args.out, since_s, args.min_strength, settings.redo_window_s)
+        reviews = settings.labels_dir / REVIEW_LABELS
+        report = export_labels(store, args.out, since_s, args.min_strength, settings.redo_window_s, reviews)
     finally:
         store.close()
     check = report.check

@@ -1,14 +1,16 @@
 """Voice search (audio in, catalog hits out) and typed search in the same session."""
 
 import time
+from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Request
+from fastapi import APIRouter, BackgroundTasks, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from asr.pipeline import Transcript
 from monitoring.events import Hit
 from serving import schemas
 from serving.deps import Service, ServiceState, read_audio_request
+from serving.lifecycle.review import routes_to_people
 from serving.lifecycle.rollout import ShadowJob
 from serving.recording import event_of, note_audio, note_transcript, timings_ms
 from serving.routes.common import ERRORS, audio_body
@@ -27,7 +29,7 @@ router = APIRouter(prefix="/v1", tags=["search"])
     "fields) or as the raw body with its audio content type (`session_id` and `user_id` in the query).",
 )
 async def voice_search(
-    request: Request, service: Service, background: BackgroundTasks
+    request: Request, response: Response, service: Service, background: BackgroundTasks
 ) -> schemas.SearchResponse:
     event = event_of(request)
     event["kind"] = "voice_search"
@@ -43,7 +45,28 @@ async def voice_search(
     if service.shadow is not None:  # runs after the response is sent
         job = ShadowJob(upload.audio, request.state.request_id, session_id, request.state.started_at)
         background.add_task(service.shadow.offer, job)
-    return _response(request, service, result, transcript)
+    answer = _response(request, service, result, transcript)
+    automation = service.settings.automation
+    threshold = service.settings.review_confidence_threshold
+    if service.review is not None and routes_to_people(
+        automation, transcript.confidence, transcript.no_speech, threshold
+    ):
+        review_id = await run_in_threadpool(
+            service.review.add,
+            request.state.request_id,
+            session_id,
+            str(event.get("audio_path", "")),
+            transcript.text,
+            transcript.confidence,
+            [h.model_dump() for h in answer.hits],
+            request.state.started_at,
+        )
+        response.status_code = 202  # accepted: a person answers (the model's attempt is kept for them)
+        hidden: dict[str, Any] = {"transcript": None, "query": "", "hits": [], "confidence": None}
+        return answer.model_copy(
+            update=hidden | {"automation": automation, "sent_for_review": True, "review_id": review_id}
+        )
+    return answer.model_copy(update={"automation": automation, "needs_confirmation": automation == "assist"})
 
 
 @router.post(

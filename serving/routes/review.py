@@ -1,0 +1,66 @@
+"""The human review queue: list what waits, listen, correct, accept. Bearer token required."""
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from serving.deps import Admin, Service, ServiceState
+from serving.errors import BadRequestError, ConflictError, NotFoundError
+from serving.lifecycle.review import ReviewError, ReviewQueue
+
+router = APIRouter(prefix="/v1/review", tags=["review"])
+
+
+def _queue(service: ServiceState) -> ReviewQueue:
+    if service.review is None:
+        raise NotFoundError("this server has no review queue")
+    return service.review
+
+
+@router.get("", summary="Queued requests waiting for a person, oldest first")
+async def pending(service: Service, reviewer: Admin, limit: int = 50) -> dict[str, Any]:
+    if not 1 <= limit <= 500:
+        raise BadRequestError("limit must be between 1 and 500")
+    queue = _queue(service)
+    await run_in_threadpool(queue.expire_missing_audio)
+    items = await run_in_threadpool(queue.items, "pending", limit)
+    now = service.monitor.now() if service.monitor else None
+    return {"items": [asdict(i) | {"audio_url": f"/v1/review/{i.id}/audio"} for i in items], "now": now}
+
+
+@router.get("/{item_id}/audio", summary="The queued request's audio")
+async def audio(item_id: int, service: Service, reviewer: Admin) -> FileResponse:
+    item = await _get(service, item_id)
+    path = Path(item.audio_path)
+    if not path.is_file():
+        raise NotFoundError(f"the audio of review item {item_id} has expired")
+    return FileResponse(path, media_type="application/octet-stream")
+
+
+class Review(BaseModel):
+    transcript: str = Field(min_length=0, max_length=500, description="what was said (corrected)")
+    item_id: str | None = Field(None, max_length=200, description="the catalog item the user wanted")
+
+
+@router.post(
+    "/{item_id}", summary="Accept a review: it becomes a strong label and the audio leaves the queue"
+)
+async def accept(item_id: int, body: Review, service: Service, reviewer: Admin) -> dict[str, Any]:
+    queue = _queue(service)
+    try:
+        done = await run_in_threadpool(queue.resolve, item_id, reviewer, body.transcript, body.item_id)
+    except ReviewError as e:
+        raise (NotFoundError if "no review item" in str(e) else ConflictError)(str(e)) from e
+    return asdict(done)
+
+
+async def _get(service: ServiceState, item_id: int) -> Any:
+    try:
+        return await run_in_threadpool(_queue(service).get, item_id)
+    except ReviewError as e:
+        raise NotFoundError(str(e)) from e

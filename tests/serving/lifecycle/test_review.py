@@ -1,0 +1,86 @@
+"""Degrees of automation and the review queue on a real server: partial automation sends a
+request to people (202), a reviewer lists it, listens, corrects and accepts; the review becomes a
+strong label and its audio leaves the queue. Assist marks answers as suggestions; full answers."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.cli import main
+from serving.launch import Server, running_server
+from tests.signals import SPEECH_SAMPLE
+
+pytestmark = pytest.mark.server
+TOKEN = "reviewer-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Actor": "carol"}
+
+
+def search(server: Server, session: str) -> httpx.Response:
+    with SPEECH_SAMPLE.open("rb") as f:
+        files = {"file": ("q.flac", f, "audio/flac")}
+        return httpx.post(server.url + "/v1/search", files=files, data={"session_id": session}, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    state = tmp_path_factory.mktemp("partial")
+    # A threshold above any confidence: every request goes to a person.
+    settings = {"automation": "partial", "review_confidence_threshold": "1.01", "retain_audio": "true",
+                "admin_token": TOKEN}  # fmt: skip
+    with running_server(state, **settings) as server:
+        yield server
+
+
+def test_partial_sends_low_confidence_requests_to_review_and_a_review_becomes_a_label(
+    partial: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sent = search(partial, "review-1")
+    assert sent.status_code == 202
+    body = sent.json()
+    assert body["sent_for_review"] is True and body["automation"] == "partial"
+    assert body["transcript"] is None and body["hits"] == [] and body["review_id"]
+
+    assert httpx.get(partial.url + "/v1/review", timeout=10).status_code == 401
+    items = httpx.get(partial.url + "/v1/review", headers=AUTH, timeout=10).json()["items"]
+    item = next(i for i in items if i["request_id"] == sent.headers["x-request-id"])
+    assert item["status"] == "pending" and item["model_transcript"] is not None
+    audio = httpx.get(partial.url + item["audio_url"], headers=AUTH, timeout=10)
+    assert audio.status_code == 200 and audio.content == SPEECH_SAMPLE.read_bytes()
+
+    accepted = httpx.post(partial.url + f"/v1/review/{item['id']}", headers=AUTH, timeout=10,
+                          json={"transcript": "Author of the danger trail, Philip Steels, etc."})  # fmt: skip
+    assert accepted.status_code == 200 and accepted.json()["status"] == "done"
+    assert accepted.json()["reviewer"] == "carol"
+    assert not Path(item["audio_path"]).exists()  # reviewed: gone from the retention area
+    again = httpx.post(
+        partial.url + f"/v1/review/{item['id']}", headers=AUTH, json={"transcript": "x"}, timeout=10
+    )
+    assert again.status_code == 409
+    assert (
+        httpx.post(
+            partial.url + "/v1/review/99999", headers=AUTH, json={"transcript": "x"}, timeout=10
+        ).status_code
+        == 404
+    )
+
+    monkeypatch.setenv("VOICE_SEARCH_DB_PATH", str(partial.db_path))
+    assert main(["labels", "export", "--out", str(tmp_path / "labels"), "--since", "1d"]) == 0
+    exported = capsys.readouterr().out
+    assert '"review": 1' in exported
+
+
+def test_assist_marks_the_answer_as_a_suggestion(tmp_path: Path) -> None:
+    with running_server(tmp_path, automation="assist") as server:
+        answer = search(server, "assist-1")
+        assert answer.status_code == 200
+        assert answer.json()["needs_confirmation"] is True and answer.json()["automation"] == "assist"
+
+
+def test_people_first_automation_needs_audio_retention(tmp_path: Path) -> None:
+    with (
+        pytest.raises(RuntimeError, match="needs retain_audio=true"),
+        running_server(tmp_path, automation="human_only"),
+    ):
+        pass
