@@ -59,6 +59,7 @@ ROUTERS = (
     rollout.router,
     admin.router,
     review.router,
+    review.page,
 )
 ROUTE_PATHS = tuple(getattr(route, "path", "") for router in ROUTERS for route in router.routes)
 """The service's paths (metrics label any other path "other")."""

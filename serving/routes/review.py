@@ -14,6 +14,14 @@ from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.review import ReviewError, ReviewQueue
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
+page = APIRouter()
+PAGE = Path(__file__).resolve().parents[1] / "static" / "review.html"
+
+
+@page.get("/review", include_in_schema=False)
+async def review_page() -> FileResponse:
+    """The reviewers' page: the queue, each clip to listen to, a transcript to correct, accept."""
+    return FileResponse(PAGE, media_type="text/html")
 
 
 def _queue(service: ServiceState) -> ReviewQueue:

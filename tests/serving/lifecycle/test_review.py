@@ -7,9 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Page
 
 from serving.cli import main
 from serving.launch import Server, running_server
+from tests.serving.test_dashboard import browser, page  # noqa: F401 (fixtures)
 from tests.signals import SPEECH_SAMPLE
 
 pytestmark = pytest.mark.server
@@ -84,3 +86,34 @@ def test_people_first_automation_needs_audio_retention(tmp_path: Path) -> None:
         running_server(tmp_path, automation="human_only"),
     ):
         pass
+
+
+@pytest.mark.browser
+def test_the_review_page_lists_plays_corrects_and_accepts(partial: Server, page: Page) -> None:  # noqa: F811
+    queued = search(partial, "review-page").json()["review_id"]
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(partial.url + "/review")
+    page.fill("#token", TOKEN)
+    page.fill("#reviewer", "dave")
+    page.click("#load")
+    item = page.wait_for_selector(f'.item[data-id="{queued}"]')
+    assert item is not None
+    page.wait_for_selector(f'.item[data-id="{queued}"] audio[data-loaded="true"]')
+    box = f'.item[data-id="{queued}"]'
+    assert page.input_value(f"{box} input[name=transcript]") is not None  # the model's attempt, prefilled
+    page.fill(f"{box} input[name=transcript]", "weather in paris")
+    page.click(f"{box} button[type=submit]")
+    page.wait_for_selector(box, state="detached")
+    done = httpx.get(partial.url + "/v1/review", headers=AUTH, timeout=10).json()["items"]
+    assert queued not in [i["id"] for i in done]  # no longer pending
+    assert errors == []
+
+
+@pytest.mark.browser
+def test_the_review_page_says_when_the_token_is_wrong(partial: Server, page: Page) -> None:  # noqa: F811
+    page.goto(partial.url + "/review")
+    page.fill("#token", "wrong")
+    page.click("#load")
+    page.wait_for_selector("#error:not(:empty)")
+    assert "401" in (page.text_content("#error") or "")
