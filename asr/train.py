@@ -425,6 +425,10 @@ class _Heard:
     lead_samples: int = 0
     speech_samples: int = 0
 
+    @classmethod
+    def unchanged(cls, clean: Samples) -> "_Heard":
+        return cls(clean, clean, 0, len(clean))
+
 
 class _Augmenter:
     """On-the-fly augmentation. Each clip's draw comes from its own generator, seeded from the
@@ -448,7 +452,7 @@ class _Augmenter:
 
         rng = np.random.default_rng(seed)
         if rng.random() >= self.share:
-            return _Heard(clean, clean, 0, len(clean))
+            return _Heard.unchanged(clean)
         spec = draw_training_spec(rng, self.names)
         heard = apply(clean, spec, rng, self.noise_bank)
         lead = spec.lead_silence_ms * SAMPLE_RATE_HZ // 1000
@@ -524,7 +528,7 @@ class _Loader:
 
     def _hear(self, example: _Example, seed: int) -> _Heard:
         clean = self._read(example.path)
-        return self.augment(clean, seed) if self.augment else _Heard(clean, clean, 0, len(clean))
+        return self.augment(clean, seed) if self.augment else _Heard.unchanged(clean)
 
     def __call__(self, batch: list[_Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         seeds = self.augment.seeds(len(batch)) if self.augment else [0] * len(batch)

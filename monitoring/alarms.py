@@ -230,6 +230,14 @@ class WebhookNotifier:
             logger.warning("alarm webhook %s failed: %s", self.url, e)
 
 
+def default_notifiers(webhook_url: str = "") -> list[Notifier]:
+    """Every alarm is logged; with a URL it is also POSTed there."""
+    notifiers: list[Notifier] = [LogNotifier()]
+    if webhook_url:
+        notifiers.append(WebhookNotifier(webhook_url))
+    return notifiers
+
+
 @dataclass
 class Evaluation:
     """One pass over the rules at one event time."""

@@ -102,6 +102,8 @@ class SessionSignals:
     redo: tuple[str, ...]
     switch_to_typing: tuple[str, ...]
     clicked: tuple[str, ...]
+    typed_after: tuple[tuple[str, str], ...] = ()
+    """(voice search, the text search that followed it): what the user typed instead."""
 
     @property
     def redo_ratio(self) -> float:
@@ -355,6 +357,7 @@ def session_signals(events: Sequence[Event], redo_window_s: float) -> SessionSig
                 e.created_at, first_click.get(e.target_request_id, e.created_at)
             )
     voice, redo, typed = 0, [], []
+    typed_after: list[tuple[str, str]] = []
     for session in by_session.values():
         searches = [e for e in session if e.kind in ("voice_search", "text_search")]
         for current, following in zip(searches, [*searches[1:], None], strict=True):
@@ -365,6 +368,7 @@ def session_signals(events: Sequence[Event], redo_window_s: float) -> SessionSig
                 continue
             if following.kind == "text_search":
                 typed.append(current.request_id)
+                typed_after.append((current.request_id, following.request_id))
             elif first_click.get(current.request_id, following.created_at) >= following.created_at:
                 redo.append(current.request_id)
     return SessionSignals(
@@ -372,6 +376,7 @@ def session_signals(events: Sequence[Event], redo_window_s: float) -> SessionSig
         redo=tuple(redo),
         switch_to_typing=tuple(typed),
         clicked=tuple(sorted(first_click)),
+        typed_after=tuple(typed_after),
     )
 
 

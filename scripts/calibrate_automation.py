@@ -14,14 +14,12 @@ right) and the share routed to people. It picks the lowest threshold whose preci
 import argparse
 import json
 import sys
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from asr.corpus.real import write_real_manifests
+from asr.corpus.real import dev_entries
 from asr.evaluate import read_manifest
 from asr.pipeline import build_pipeline
 from asr.text import normalize_text
@@ -35,15 +33,10 @@ def labelled_clips(shared: Path, corpus: Path, limit: int) -> list[tuple[Path, s
     """(audio, reference text, set) for the dev speakers' speech and, if built, the test queries."""
     rng = np.random.default_rng(0)
     clips: list[tuple[Path, str, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        write_real_manifests(shared, Path(tmp))
-        for manifest in sorted(Path(tmp).glob("real_dev_*.jsonl")):
-            entries = [e for e in read_manifest(manifest) if e.text] if manifest.stat().st_size else []
-            picked = [
-                entries[i] for i in sorted(rng.choice(len(entries), min(limit, len(entries)), replace=False))
-            ]
-            name = manifest.stem.removeprefix("real_dev_")
-            clips += [(replace(e, audio=e.audio.resolve()).audio, e.text, name) for e in picked]
+    for name, all_entries in sorted(dev_entries(shared).items()):
+        entries = [e for e in all_entries if e.text]
+        chosen = sorted(rng.choice(len(entries), min(limit, len(entries)), replace=False))
+        clips += [(entries[k].audio, entries[k].text, name) for k in chosen]
     if (corpus / "test.jsonl").is_file():
         queries = [e for e in read_manifest(corpus / "test.jsonl") if e.fields.get("source") == "query"][
             :limit

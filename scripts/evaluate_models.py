@@ -25,7 +25,6 @@ All systems get the same decoded 16 kHz audio. Prints Markdown tables and writes
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,7 +35,7 @@ import numpy as np
 
 from asr.audio import load_audio
 from asr.corpus.domain import DomainPack
-from asr.corpus.real import write_real_manifests
+from asr.corpus.real import dev_entries
 from asr.decoding import BeamOptions
 from asr.evaluate import (
     EvaluationReport,
@@ -71,16 +70,12 @@ def load_sets(corpus: Path, shared: Path, limit: int) -> dict[str, list[Manifest
             chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), limit, replace=False))]
         return chosen
 
-    sets = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        write_real_manifests(shared, Path(tmp))
-        for name, real_set in REAL_EVALUATION_SETS.items():
-            manifest = Path(tmp) / f"real_dev_{real_set}.jsonl"
-            if manifest.is_file() and manifest.stat().st_size:
-                # Resolved while the folder exists: the paths are relative to it.
-                sets[name] = [
-                    replace(e, audio=e.audio.resolve()) for e in pick(read_manifest(manifest), bool)
-                ]
+    real = dev_entries(shared)
+    sets = {
+        name: pick(real[real_set], bool)
+        for name, real_set in REAL_EVALUATION_SETS.items()
+        if real_set in real
+    }
     if (corpus / "test.jsonl").is_file():
         corpus_test = read_manifest(corpus / "test.jsonl")
         sets["queries"] = pick(corpus_test, lambda e: e.fields.get("source") == "query")

@@ -26,7 +26,7 @@ from asr.decoding import BeamOptions
 from asr.errors import AudioError
 from asr.pipeline import PipelineOptions, Transcript, build_pipeline
 from asr.text import vocabulary_words
-from monitoring.alarms import AlarmEngine, LogNotifier, Notifier, WebhookNotifier, load_rules
+from monitoring.alarms import AlarmEngine, default_notifiers, load_rules
 from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStore, EventStoreError, Outcome, SQLiteEventStore, purge_audio
 from monitoring.gates import GatePolicy
@@ -40,7 +40,7 @@ from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.canary import CanaryController, RampPolicy
 from serving.lifecycle.registry import registered_version
 from serving.lifecycle.review import ReviewQueue
-from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan, ShadowRunner
+from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan
 from serving.routes import admin, feedback, health, monitoring, review, rollout, search, transcribe
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import Settings
@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.challenger is not None:
             state.challenger.batcher.start()
         tasks = [asyncio.create_task(_purge_expired_audio(state), name="audio-retention")]
-        state.start_shadow()
+        state.set_rollout(state.rollout)  # the configured plan: checked, and shadow's worker started
         state.canary = CanaryController.for_service(state, _ramp(settings))
         tasks.append(asyncio.create_task(state.canary.run(settings.canary_step_s), name="canary"))
         if state.monitor is not None:
@@ -136,12 +136,7 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     pipeline = build_pipeline(settings.model_dir, device=settings.device, beam=beam, options=options)
     store = SQLiteEventStore(settings.db_path)
     faults = Faults()
-    batcher = MicroBatcher(
-        _with_faults(pipeline.transcribe_many, faults),
-        settings.micro_batch_size,
-        settings.micro_batch_wait_ms,
-        settings.max_queue,
-    )
+    batcher = _batcher(settings, _with_faults(pipeline.transcribe_many, faults))
     index = CatalogIndex(
         pack, SearchOptions(limit=settings.search_limit, min_score=settings.search_min_score)
     )
@@ -158,12 +153,8 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
         return _challenger(settings, beam, options, model_dir, registry_version)
 
     challenger = load_challenger(Path(settings.challenger_dir)) if settings.challenger_dir else None
-    if rollout.mode != "off" and challenger is None:
-        raise ValueError(f"rollout mode {rollout.mode!r} needs a challenger (VOICE_SEARCH_CHALLENGER_DIR)")
     state = ServiceState(settings, batcher, index, store, version, pack.name, monitor, faults)
     state.challenger, state.rollout = challenger, rollout
-    if challenger is not None and rollout.mode == "shadow":
-        state.shadow = ShadowRunner(challenger, batcher.busy, store, settings.shadow_max_queue)
     state.audit = AuditLog(settings.audit_path)
     state.review = ReviewQueue(settings.review_path, settings.labels_dir)
     state.load_challenger = load_challenger
@@ -185,11 +176,15 @@ def _challenger(
 ) -> ModelSlot:
     """A second model, with the same decoding and limits as the champion, on its own batcher."""
     pipeline = build_pipeline(model_dir, device=settings.device, beam=beam, options=options)
-    batcher = MicroBatcher(
-        pipeline.transcribe_many, settings.micro_batch_size, settings.micro_batch_wait_ms, settings.max_queue
-    )
+    batcher = _batcher(settings, pipeline.transcribe_many)
     logger.info("loaded the challenger %s", pipeline.recognizer.version)
     return ModelSlot(CHALLENGER_SLOT, batcher, pipeline.recognizer.version, registry_version)
+
+
+def _batcher(settings: Settings, transcribe_many: TranscribeMany) -> MicroBatcher:
+    return MicroBatcher(
+        transcribe_many, settings.micro_batch_size, settings.micro_batch_wait_ms, settings.max_queue
+    )
 
 
 def _with_faults(transcribe_many: TranscribeMany, faults: Faults) -> TranscribeMany:
@@ -210,9 +205,7 @@ def _monitor(
         reference = ReferenceProfile.load(settings.reference_profile)
     else:
         logger.warning("no reference profile at %s: drift rules will not judge", settings.reference_profile)
-    notifiers: list[Notifier] = [LogNotifier()]
-    if settings.alert_webhook_url:
-        notifiers.append(WebhookNotifier(settings.alert_webhook_url))
+    notifiers = default_notifiers(settings.alert_webhook_url)
     if reference is not None and reference.model_version and reference.model_version != model_version:
         logger.warning(
             "the reference profile %s was measured with %s, not the served %s: output drift (confidence, "

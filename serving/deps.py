@@ -69,7 +69,10 @@ class ServiceState:
     def set_rollout(self, plan: RolloutPlan) -> None:
         """Switch the rollout plan at run time: shadow's worker starts or stops with it."""
         if plan.mode != "off" and self.challenger is None:
-            raise ConflictError(f"rollout mode {plan.mode!r} needs a challenger; none is loaded")
+            raise ConflictError(
+                f"rollout mode {plan.mode!r} needs a challenger; none is loaded"
+                " (VOICE_SEARCH_CHALLENGER_DIR, or POST /v1/admin/challenger)"
+            )
         self.rollout = plan
         if plan.mode == "shadow" and self.shadow is None and self.challenger is not None:
             self.shadow = ShadowRunner(
@@ -78,6 +81,13 @@ class ServiceState:
         if plan.mode != "shadow":
             self.shadow = None
         self.start_shadow()
+
+    def versions(self) -> dict[str, str | None]:
+        """The champion's and the challenger's model versions, as audit entries record them."""
+        return {
+            "champion": self.model_version,
+            "challenger": self.challenger.model_version if self.challenger else None,
+        }
 
     def swap_champion(self) -> str:
         """Blue-green: the challenger becomes the champion and the champion the standby, in one

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, get_args
 
 from asr.model import Device
+from serving.lifecycle.review import AUTOMATION_LEVELS, SENDS_TO_PEOPLE
+from serving.lifecycle.rollout import ROLLOUT_MODES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "data" / "models" / "voice-search-small"
@@ -129,15 +131,13 @@ class Settings:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
-        if self.rollout_mode not in ("off", "shadow", "canary"):
-            raise ValueError(f"rollout_mode must be off, shadow or canary, not {self.rollout_mode!r}")
+        if self.rollout_mode not in ROLLOUT_MODES:
+            raise ValueError(f"rollout_mode must be one of {ROLLOUT_MODES}, not {self.rollout_mode!r}")
         if not self.ramp_steps or not all(0 < x <= 1 for x in self.ramp_steps):
             raise ValueError(f"canary_steps must be shares in (0, 1], not {self.canary_steps!r}")
-        if self.automation not in ("human_only", "shadow", "assist", "partial", "full"):
-            raise ValueError(
-                f"automation must be human_only, shadow, assist, partial or full, not {self.automation!r}"
-            )
-        if self.automation in ("human_only", "shadow", "partial") and not self.retain_audio:
+        if self.automation not in AUTOMATION_LEVELS:
+            raise ValueError(f"automation must be one of {AUTOMATION_LEVELS}, not {self.automation!r}")
+        if self.automation in SENDS_TO_PEOPLE and not self.retain_audio:
             raise ValueError(
                 f"automation {self.automation} sends audio to people: it needs retain_audio=true"
             )

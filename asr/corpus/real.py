@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from asr.errors import DataError
+from asr.evaluate import ManifestEntry
 
 SILENCE_LABEL = "_silence_"
 
@@ -120,6 +121,22 @@ def split_real_sets(shared_data: Path, relative_to: Path | None = None) -> Speak
                 to_dev = row["speaker"] in held[real_set.name]
             (dev if to_dev else train)[real_set.name].append(row)
     return SpeakerSplit(train, dev, held)
+
+
+def dev_entries(shared_data: Path) -> dict[str, list[ManifestEntry]]:
+    """Each real set's dev split as evaluation entries (audio resolved), in manifest order."""
+    return {
+        name: [
+            ManifestEntry(
+                Path(row["audio"]).resolve(),
+                row["text"],
+                {k: str(v) for k, v in row.items() if k not in ("audio", "text")},
+            )
+            for row in rows
+        ]
+        for name, rows in split_real_sets(shared_data).dev.items()
+        if rows
+    }
 
 
 def dev_clips(shared_data: Path) -> frozenset[Path]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from monitoring.alarms import LogNotifier, Notifier, Transition, WebhookNotifier
+from monitoring.alarms import Notifier, Transition, default_notifiers
 from monitoring.events import Event, EventStoreError
 from monitoring.gates import GatePolicy, GateResult, judge, slot_window
 from serving.deps import ServiceState
@@ -48,10 +48,7 @@ class CanaryController:
 
     @classmethod
     def for_service(cls, service: ServiceState, policy: RampPolicy) -> "CanaryController":
-        notifiers: list[Notifier] = [LogNotifier()]
-        if service.settings.alert_webhook_url:
-            notifiers.append(WebhookNotifier(service.settings.alert_webhook_url))
-        return cls(service, policy, notifiers)
+        return cls(service, policy, default_notifiers(service.settings.alert_webhook_url))
 
     def now(self) -> float:
         return self.service.monitor.now() if self.service.monitor is not None else time.time()
@@ -139,9 +136,7 @@ class CanaryController:
             "before": asdict(before),
             "after": asdict(plan),
             "gates": [asdict(r) for r in results],
-            "champion": self.service.model_version,
-            "challenger": self.service.challenger.model_version if self.service.challenger else None,
-        }
+        } | self.service.versions()
         logger.warning("canary %s: %s", action, reason)
         if self.service.audit is not None:
             self.service.audit.record(AuditEntry(AUTOMATION, action, reason, details))

@@ -10,7 +10,6 @@ beside it, and runs the data check on it.
 """
 
 import hashlib
-import itertools
 import json
 import shutil
 import time
@@ -21,7 +20,7 @@ from typing import Literal
 
 from asr.corpus.check import CheckReport, check_labels
 from asr.text import normalize_text
-from monitoring.events import Event, EventStore
+from monitoring.events import Event, EventStore, session_signals
 
 Strength = Literal["weak", "strong"]
 STRENGTHS: tuple[Strength, ...] = ("weak", "strong")
@@ -61,8 +60,13 @@ def production_labels(events: Sequence[Event], redo_window_s: float) -> list[Lab
             title = next((h.title for h in target.hits if h.id == event.clicked_id), None)
             if title:
                 labels.append(_label(target, title, "weak", "click", event.created_at))
-    for search, typed in _typed_after(events, searches, redo_window_s):
-        labels.append(_label(search, typed.query_text or "", "weak", "typed", typed.created_at))
+    by_id = {e.request_id: e for e in events}
+    for voice_id, typed_id in session_signals(events, redo_window_s).typed_after:
+        if voice_id in searches:
+            typed = by_id[typed_id]
+            labels.append(
+                _label(searches[voice_id], typed.query_text or "", "weak", "typed", typed.created_at)
+            )
     return [label for label in labels if normalize_text(label.text)]
 
 
@@ -74,25 +78,6 @@ def _label(search: Event, text: str, strength: Strength, source: Source, at: flo
         search.request_id, Path(str(search.audio_path)), text, strength, source, at,
         search.session_id, search.model_version, search.content_type,
     )  # fmt: skip
-
-
-def _typed_after(
-    events: Sequence[Event], searches: dict[str, Event], redo_window_s: float
-) -> Iterable[tuple[Event, Event]]:
-    """(voice search, the text search that followed it in its session within the window)."""
-    by_session: dict[str, list[Event]] = {}
-    for event in sorted(events, key=lambda e: e.created_at):
-        if event.kind in ("voice_search", "text_search") and event.session_id and event.status_code < 400:
-            by_session.setdefault(event.session_id, []).append(event)
-    for session in by_session.values():
-        for current, following in itertools.pairwise(session):
-            if (
-                current.request_id in searches
-                and following.kind == "text_search"
-                and following.query_text
-                and following.created_at - current.created_at <= redo_window_s
-            ):
-                yield searches[current.request_id], following
 
 
 def strongest_per_clip(labels: Iterable[Label], min_strength: Strength) -> list[Label]:

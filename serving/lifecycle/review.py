@@ -26,6 +26,8 @@ from asr.text import normalize_text
 
 Automation = Literal["human_only", "shadow", "assist", "partial", "full"]
 AUTOMATION_LEVELS: tuple[Automation, ...] = ("human_only", "shadow", "assist", "partial", "full")
+SENDS_TO_PEOPLE: tuple[Automation, ...] = ("human_only", "shadow", "partial")
+"""The degrees that can route a request to a person: they need the audio kept for the reviewer."""
 REVIEW_LABELS = "reviews.jsonl"
 
 SCHEMA = """

@@ -28,6 +28,7 @@ from serving.errors import OverloadedError
 logger = logging.getLogger(__name__)
 
 Mode = Literal["off", "shadow", "canary"]
+ROLLOUT_MODES: tuple[Mode, ...] = get_args(Mode)
 CHAMPION_SLOT, CHALLENGER_SLOT = "champion", "challenger"
 IDLE_POLL_S = 0.005
 """How often a waiting shadow job checks whether the champion has gone idle."""
@@ -45,8 +46,8 @@ class RolloutPlan:
     """The canary controller ramps the share while the gates hold and rolls back when one fails."""
 
     def __post_init__(self) -> None:
-        if self.mode not in get_args(Mode):
-            raise ValueError(f"rollout mode must be one of {get_args(Mode)}, not {self.mode!r}")
+        if self.mode not in ROLLOUT_MODES:
+            raise ValueError(f"rollout mode must be one of {ROLLOUT_MODES}, not {self.mode!r}")
         if not 0.0 <= self.canary_share <= 1.0:
             raise ValueError(f"the canary share must be between 0 and 1, not {self.canary_share}")
 
