@@ -54,6 +54,8 @@ def test_a_plan_change_takes_effect_and_is_audited(server: Server) -> None:
     assert first["details"]["before"]["mode"] == "off" and first["details"]["after"]["canary_share"] == 1.0
     assert first["details"]["challenger"].startswith("tiny@")
     assert (server.db_path.parent / "audit.sqlite3").is_file()
+    bad_limit = httpx.get(server.url + "/v1/admin/audit", params={"limit": 0}, headers=AUTH, timeout=10)
+    assert bad_limit.status_code == 422 and bad_limit.json()["error"]["type"] == "invalid_request"
 
 
 def test_without_a_token_admin_routes_are_disabled_not_open(tmp_path: Path) -> None:
