@@ -36,6 +36,7 @@ from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_frontend, 
 from serving.lifecycle.labels_cli import add_label_commands
 from serving.lifecycle.models_cli import add_model_commands
 from serving.lifecycle.registry import RegistryError
+from serving.lifecycle.retrain_cli import add_golden_commands, add_retrain_command
 from serving.monitor_cli import add_monitor_commands
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, Settings
@@ -169,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(command=_data_check)
+    add_golden_commands(data)
+    add_retrain_command(commands)
 
     trainer = commands.add_parser("train", help="train or fine-tune a wav2vec2 CTC model (resumable)")
     trainer.add_argument(

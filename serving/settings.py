@@ -115,6 +115,11 @@ class Settings:
     review_confidence_threshold: float = 0.9
     """In partial automation, requests below this confidence go to a person
     (scripts/calibrate_automation.py picks it from labelled data)."""
+    golden_dir: Path = DEFAULT_STATE_DIR / "golden"
+    """Frozen golden sets (`voice-search data freeze`): every retrain gate scores on all of them."""
+    retrain_replay: str = "corpus/train.jsonl:0.5,corpus/real_train.jsonl:0.5"
+    """Original training data replayed beside new labels in `voice-search retrain`, so that nothing
+    is forgotten: comma-separated `manifest[:weight]`, relative to the working directory."""
     admin_token: str = ""
     """Bearer token for the rollout admin routes (`/v1/admin/rollout`, `/v1/admin/audit`); empty
     disables them (403), it never leaves them open."""
@@ -156,6 +161,10 @@ class Settings:
             return tuple(sorted(float(x) for x in self.canary_steps.split(",") if x.strip()))
         except ValueError:
             return ()
+
+    @property
+    def replay_sources(self) -> list[str]:
+        return [s.strip() for s in self.retrain_replay.split(",") if s.strip()]
 
     @property
     def review_path(self) -> Path:

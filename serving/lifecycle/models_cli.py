@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from asr.corpus.datasets import dataset_digest
 from asr.model import model_version
 from serving.lifecycle.registry import (
     RUN_ID_FILE,
@@ -22,7 +23,6 @@ from serving.lifecycle.registry import (
     Registry,
     RegistryError,
     code_commit,
-    manifest_digest,
     registry_for,
 )
 from serving.settings import REPO_ROOT, Settings
@@ -116,7 +116,7 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
     lineage = Lineage(
         training_run=run_id or "",
         parent_model=parent,
-        manifests={str(m): manifest_digest(m) for m in manifests},
+        manifests={str(m): dataset_digest(m) for m in manifests},
         code_commit=code_commit(REPO_ROOT),
         note=args.note,
     )

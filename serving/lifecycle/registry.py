@@ -11,7 +11,6 @@ tracking server works through the tracking URI. The bundled model is registered 
 so a fresh clone has a champion.
 """
 
-import hashlib
 import logging
 import shutil
 import subprocess
@@ -80,11 +79,6 @@ class RegisteredModel:
         return {
             k.removeprefix(LINEAGE_PREFIX): v for k, v in self.tags.items() if k.startswith(LINEAGE_PREFIX)
         }
-
-
-def manifest_digest(path: Path) -> str:
-    """sha256 of a manifest's bytes: a dataset version that changes with any row."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def code_commit(repo: Path) -> str:

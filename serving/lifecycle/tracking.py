@@ -8,8 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from asr.corpus.datasets import dataset_digest
 from asr.train import METRICS, TrainConfig
-from serving.lifecycle.registry import RUN_ID_FILE, Registry, code_commit, manifest_digest
+from serving.lifecycle.registry import RUN_ID_FILE, Registry, code_commit
 from serving.settings import REPO_ROOT
 
 
@@ -32,7 +33,7 @@ class TrainingRun:
                 self.client.log_param(self.run_id, key, value[:6000])
             for source in config.train:
                 self.client.set_tag(
-                    self.run_id, f"manifest:{source.manifest}", manifest_digest(source.manifest)
+                    self.run_id, f"manifest:{source.manifest}", dataset_digest(source.manifest)
                 )
             self.client.set_tag(self.run_id, "code_commit", code_commit(REPO_ROOT))
 

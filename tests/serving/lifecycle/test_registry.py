@@ -74,7 +74,8 @@ def test_models_commands(
     code, out, _ = run(capsys, "models", "list")
     assert code == 0 and " champion " in out.splitlines()[1]
     manifest = tmp_path / "train.jsonl"
-    manifest.write_text('{"audio": "a.flac", "text": "a"}\n')
+    shutil.copy(SAMPLES_DIR / "fsdd_7_george_0.flac", tmp_path / "a.flac")
+    manifest.write_text('{"audio": "a.flac", "text": "seven"}\n')
     code, out, err = run(capsys, "models", "register", str(tiny_model_dir), "--parent", "champion",
                          "--manifest", str(manifest), "--alias", "challenger", "--note", "tiny")  # fmt: skip
     assert code == 0, err
