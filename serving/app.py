@@ -41,6 +41,7 @@ from serving.lifecycle.canary import CanaryController, RampPolicy
 from serving.lifecycle.registry import registered_version
 from serving.lifecycle.review import ReviewQueue
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan
+from serving.lifecycle.triggers import RetrainWorker
 from serving.routes import admin, feedback, health, monitoring, review, rollout, search, transcribe
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import Settings
@@ -81,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks.append(asyncio.create_task(state.canary.run(settings.canary_step_s), name="canary"))
         if state.monitor is not None:
             tasks.append(asyncio.create_task(_evaluate_alarms(state.monitor), name="alarms"))
+        if settings.retrain_auto:
+            state.retrain = RetrainWorker(state)
+            tasks.append(asyncio.create_task(state.retrain.run(), name="retrain-trigger"))
         state.ready = True
         try:
             yield
@@ -90,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             # Let a running alarm evaluation finish before the store it reads is closed.
             await asyncio.gather(*tasks, return_exceptions=True)
+            if state.retrain is not None:
+                state.retrain.stop()
             await state.stop_shadow()
             await state.batcher.stop()
             if state.challenger is not None:

@@ -27,6 +27,7 @@ from serving.lifecycle.review import ReviewQueue
 
 if TYPE_CHECKING:
     from serving.lifecycle.canary import CanaryController
+    from serving.lifecycle.triggers import RetrainWorker
 from serving.lifecycle.rollout import ModelSlot, RolloutPlan, ShadowRunner, routes_to_challenger
 from serving.search import CatalogIndex
 from serving.settings import Settings
@@ -58,6 +59,8 @@ class ServiceState:
     audit: AuditLog | None = None
     review: ReviewQueue | None = None
     canary: "CanaryController | None" = None
+    retrain: "RetrainWorker | None" = None
+    """Starts retraining when its triggers fire (when `retrain_auto`)."""
     """Judges the canary's gates and ramps or rolls back (started with the app)."""
     load_challenger: Callable[[Path, int | None], ModelSlot] | None = None
     """Loads a model folder as a challenger with the champion's decoding (blocking)."""

@@ -40,7 +40,8 @@ def running_server(state_dir: Path, **settings: str) -> Iterator[Server]:
     """Start `uvicorn serving.app:create_app_from_env` with `VOICE_SEARCH_*` settings; stop it after."""
     port = free_port()
     db_path = state_dir / "events.sqlite3"
-    env = os.environ | {"VOICE_SEARCH_DB_PATH": str(db_path), "VOICE_SEARCH_LOG_LEVEL": "INFO"}
+    env = os.environ | {"VOICE_SEARCH_DB_PATH": str(db_path), "VOICE_SEARCH_LOG_LEVEL": "INFO",
+                        "VOICE_SEARCH_PORT": str(port)}  # fmt: skip
     env |= {f"VOICE_SEARCH_{k.upper()}": v for k, v in settings.items()}
     log_path = state_dir / "server.log"
     with log_path.open("wb") as log:

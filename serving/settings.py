@@ -120,6 +120,27 @@ class Settings:
     retrain_replay: str = "corpus/train.jsonl:0.5,corpus/real_train.jsonl:0.5"
     """Original training data replayed beside new labels in `voice-search retrain`, so that nothing
     is forgotten: comma-separated `manifest[:weight]`, relative to the working directory."""
+    retrain_auto: bool = False
+    """Start `voice-search retrain` in the background when a trigger fires (serving/lifecycle/triggers.py)."""
+    retrain_on_alarms: str = "null_transcripts,new_vocabulary,switch_to_typing"
+    """Alarm rules that trigger a retrain once they have fired for `retrain_alarm_for_s`."""
+    retrain_alarm_for_s: float = 600.0
+    retrain_new_labels: int = 200
+    """New strong labels (corrections, reviews) that trigger a retrain on their own; 0: never."""
+    retrain_cooldown_s: float = 6 * 3600.0
+    """Event time after a triggered start before the next may start, whatever fires."""
+    retrain_max_running: int = 1
+    retrain_check_s: float = 30.0
+    """How often (wall time) the trigger is checked."""
+    retrain_since: str = "7d"
+    """The span of production labels a triggered retrain exports."""
+    retrain_steps: int = 300
+    retrain_deploy: str = "shadow"
+    """What a triggered retrain does with a challenger that passed its gate: none (registered
+    only), shadow, or canary (shadow first, then the automatic canary)."""
+    public_url: str = ""
+    """This server's URL for the jobs it starts (a retrain hands its challenger back there);
+    empty: http://host:port."""
     admin_token: str = ""
     """Bearer token for the rollout admin routes (`/v1/admin/rollout`, `/v1/admin/audit`); empty
     disables them (403), it never leaves them open."""
@@ -132,6 +153,7 @@ class Settings:
             *("micro_batch_size", "max_queue", "search_limit", "audio_retention_days"),
             *("alarm_step_s", "redo_window_s", "shadow_max_queue"),
             *("canary_hold_s", "canary_window_s", "canary_min_samples", "canary_step_s"),
+            *("retrain_alarm_for_s", "retrain_max_running", "retrain_check_s", "retrain_steps"),
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -140,6 +162,10 @@ class Settings:
             raise ValueError(f"rollout_mode must be one of {ROLLOUT_MODES}, not {self.rollout_mode!r}")
         if not self.ramp_steps or not all(0 < x <= 1 for x in self.ramp_steps):
             raise ValueError(f"canary_steps must be shares in (0, 1], not {self.canary_steps!r}")
+        if self.retrain_deploy not in ("none", "shadow", "canary"):
+            raise ValueError(f"retrain_deploy must be none, shadow or canary, not {self.retrain_deploy!r}")
+        if self.retrain_auto and self.retrain_deploy != "none" and not self.admin_token:
+            raise ValueError("retrain_deploy hands challengers over through the admin API: set admin_token")
         if self.automation not in AUTOMATION_LEVELS:
             raise ValueError(f"automation must be one of {AUTOMATION_LEVELS}, not {self.automation!r}")
         if self.automation in SENDS_TO_PEOPLE and not self.retain_audio:
@@ -148,6 +174,8 @@ class Settings:
             )
         if not 0 <= self.canary_share <= 1:
             raise ValueError(f"canary_share must be between 0 and 1, not {self.canary_share}")
+        if self.retrain_cooldown_s < 0 or self.retrain_new_labels < 0:
+            raise ValueError("retrain_cooldown_s and retrain_new_labels must be >= 0")
         if self.micro_batch_wait_ms < 0 or not 0 <= self.search_min_score <= 1:
             raise ValueError("micro_batch_wait_ms must be >= 0 and search_min_score in [0, 1]")
 
@@ -161,6 +189,18 @@ class Settings:
             return tuple(sorted(float(x) for x in self.canary_steps.split(",") if x.strip()))
         except ValueError:
             return ()
+
+    @property
+    def server_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment of a child process that must see exactly these settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            env[ENV_PREFIX + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
 
     @property
     def replay_sources(self) -> list[str]:

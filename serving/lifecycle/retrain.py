@@ -41,6 +41,7 @@ NEW_DATA = "new_data"
 """The gate's name for the held-out part of the new labels."""
 REPORT = "report.json"
 MIN_HELD_OUT = 5
+"""Sessions, at least, kept out of training for the gate to score on."""
 
 
 @dataclass(frozen=True)
@@ -158,25 +159,27 @@ class RetrainReport:
 
 def split_labels(labels: Path, out_dir: Path, held_out: float, seed: int) -> tuple[Path, Path]:
     """Write `train.jsonl` and `held_out.jsonl`: whole sessions on one side (one user's redos
-    must not be on both), chosen by a seeded hash so that the split never moves."""
+    must not be on both). Sessions are ranked by a seeded hash and the first `held_out` share of
+    them (at least `MIN_HELD_OUT`) is held out, so a session keeps its side as labels arrive."""
     lines = [line for line in labels.read_text(encoding="utf-8").splitlines() if line.strip()]
     entries = read_manifest(labels)
-    parts: dict[bool, list[str]] = {True: [], False: []}
+    rows: dict[str, list[str]] = {}
     for line, entry in zip(lines, entries, strict=True):
         row = json.loads(line)
         group = str(row.get("session_id") or row.get("request_id") or entry.audio.name)
-        digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
         row["audio"] = str(entry.audio.resolve())
-        parts[int.from_bytes(digest[:8], "big") / 2**64 < held_out].append(json.dumps(row))
-    if len(parts[True]) < MIN_HELD_OUT or not parts[False]:
+        rows.setdefault(group, []).append(json.dumps(row))
+    ranked = sorted(rows, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).digest())
+    count = max(MIN_HELD_OUT, round(held_out * len(ranked)))
+    if count >= len(ranked):
         raise DataError(
-            f"{labels} has {len(entries)} labels: too few to both train and hold out {MIN_HELD_OUT} "
-            f"to score on (held out {len(parts[True])})"
+            f"{labels} has {len(entries)} labels in {len(ranked)} sessions: too few to hold out "
+            f"{MIN_HELD_OUT} sessions to score on and still train"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     train_path, held_path = out_dir / "train.jsonl", out_dir / "held_out.jsonl"
-    train_path.write_text("\n".join(parts[False]) + "\n", encoding="utf-8")
-    held_path.write_text("\n".join(parts[True]) + "\n", encoding="utf-8")
+    for path, groups in ((held_path, ranked[:count]), (train_path, ranked[count:])):
+        path.write_text("".join(r + "\n" for g in groups for r in rows[g]), encoding="utf-8")
     return train_path, held_path
 
 

@@ -43,3 +43,10 @@ async def rollout(service: Service, window: str = "10m") -> dict[str, Any]:
         "slots": [asdict(slot_window(events, slot, redo_s)) for slot in slots],
         "history": [{"at": e.at, "actor": e.actor, "action": e.action, "reason": e.reason} for e in history],
     }
+
+
+@router.get("/retrain", summary="Automatic retraining: its triggers, last check and the runs it started")
+async def retrain_state(service: Service) -> dict[str, Any]:
+    if service.retrain is None:
+        return {"enabled": False, "runs": []}
+    return service.retrain.snapshot()

@@ -21,6 +21,7 @@ from serving.cli import main
 from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.registry import CHALLENGER, CHAMPION, Registry
 from serving.lifecycle.retrain import (
+    MIN_HELD_OUT,
     NEW_DATA,
     Check,
     GateLimits,
@@ -76,7 +77,10 @@ def test_split_keeps_sessions_whole_and_never_moves(labels: Path, tmp_path: Path
     assert sessions[0].isdisjoint(sessions[1]) and len(sessions[0] | sessions[1]) == 12
     assert all(e.audio.is_file() for e in read_manifest(held))
     with pytest.raises(Exception, match="too few"):
-        split_labels(labels / "manifest.jsonl", tmp_path / "c", held_out=0.01, seed=0)
+        split_labels(labels / "manifest.jsonl", tmp_path / "c", held_out=0.99, seed=0)
+    # However small the share, the gate gets at least MIN_HELD_OUT sessions to score on.
+    _, few = split_labels(labels / "manifest.jsonl", tmp_path / "d", held_out=0.01, seed=0)
+    assert len(few.read_text().splitlines()) == MIN_HELD_OUT
 
 
 def test_the_loop_registers_a_better_challenger(

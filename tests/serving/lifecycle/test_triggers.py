@@ -1,0 +1,111 @@
+"""Automatic retraining. The decision rules on their own; then the whole loop on a real server:
+users correct transcripts, the strong labels reach the trigger's count, the server starts a
+retrain in the background (tiny model, a few CPU steps, real MLflow, a frozen golden set), the
+gate passes it, and the retrain hands the challenger back to the server in shadow mode, every
+step in the audit log with what triggered it."""
+
+import io
+import json
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.corpus.datasets import freeze_golden
+from serving.launch import running_server
+from serving.lifecycle.triggers import TriggerPolicy, decide
+from tests.signals import SAMPLES_DIR
+
+POLICY = TriggerPolicy(alarms=("null_transcripts",), alarm_for_s=600, new_labels=200, cooldown_s=3600)
+
+
+def test_an_alarm_must_fire_long_enough() -> None:
+    assert decide(POLICY, 1000.0, {"null_transcripts": 500.0}, 0, None, 0) is None
+    assert (
+        decide(POLICY, 1100.0, {"null_transcripts": 500.0}, 0, None, 0)
+        == "alarm null_transcripts firing for 600 s"
+    )
+    assert decide(POLICY, 5000.0, {"latency_p95_high": 0.0}, 0, None, 0) is None  # not a retraining alarm
+
+
+def test_labels_cooldown_and_cap() -> None:
+    assert decide(POLICY, 0.0, {}, 199, None, 0) is None
+    assert decide(POLICY, 0.0, {}, 200, None, 0) == "200 new strong labels"
+    assert decide(POLICY, 4000.0, {}, 250, last_started=1000.0, running=0) is None  # cooling down
+    assert decide(POLICY, 4700.0, {}, 250, last_started=1000.0, running=0) == "250 new strong labels"
+    assert decide(POLICY, 9000.0, {}, 250, last_started=1000.0, running=1) is None  # one at a time
+    assert decide(TriggerPolicy((), 600, 0, 0), 0.0, {}, 10**6, None, 0) is None  # labels trigger off
+
+
+TOKEN = "trigger-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def clips() -> list[tuple[bytes, str]]:
+    """16 distinct real recordings: the four samples at four gains."""
+    found = []
+    for line in (SAMPLES_DIR / "manifest.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        audio, rate = sf.read(SAMPLES_DIR / sample["audio"], dtype="float32")
+        for gain in (1.0, 0.8, 0.6, 0.4):
+            buffer = io.BytesIO()
+            sf.write(buffer, np.asarray(audio * gain, dtype=np.float32), rate, format="FLAC")
+            found.append((buffer.getvalue(), sample["text"]))
+    return found
+
+
+@pytest.mark.server
+def test_strong_labels_trigger_a_retrain_that_reaches_shadow(tmp_path: Path, tiny_model_dir: Path) -> None:
+    freeze_golden(SAMPLES_DIR / "manifest.jsonl", "samples", tmp_path / "golden")
+    settings = {
+        "model_dir": str(tiny_model_dir), "bias_decoding": "false", "retain_audio": "true",
+        "admin_token": TOKEN, "mlflow_dir": str(tmp_path / "mlflow"), "golden_dir": str(tmp_path / "golden"),
+        "retrain_auto": "true", "retrain_new_labels": "16", "retrain_check_s": "1", "retrain_steps": "20",
+        "retrain_replay": f"{SAMPLES_DIR / 'manifest.jsonl'}:0.5", "retrain_deploy": "shadow",
+    }  # fmt: skip
+    with running_server(tmp_path, **settings) as server:
+        assert httpx.get(server.url + "/v1/retrain", timeout=10).json()["runs"] == []
+        for n, (audio, text) in enumerate(clips()):
+            files = {"file": ("q.flac", audio, "audio/flac")}
+            answer = httpx.post(
+                server.url + "/v1/search", files=files, data={"session_id": f"user-{n}"}, timeout=60
+            )
+            assert answer.status_code == 200, answer.text
+            correction = {
+                "request_id": answer.headers["x-request-id"],
+                "kind": "correction",
+                "corrected_text": text,
+            }
+            assert httpx.post(server.url + "/v1/feedback", json=correction, timeout=10).status_code == 200
+
+        deadline = time.monotonic() + 600
+        state: dict = {}
+        while time.monotonic() < deadline:
+            state = httpx.get(server.url + "/v1/retrain", timeout=10).json()
+            if state["runs"] and state["runs"][0]["returncode"] is not None:
+                break
+            time.sleep(2)
+        assert state["runs"], server.log()
+        run = state["runs"][0]
+        log = (Path(run["out_dir"]) / "retrain.log").read_text()
+        assert run["returncode"] == 0, log
+        assert run["reason"] == "16 new strong labels" and run["result"]["registered"]["version"] == 2
+
+        rollout = httpx.get(server.url + "/v1/rollout", timeout=10).json()
+        assert rollout["mode"] == "shadow"
+        content = run["result"]["registered"]["model_version"].rpartition("@")[2]
+        assert rollout["challenger"]["model_version"] == f"voice-search-v2@{content}"
+        entries = httpx.get(server.url + "/v1/admin/audit", headers=AUTH, timeout=10).json()["entries"]
+        actions = [(e["actor"], e["action"]) for e in reversed(entries)]
+        assert actions == [
+            ("automation", "retrain_started"), ("automation", "retrain_registered"),
+            ("automation", "rollout"), ("automation", "load_challenger"), ("automation", "rollout"),
+            ("automation", "retrain_finished"),
+        ]  # fmt: skip
+        assert all(
+            "16 new strong labels" in e["reason"] for e in entries if e["action"].startswith("retrain")
+        )
+        assert len(httpx.get(server.url + "/v1/retrain", timeout=10).json()["runs"]) == 1  # no second run
