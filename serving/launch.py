@@ -39,6 +39,7 @@ def free_port() -> int:
 def running_server(state_dir: Path, **settings: str) -> Iterator[Server]:
     """Start `uvicorn serving.app:create_app_from_env` with `VOICE_SEARCH_*` settings; stop it after."""
     port = free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
     db_path = state_dir / "events.sqlite3"
     env = os.environ | {"VOICE_SEARCH_DB_PATH": str(db_path), "VOICE_SEARCH_LOG_LEVEL": "INFO",
                         "VOICE_SEARCH_PORT": str(port)}  # fmt: skip

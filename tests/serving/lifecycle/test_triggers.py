@@ -8,6 +8,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -82,7 +83,7 @@ def test_strong_labels_trigger_a_retrain_that_reaches_shadow(tmp_path: Path, tin
             assert httpx.post(server.url + "/v1/feedback", json=correction, timeout=10).status_code == 200
 
         deadline = time.monotonic() + 600
-        state: dict = {}
+        state: dict[str, Any] = {}
         while time.monotonic() < deadline:
             state = httpx.get(server.url + "/v1/retrain", timeout=10).json()
             if state["runs"] and state["runs"][0]["returncode"] is not None:
