@@ -55,15 +55,23 @@ def wait_done(page: Page) -> str:
 
 
 def test_recording_from_the_microphone_searches_by_voice(page: Page, server: Server) -> None:
+    # The record mark is drawn by CSS (a glyph showed as a missing-character box).
+    assert page.text_content("#record") == "Record"
+    assert page.locator("#record .dot").bounding_box()["width"] > 5  # type: ignore[index]
     page.click("#record")
     page.wait_for_selector("#status[data-state=recording]")
     page.wait_for_timeout(2500)
+    # The level meter moved with the fake microphone's speech.
+    assert float(page.get_attribute("#level", "data-peak") or 0) > 0.05
     page.click("#stop")
     row = event(server, wait_done(page))
     assert row["kind"] == "voice_search" and row["status_code"] == 200
     assert row["content_type"] == "audio/wav" and row["sample_rate_hz"] == 16_000
     assert 1.5 < float(row["duration_s"]) < 4.0
     assert page.text_content("#transcript") == (row["transcript"] or "(no speech heard)")
+    assert page.get_attribute("#level", "value") == "0"  # the meter stops with the recording
+    if row["transcript"]:
+        assert page.text_content("#confidence-text") == f"confidence {round(100 * float(row['confidence']))}%"
 
 
 def test_uploading_a_file_searches_by_voice(page: Page, server: Server, speech_wav: Path) -> None:
