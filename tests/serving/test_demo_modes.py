@@ -44,6 +44,7 @@ def test_assist_asks_to_confirm_and_an_edit_is_a_correction(
         upload(page, server, speech_wav)
         page.wait_for_selector("#status[data-state=confirm]", timeout=60_000)
         assert page.is_visible("#suggestion") and page.locator("#results li").count() == 0
+        assert not page.is_visible("#correct-form") and not page.is_visible("#review-state")
         voice_id = page.get_attribute("#transcript", "data-request-id")
         suggested = page.text_content("#suggested") or ""
         assert suggested.strip("“”") == page.text_content("#transcript")
@@ -62,7 +63,8 @@ def test_assist_asks_to_confirm_and_an_edit_is_a_correction(
         page.wait_for_selector("#status[data-state=confirm]", timeout=60_000)
         page.click("#confirm")
         page.wait_for_selector("#status[data-state=done]")
-        assert not page.is_visible("#suggestion")
+        assert not page.is_visible("#suggestion") and not page.is_visible("#correct-form")
+        assert page.locator("#results li").count() >= 1  # hits, or "Nothing found."
 
 
 def test_partial_shows_sent_for_review(page: Page, speech_wav: Path, tmp_path: Path) -> None:
