@@ -148,6 +148,33 @@ class ReviewQueue:
             )
         return self.get(item_id)
 
+    def workload(self, since: float, now: float) -> dict[str, Any]:
+        """The people's side of automation since `since`: items queued and reviewed, the queue now,
+        and how long reviewed items waited (from the request to the accepted review)."""
+        with self._lock:
+            queued = self._db.execute(
+                "SELECT COUNT(*) FROM reviews WHERE created_at >= ?", (since,)
+            ).fetchone()[0]
+            pending = self._db.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM reviews WHERE status = 'pending'"
+            ).fetchone()
+            waits = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT reviewed_at - created_at FROM reviews WHERE status = 'done' AND reviewed_at >= ?",
+                    (since,),
+                )
+            ]
+        waits.sort()
+        return {
+            "queued": queued,
+            "reviewed": len(waits),
+            "pending": pending[0],
+            "oldest_pending_age_s": now - pending[1] if pending[1] is not None else None,
+            "queue_time_p50_s": waits[len(waits) // 2] if waits else None,
+            "queue_time_p95_s": waits[min(len(waits) - 1, int(0.95 * len(waits)))] if waits else None,
+        }
+
     def expire_missing_audio(self) -> int:
         """Close pending items whose audio the retention purge has deleted."""
         expired = [i.id for i in self.items(limit=100_000) if not Path(i.audio_path).is_file()]

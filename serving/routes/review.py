@@ -1,5 +1,6 @@
 """The human review queue: list what waits, listen, correct, accept. Bearer token required."""
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from serving.deps import Admin, Service, ServiceState
 from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.review import ReviewError, ReviewQueue
+from serving.routes.monitoring import span_seconds
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 page = APIRouter()
@@ -39,6 +41,21 @@ async def pending(service: Service, reviewer: Admin, limit: int = 50) -> dict[st
     items = await run_in_threadpool(queue.items, "pending", limit)
     now = service.monitor.now() if service.monitor else None
     return {"items": [asdict(i) | {"audio_url": f"/v1/review/{i.id}/audio"} for i in items], "now": now}
+
+
+@router.get(
+    "/stats", summary="Human workload: the share of voice searches sent to people, queue and wait times"
+)
+async def workload(service: Service, reviewer: Admin, window: str = "1h") -> dict[str, Any]:
+    span_s = span_seconds(window, "window")
+    now = time.time()
+    events = await run_in_threadpool(service.store.events, now - span_s)
+    voice = [e for e in events if e.kind == "voice_search" and e.status_code < 400]
+    to_people = sum(1 for e in voice if e.status_code == 202)
+    stats = await run_in_threadpool(_queue(service).workload, now - span_s, now)
+    share = to_people / len(voice) if voice else None
+    return {"window_s": span_s, "voice_searches": len(voice), "sent_to_people": to_people,
+            "share_to_people": share, "automation": service.settings.automation} | stats  # fmt: skip
 
 
 @router.get("/{item_id}/audio", summary="The queued request's audio")

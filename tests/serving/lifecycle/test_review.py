@@ -67,6 +67,15 @@ def test_partial_sends_low_confidence_requests_to_review_and_a_review_becomes_a_
         == 404
     )
 
+    # The workload: every voice search went to people (the threshold is above any confidence), and
+    # the accepted one waited from its request to its review.
+    stats = httpx.get(
+        partial.url + "/v1/review/stats", headers=AUTH, params={"window": "1h"}, timeout=10
+    ).json()
+    assert stats["share_to_people"] == 1.0 and stats["sent_to_people"] == stats["voice_searches"] >= 1
+    assert stats["reviewed"] == 1 and 0 < stats["queue_time_p50_s"] < 120
+    assert httpx.get(partial.url + "/v1/review/stats", timeout=10).status_code == 401
+
     monkeypatch.setenv("VOICE_SEARCH_DB_PATH", str(partial.db_path))
     assert main(["labels", "export", "--out", str(tmp_path / "labels"), "--since", "1d"]) == 0
     exported = capsys.readouterr().out
