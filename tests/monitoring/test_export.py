@@ -20,6 +20,7 @@ import yaml
 
 from monitoring.alarms import Rule, load_rules
 from monitoring.export import (
+    ARGO_FILE,
     CONFIG_FILE,
     DASHBOARD_FILE,
     DATASOURCE,
@@ -170,13 +171,11 @@ def test_promtool_rejects_a_malformed_rule_and_the_unit_tests_catch_a_moved_thre
     assert "alertname: null_transcripts" in result.stdout + result.stderr
 
 
-def test_the_export_command_writes_the_three_files(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_export_command_writes_the_four_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["monitor", "export", "--rules", str(ALARMS), "--out", str(tmp_path / "deploy")]) == 0
     written = {p.name: p.read_text() for p in (tmp_path / "deploy").iterdir()}
     assert written == deploy_files(load_rules(ALARMS))
-    assert {RULES_FILE, DASHBOARD_FILE, CONFIG_FILE} == set(written)
+    assert {RULES_FILE, DASHBOARD_FILE, CONFIG_FILE, ARGO_FILE} == set(written)
     assert "wrote" in capsys.readouterr().out
     bad = tmp_path / "bad.yml"
     bad.write_text("rules:\n  - name: x\n    metric: nope\n    window: 1m\n    threshold: 1\n")
