@@ -29,7 +29,7 @@ import threading
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -88,10 +88,15 @@ class Rule:
     drift: str | None = None
     test: str | None = None
     description: str = ""
+    per_slot: bool = False
+    """Also judged on each slot's voice searches (and their sessions) while more than one slot
+    answers, as `name[slot]`: a canary's challenger gets its own alarm."""
 
     def __post_init__(self) -> None:
         if (self.metric is None) == (self.drift is None):
             raise ValueError(f"rule {self.name!r}: give exactly one of 'metric' or 'drift'")
+        if self.per_slot and self.metric is None:
+            raise ValueError(f"rule {self.name!r}: per_slot applies to metric rules only")
         if self.metric is not None and self.metric not in WINDOW_METRICS:
             raise ValueError(
                 f"rule {self.name!r}: unknown metric {self.metric!r}; known: {', '.join(WINDOW_METRICS)}"
@@ -277,6 +282,27 @@ def rule_value(
     return WindowValue(statistic, len(current)), result
 
 
+def slot_rule_name(rule: str, slot: str) -> str:
+    return f"{rule}[{slot}]"
+
+
+def by_slot(events: Sequence[Event]) -> dict[str, list[Event]]:
+    """Each answering slot's voice searches with the rest of their sessions' events (clicks, typed
+    searches), when more than one slot answered in `events`; else nothing to split."""
+    slots = sorted({e.slot for e in events if e.kind == "voice_search" and e.slot})
+    if len(slots) < 2:
+        return {}
+    split = {}
+    for slot in slots:
+        sessions = {
+            e.session_id for e in events if e.kind == "voice_search" and e.slot == slot and e.session_id
+        }
+        split[slot] = [
+            e for e in events if (e.slot == slot if e.kind == "voice_search" else e.session_id in sessions)
+        ]
+    return split
+
+
 class AlarmEngine:
     """Evaluates rules over windows ending at a given event time and remembers each rule's state."""
 
@@ -323,7 +349,29 @@ class AlarmEngine:
             if result is not None:
                 drift.append(result)
             states.append(self._judge(rule, value, now))
+            if rule.per_slot:
+                for slot, slot_events in by_slot(in_window).items():
+                    slot_value, _ = rule_value(rule, slot_events, self.reference, self.context, None)
+                    states.append(
+                        self._judge(replace(rule, name=slot_rule_name(rule.name, slot)), slot_value, now)
+                    )
+        self._retire_slots({s.rule for s in states}, now)
         return Evaluation(now, states, drift)
+
+    def _retire_slots(self, judged: set[str], now: float) -> None:
+        """A slot that no longer answers (a challenger rolled back or promoted) takes its alarms
+        with it; a firing one is resolved, since no later window can judge it."""
+        with self._lock:
+            gone = [s for name, s in self.states.items() if "[" in name and name not in judged]
+            for state in gone:
+                del self.states[state.rule]
+        for state in gone:
+            if state.state == "firing":
+                transition = Transition(
+                    state.rule, state.severity, False, now, None, state.threshold, state.subject
+                )
+                self.history.append(transition)
+                self._notify(transition)
 
     def _judge(self, rule: Rule, value: WindowValue, now: float) -> AlarmState:
         if value.value is None or value.samples < rule.min_samples:
@@ -365,12 +413,15 @@ class AlarmEngine:
                 )
                 self.history.append(transition)
         if transition is not None:
-            for notifier in self.notifiers:
-                try:
-                    notifier.notify(transition)
-                except Exception:
-                    logger.exception("notifier %r failed", notifier)
+            self._notify(transition)
         return current
+
+    def _notify(self, transition: Transition) -> None:
+        for notifier in self.notifiers:
+            try:
+                notifier.notify(transition)
+            except Exception:
+                logger.exception("notifier %r failed", notifier)
 
     def drift_table(self, current: dict[str, list[float | str]]) -> list[DriftResult]:
         """Every profiled feature against the reference, judged by the test and threshold of the

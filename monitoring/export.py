@@ -128,6 +128,17 @@ PROMQL: dict[str, PromForm] = {
 """Window metrics with a PromQL form; the others fall back to the service's verdict (`VERDICT_ONLY`)."""
 
 VERDICT_ONLY = frozenset(WINDOW_METRICS) - frozenset(PROMQL)
+
+SLOT_PROMQL: dict[str, PromForm] = {
+    "null_transcript_ratio": PromForm(
+        "(sum by (slot) (increase(voice_search_null_transcripts_total[$w])) or"
+        f" sum by (slot) (increase({VOICE_SEARCHES}[$w])) * 0)"
+        f" / sum by (slot) (increase({VOICE_SEARCHES}[$w]))",
+        f"sum by (slot) (increase({VOICE_SEARCHES}[$w]))",
+    ),
+}
+"""Per-slot forms of the window metrics whose counters carry the slot label, for `per_slot` rules
+(a rule's other metrics are split by slot in the service's own engine only)."""
 """click_ratio (clicks are counted for every search kind, the metric only voice searches'),
 typed_oov_ratio and transcript_oov_ratio (they need the training vocabulary)."""
 
@@ -190,9 +201,24 @@ def alerting_rule(rule: Rule) -> dict[str, Any]:
     }
 
 
+def slot_alerting_rule(rule: Rule) -> dict[str, Any] | None:
+    """`<name>_by_slot`: the rule judged per answering slot (a canary's challenger on its own)."""
+    if not rule.per_slot or rule.metric not in SLOT_PROMQL:
+        return None
+    value, samples = SLOT_PROMQL[rule.metric].render(prom_duration(rule.window_s))
+    condition = f"{rule.comparator} {_number(rule.threshold)}"
+    return alerting_rule(rule) | {
+        "alert": f"{rule.name}_by_slot",
+        "expr": f"({value}) {condition}\nand on (slot) {samples} >= {rule.min_samples}",
+    }
+
+
 def prometheus_rules(rules: list[Rule]) -> dict[str, Any]:
-    """A Prometheus rules document (`rule_files:` entry) with one alerting rule per alarm rule."""
-    return {"groups": [{"name": "voice-search", "rules": [alerting_rule(r) for r in rules]}]}
+    """A Prometheus rules document (`rule_files:` entry): one alerting rule per alarm rule, and
+    one more per slot-split rule."""
+    alerts = [alerting_rule(r) for r in rules]
+    alerts += [a for a in map(slot_alerting_rule, rules) if a is not None]
+    return {"groups": [{"name": "voice-search", "rules": alerts}]}
 
 
 def prometheus_config(

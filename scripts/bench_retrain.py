@@ -7,6 +7,7 @@ project's dev sets, and this script reports its wall and CPU time, the challenge
 WER on the held-out new items, and every golden set's change.
 
     .venv/bin/python scripts/bench_retrain.py --out var/bench-retrain      # needs corpus/ built
+    .venv/bin/python scripts/bench_retrain.py --out var/bench-retrain-2 -- --new-weight 0.5
 
 Pause other training while it runs: the CPU time is the figure, but wall time is reported too.
 """
@@ -89,6 +90,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("retrain_args", nargs="*", help="after --: more `voice-search retrain` flags")
     args = parser.parse_args()
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ def main() -> int:
     }
     command = [sys.executable, "-m", "serving.cli", "retrain", "--since", "1d", "--out", str(out / "retrain"),
                "--steps", str(args.steps), "--threads", str(args.threads),
-               "--seed", str(args.seed)]  # fmt: skip
+               "--seed", str(args.seed), *args.retrain_args]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO_ROOT, env=os.environ | child_env,

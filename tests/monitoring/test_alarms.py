@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -420,3 +421,40 @@ def test_the_engine_survives_a_dead_webhook(caplog: pytest.LogCaptureFixture) ->
     (state,) = engine.evaluate(voice(0.0, 5, null=True), now=10.0).states
     assert state.state == "firing"
     assert wait_for_log(caplog, "alarm webhook")
+
+
+def test_a_per_slot_rule_judges_each_answering_slot_and_retires_a_slot_that_left() -> None:
+    """A canary: the champion answers, the challenger says nothing. Overall the window is under
+    the threshold; the challenger's own alarm fires, and resolves when it stops answering."""
+    recorder = Recorder()
+    engine = AlarmEngine([null_rule(per_slot=True)], notifiers=[recorder])
+    champion = [
+        replace(e, slot="primary", session_id=f"a{i}") for i, e in enumerate(voice(0.0, 45, null=False))
+    ]
+    challenger = [
+        replace(e, slot="challenger", session_id=f"b{i}")
+        for i, e in enumerate(voice(0.0, 15, null=True, prefix="c"))
+    ]
+    states = {s.rule: s for s in engine.evaluate(champion + challenger, now=60.0).states}
+    assert states["null_transcripts"].state == "ok" and states["null_transcripts"].value == 0.25
+    assert states["null_transcripts[challenger]"].state == "firing"
+    assert (
+        states["null_transcripts[challenger]"].value == 1.0
+        and states["null_transcripts[challenger]"].samples == 15
+    )
+    assert states["null_transcripts[primary]"].state == "ok"
+    assert [(t.rule, t.firing) for t in recorder.transitions] == [("null_transcripts[challenger]", True)]
+
+    # Rolled back: only the champion answers; the challenger's alarm resolves and is gone.
+    later = [
+        replace(e, slot="primary", session_id=f"d{i}")
+        for i, e in enumerate(voice(60.0, 60, null=False, prefix="d"))
+    ]
+    rules = {s.rule for s in engine.evaluate(later, now=120.0).states}
+    assert rules == {"null_transcripts"} and set(engine.states) == {"null_transcripts"}
+    assert [(t.rule, t.firing) for t in recorder.transitions][-1] == ("null_transcripts[challenger]", False)
+
+
+def test_per_slot_applies_to_metric_rules_only() -> None:
+    with pytest.raises(ValueError, match="per_slot applies to metric rules only"):
+        Rule(name="d", drift="rms_dbfs", test="psi", window_s=60, threshold=1.0, per_slot=True)

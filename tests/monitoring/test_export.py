@@ -25,6 +25,7 @@ from monitoring.export import (
     DASHBOARD_FILE,
     DATASOURCE,
     PROMQL,
+    SLOT_PROMQL,
     RULES_FILE,
     VERDICT_ONLY,
     alert_expr,
@@ -77,7 +78,11 @@ def test_the_committed_deploy_files_are_what_the_alarm_rules_export(rules: list[
 def test_every_alert_and_panel_has_its_rules_threshold_severity_and_window(rules: list[Rule]) -> None:
     alerts = {a["alert"]: a for a in prometheus_rules(rules)["groups"][0]["rules"]}
     panels = {p["title"].split(":")[0]: p for p in grafana_dashboard(rules)["panels"] if p["type"] != "row"}
-    assert list(alerts) == [r.name for r in rules]
+    split = [f"{r.name}_by_slot" for r in rules if r.per_slot and r.metric in SLOT_PROMQL]
+    assert split == ["null_transcripts_by_slot"]  # switch to typing is split by the service only
+    assert list(alerts) == [r.name for r in rules] + split
+    by_slot = alerts["null_transcripts_by_slot"]
+    assert "sum by (slot)" in by_slot["expr"] and "and on (slot)" in by_slot["expr"]
     for rule in rules:
         alert = alerts[rule.name]
         assert f"{rule.comparator} {float(rule.threshold)!r}" in alert["expr"]
