@@ -256,7 +256,7 @@ async def _evaluate_alarms(monitor: Monitor) -> None:
         await asyncio.sleep(1.0)
 
 
-UNRECORDED = ("/v1/alerts", "/v1/monitoring/", "/v1/admin/", "/v1/rollout", "/v1/review")
+UNRECORDED = ("/v1/alerts", "/v1/monitoring/", "/v1/admin/", "/v1/rollout", "/v1/retrain", "/v1/review")
 """/v1/ paths that read or steer the monitors: recording them would make the dashboard watch itself."""
 
 

@@ -40,6 +40,7 @@ from serving.lifecycle.retrain_cli import add_golden_commands, add_retrain_comma
 from serving.monitor_cli import add_monitor_commands
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, Settings
+from serving.simulate_cli import add_simulate_command
 
 logger = logging.getLogger("voice_search")
 
@@ -172,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(command=_data_check)
     add_golden_commands(data)
     add_retrain_command(commands)
+    add_simulate_command(commands)
 
     trainer = commands.add_parser("train", help="train or fine-tune a wav2vec2 CTC model (resumable)")
     trainer.add_argument(

@@ -137,7 +137,8 @@ class Settings:
     retrain_steps: int = 300
     retrain_deploy: str = "shadow"
     """What a triggered retrain does with a challenger that passed its gate: none (registered
-    only), shadow, or canary (shadow first, then the automatic canary)."""
+    only), shadow, or canary (shadow for `retrain_shadow_s` of event time, then the automatic canary)."""
+    retrain_shadow_s: float = 600.0
     public_url: str = ""
     """This server's URL for the jobs it starts (a retrain hands its challenger back there);
     empty: http://host:port."""
@@ -154,6 +155,7 @@ class Settings:
             *("alarm_step_s", "redo_window_s", "shadow_max_queue"),
             *("canary_hold_s", "canary_window_s", "canary_min_samples", "canary_step_s"),
             *("retrain_alarm_for_s", "retrain_max_running", "retrain_check_s", "retrain_steps"),
+            "retrain_shadow_s",
         )
         for name in positive:
             if not getattr(self, name) > 0:

@@ -6,7 +6,9 @@ the last start and the runs still going: a cooldown keeps a lasting alarm from s
 run, and a cap bounds the runs at once. The worker checks on its own task, never in a request,
 and runs the retrain as a separate, low-priority process that inherits the server's settings and
 hands its challenger back through the admin API (so every step of it is audited like an
-operator's). Times are event time, the monitors' clock, so replays faster than real time work.
+operator's). With `retrain_deploy=canary` the worker then moves a challenger that has been in
+shadow for `retrain_shadow_s` on to the automatic canary, whose controller ramps or rolls back.
+Times are event time, the monitors' clock, so replays faster than real time work.
 """
 
 import asyncio
@@ -86,6 +88,9 @@ class Run:
     process: subprocess.Popen[bytes]
     returncode: int | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    finished_at: float | None = None
+    """Event time the worker saw the run end."""
+    canary_started: bool = False
 
     def public(self) -> dict[str, Any]:
         return {"reason": self.reason, "started_at": self.started_at, "out_dir": str(self.out_dir),
@@ -139,11 +144,13 @@ class RetrainWorker:
     def _start(self, reason: str, now: float) -> Run:
         out = self.settings.db_path.parent / "retrain" / time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
         out.mkdir(parents=True, exist_ok=True)
+        # The worker itself moves a shadowed challenger on to the canary, in event time.
+        deploy = "shadow" if self.settings.retrain_deploy == "canary" else self.settings.retrain_deploy
         command = [
             sys.executable, "-m", "serving.cli", "retrain", "--out", str(out),
             "--since", self.settings.retrain_since, "--steps", str(self.settings.retrain_steps),
             "--actor", ACTOR, "--trigger", reason,
-            "--deploy", self.settings.retrain_deploy, "--server", self.settings.server_url,
+            "--deploy", deploy, "--server", self.settings.server_url,
         ]  # fmt: skip
         with (out / "retrain.log").open("wb") as log:
             process = subprocess.Popen(
@@ -156,8 +163,35 @@ class RetrainWorker:
         logger.warning("retraining started (%s): %s", reason, out)
         return run
 
+    def to_canary(self, now: float) -> None:
+        """A retrained challenger that has shadowed long enough enters the automatic canary (on the
+        event loop: the rollout switch stops shadow's worker there)."""
+        from serving.lifecycle.rollout import RolloutPlan
+
+        if self.settings.retrain_deploy != "canary" or not self.runs:
+            return
+        run = self.runs[-1]
+        registered = run.result.get("registered")
+        challenger = self.service.challenger
+        if run.canary_started or run.finished_at is None or not registered or challenger is None:
+            return
+        if challenger.registry_version != registered["version"] or self.service.rollout.mode != "shadow":
+            run.canary_started = True  # someone changed the plan meanwhile: leave it to them
+            return
+        if now - run.finished_at >= self.settings.retrain_shadow_s:
+            run.canary_started = True
+            share = self.settings.ramp_steps[0]
+            self.service.set_rollout(RolloutPlan("canary", share, auto=True))
+            details = {"version": registered["version"], "canary_share": share} | self.service.versions()
+            self._audit(
+                "rollout",
+                f"retrained v{registered['version']} shadowed {now - run.finished_at:.0f} s: canary",
+                details,
+            )
+
     def _finished(self, run: Run) -> None:
         run.returncode = run.process.returncode
+        run.finished_at = self.now()
         report = run.out_dir / REPORT
         if report.is_file():
             found = json.loads(report.read_text(encoding="utf-8"))
@@ -175,6 +209,7 @@ class RetrainWorker:
         while True:
             try:
                 await run_in_threadpool(self.check)
+                self.to_canary(self.now())
             except Exception:
                 logger.exception("the retrain trigger check failed; will retry")
             await asyncio.sleep(self.settings.retrain_check_s)

@@ -1,0 +1,58 @@
+"""The loop's story end to end (issue 16, the CI version): a real server with the tiny model, its
+monitors, retraining trigger, registry and canary, and simulated users. A shock of new places
+fires the new-vocabulary alarm, the alarm triggers a retrain (traffic time waits for it), a bad
+deploy is rolled back by the canary's gates, and every request the users sent is an event."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.cli import main
+from serving.simulate_cli import SCENARIOS
+from serving.simulation import Change, Scenario
+
+STORY = Path(__file__).parent / "scenarios" / "story.yml"
+
+
+@pytest.mark.server
+def test_the_story_shock_alarm_retrain_and_a_rolled_back_bad_deploy(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["simulate", str(STORY), "--out", str(tmp_path), "--set", f"model_dir={tiny_model_dir}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["events"] == summary["requests"] > 1000
+    assert summary["detected_by"] == "new_vocabulary" and 0 < summary["time_to_detect_s"] < 180
+    assert "new_vocabulary" not in summary["false_alarms"]
+    assert summary["retrains"] == 1 and summary["paused_wall_s"] > 0
+    assert summary["rollbacks"] == 1 and summary["promotions"] == 0
+    assert 0 < summary["users_affected"] < 0.5  # the canary's share was 50%: the rollback came first
+
+    record = json.loads((tmp_path / "story.json").read_text())
+    kinds = [m["kind"] for m in record["markers"]]
+    assert kinds.index("alarm") < kinds.index("retrain") < kinds.index("operator") < kinds.index("rollback")
+    started = next(m for m in record["markers"] if m["label"].startswith("retrain_started"))
+    assert "alarm new_vocabulary firing" in started["label"]
+    assert (tmp_path / "story.png").stat().st_size > 10_000
+    page = (tmp_path / "story.html").read_text()
+    assert page.count("<svg") == 5 and "retrain_started" in page
+
+
+def test_scenarios_load_and_shares_follow_their_changes() -> None:
+    names = sorted(p.stem for p in SCENARIOS.glob("*.yml"))
+    assert names == ["bad_deploy", "device", "drift", "shock", "steady"]
+    scenarios = {name: Scenario.load(SCENARIOS / f"{name}.yml") for name in names}
+    assert scenarios["steady"].shock_s is None and scenarios["shock"].shock_s == 600
+    drift = scenarios["drift"]
+    assert drift.new_item_share(599) == 0 and drift.new_item_share(600 + 1200) == pytest.approx(0.25)
+    assert drift.new_item_share(3000) == pytest.approx(0.5) == drift.new_item_share(3500)
+    assert scenarios["device"].device_share(700) == 0.3 and scenarios["device"].device_share(500) == 0
+    assert scenarios["bad_deploy"].changes == (Change(at_s=600, deploy="degraded", share=0.05),)
+    assert scenarios["shock"].settings["retrain_auto"] == "true"
+
+
+def test_an_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "no-such-scenario"]) == 2
+    assert "no scenario 'no-such-scenario'" in capsys.readouterr().err
