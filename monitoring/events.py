@@ -360,7 +360,8 @@ def session_signals(events: Sequence[Event], redo_window_s: float) -> SessionSig
     typed_after: list[tuple[str, str]] = []
     for session in by_session.values():
         searches = [e for e in session if e.kind in ("voice_search", "text_search")]
-        for current, following in zip(searches, [*searches[1:], None], strict=True):
+        # A window may hold only a session's feedback (its searches fell before the window).
+        for current, following in zip(searches, [*searches[1:], None][: len(searches)], strict=True):
             if current.kind != "voice_search":
                 continue
             voice += 1

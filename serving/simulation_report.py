@@ -177,7 +177,10 @@ def summarize(run: Run, found: Sequence[Window], marks: Sequence[Marker], events
             w
             for w in after
             # Recovery means something only where users succeeded before the change.
-            if before and w.success_new is not None and w.success_new >= before - RECOVERY_MARGIN
+            if before is not None
+            and before > RECOVERY_MARGIN
+            and w.success_new is not None
+            and w.success_new >= before - RECOVERY_MARGIN
         ),
         None,
     )

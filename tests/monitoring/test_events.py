@@ -135,6 +135,15 @@ def test_client_errors_are_not_searches_for_the_signals() -> None:
     assert signals.redo == () and signals.voice_searches == 1
 
 
+def test_a_session_with_only_feedback_in_the_window_is_no_search() -> None:
+    """A window can begin after a session's searches and still hold its click (found by the
+    simulator: this used to raise and leave the switch-to-typing alarm unevaluated)."""
+    click = Event("c", 5.0, "feedback", "/v1/feedback", 200, "ok", session_id="s",
+                  target_request_id="v0", clicked_id="paris")  # fmt: skip
+    signals = session_signals([click, make("v1", 6.0, session="other")], redo_window_s=30)
+    assert signals.voice_searches == 1 and signals.clicked == ("v0",)
+
+
 def test_purge_deletes_recordings_past_retention_and_keeps_the_events(tmp_path: Path) -> None:
     store = SQLiteEventStore(tmp_path / "e.sqlite3")
     old, new = tmp_path / "old.audio", tmp_path / "new.audio"
