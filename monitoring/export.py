@@ -17,7 +17,7 @@ Pure functions, no I/O beyond rendering text: the CLI writes the files, tests co
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from string import Template
 from typing import Any
 
@@ -26,7 +26,7 @@ import yaml
 from monitoring.alarms import Rule
 from monitoring.argo import argo_manifests
 from monitoring.features import WINDOW_METRICS
-from monitoring.gates import GatePolicy
+from monitoring.gates import RampPolicy
 
 RULES_FILE = "prometheus-rules.yml"
 ARGO_FILE = "argo-rollout.yml"
@@ -47,16 +47,6 @@ SEARCH_ROUTE = "/v1/search"
 AUDIO_ROUTES = ("/v1/search", "/v1/transcribe", "/v1/audio/transcriptions")
 REQUESTS = "voice_search_requests_total"
 VOICE_SEARCHES = 'voice_search_searches_total{kind="voice_search"}'
-
-
-@dataclass(frozen=True)
-class CanaryPlan:
-    """The canary's ramp and gates, as the service's settings give them."""
-
-    steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
-    hold_s: float = 120.0
-    window_s: float = 120.0
-    gates: GatePolicy = field(default_factory=GatePolicy)
 
 
 @dataclass(frozen=True)
@@ -422,9 +412,9 @@ def render_json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
-def deploy_files(rules: list[Rule], canary: CanaryPlan | None = None) -> dict[str, str]:
+def deploy_files(rules: list[Rule], canary: RampPolicy | None = None) -> dict[str, str]:
     """File name -> text of everything monitoring/deploy/ holds (except the hand-written rule tests)."""
-    plan = canary or CanaryPlan()
+    plan = canary or RampPolicy()
     manifests = argo_manifests(plan.gates, plan.steps, plan.hold_s, plan.window_s)
     return {
         RULES_FILE: render_yaml(prometheus_rules(rules)),

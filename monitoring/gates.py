@@ -12,7 +12,7 @@ never advances on undecided gates, and never rolls back on them either.
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -139,3 +139,15 @@ def two_proportion_z(k1: int, n1: int, k0: int, n0: int) -> float:
     if se == 0:
         return 0.0 if k1 / n1 == k0 / n0 else math.inf
     return (k1 / n1 - k0 / n0) / se
+
+
+@dataclass(frozen=True)
+class RampPolicy:
+    """The canary's ramp: the service's controller (serving/lifecycle/canary.py) follows it, and
+    the Argo Rollouts export (monitoring/argo.py) writes it for Kubernetes."""
+
+    steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
+    hold_s: float = 120.0
+    """Event time every gate must have passed at a share before the next step."""
+    window_s: float = 120.0
+    gates: GatePolicy = field(default_factory=GatePolicy)

@@ -29,7 +29,7 @@ from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, default_notifiers, load_rules
 from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStore, EventStoreError, Outcome, SQLiteEventStore, purge_audio
-from monitoring.gates import GatePolicy
+from monitoring.gates import GatePolicy, RampPolicy
 from monitoring.metrics import ServiceMetrics
 from monitoring.monitor import Monitor, MonitorOptions
 from serving import __version__
@@ -37,7 +37,7 @@ from serving.batching import MicroBatcher, TranscribeMany
 from serving.deps import Faults, ServiceState
 from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
 from serving.lifecycle.audit import AuditLog
-from serving.lifecycle.canary import CanaryController, RampPolicy
+from serving.lifecycle.canary import CanaryController
 from serving.lifecycle.registry import registered_version
 from serving.lifecycle.review import ReviewQueue
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan

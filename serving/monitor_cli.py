@@ -16,9 +16,9 @@ from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, load_rules, parse_duration
 from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStoreError, SQLiteEventStore
-from monitoring.export import CanaryPlan, deploy_files
+from monitoring.export import deploy_files
 from monitoring.features import clip_features
-from monitoring.gates import GatePolicy
+from monitoring.gates import GatePolicy, RampPolicy
 from monitoring.report import build_report, render_html, render_text
 from serving.recording import transcript_fields
 from serving.settings import REPO_ROOT, Settings
@@ -174,7 +174,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     out: Path = args.out or REPO_ROOT / "monitoring" / "deploy"
     out.mkdir(parents=True, exist_ok=True)
     gates = GatePolicy(min_samples=settings.canary_min_samples)
-    plan = CanaryPlan(settings.ramp_steps, settings.canary_hold_s, settings.canary_window_s, gates)
+    plan = RampPolicy(settings.ramp_steps, settings.canary_hold_s, settings.canary_window_s, gates)
     for name, text in deploy_files(rules, plan).items():
         (out / name).write_text(text)
         print(f"wrote {out / name}")

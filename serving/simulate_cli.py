@@ -129,9 +129,8 @@ def simulate(path: Path, out_dir: Path, overrides: dict[str, str], seed: int = 0
         ).json()["entries"]
         events = _stored_events(server.db_path)
         (run_dir / "server.log").write_text(server.log())
-    summary = write_outputs(run, out_dir, alerts["history"], audit, events)
-    summary.notes += [*notes, f"wall time {time.monotonic() - started:.0f} s"]
-    return summary
+    notes.append(f"wall time {time.monotonic() - started:.0f} s")
+    return write_outputs(run, out_dir, alerts["history"], audit, events, notes)
 
 
 def _retrain_data(settings: dict[str, str], run_dir: Path) -> list[str]:

@@ -333,6 +333,7 @@ def write_outputs(
     transitions: Sequence[dict[str, Any]],
     audit: Sequence[dict[str, Any]],
     events: int | None,
+    notes: Sequence[str] = (),
 ) -> Summary:
     from serving.simulation import run_to_dict
 
@@ -340,6 +341,7 @@ def write_outputs(
     found = windows(run)
     marks = markers(run, transitions, audit)
     summary = summarize(run, found, marks, events)
+    summary.notes += list(notes)
     name = run.scenario.name
     plot_png(run, found, marks, out_dir / f"{name}.png")
     (out_dir / f"{name}.html").write_text(render_html(run, found, marks, summary), encoding="utf-8")

@@ -18,7 +18,7 @@ from typing import Any
 
 from monitoring.alarms import Notifier, Transition, default_notifiers
 from monitoring.events import Event, EventStoreError
-from monitoring.gates import GatePolicy, GateResult, judge, slot_window
+from monitoring.gates import GateResult, RampPolicy, judge, slot_window
 from serving.deps import ServiceState
 from serving.lifecycle.audit import AuditEntry
 from serving.lifecycle.registry import sync_registry
@@ -27,15 +27,6 @@ from serving.lifecycle.rollout import RolloutPlan
 logger = logging.getLogger(__name__)
 
 AUTOMATION = "automation"
-
-
-@dataclass(frozen=True)
-class RampPolicy:
-    steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
-    hold_s: float = 120.0
-    """Event time every gate must have passed at a share before the next step."""
-    window_s: float = 120.0
-    gates: GatePolicy = field(default_factory=GatePolicy)
 
 
 @dataclass

@@ -1,8 +1,11 @@
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 from serving.launch import Server, running_server
+from tests.signals import espeak, pad
 
 
 @pytest.fixture(scope="module")
@@ -12,3 +15,12 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     name = request.module.__name__.rsplit(".", 1)[-1]
     with running_server(tmp_path_factory.mktemp(name)) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """'weather in paris' by espeak-ng, with silence around it (a browser's recording)."""
+    samples, rate = espeak("weather in paris")
+    path = tmp_path_factory.mktemp("audio") / "query.wav"
+    sf.write(path, pad(samples, 0.3, 0.3, rate), rate)
+    return path

@@ -4,24 +4,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 from playwright.sync_api import Page, sync_playwright
 
 from serving.launch import Server
 from tests.serving.events import event, rows
-from tests.signals import espeak, pad
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(scope="module")
-def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    samples, rate = espeak("weather in paris")
-    path = tmp_path_factory.mktemp("audio") / "query.wav"
-    sf.write(path, pad(samples, 0.3, 0.3, rate), rate)
-    return path
 
 
 @pytest.fixture

@@ -6,23 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 from playwright.sync_api import Browser, Page
 
 from serving.launch import Server, running_server
 from tests.serving.events import rows
 from tests.serving.test_dashboard import browser  # noqa: F401 (fixture)
-from tests.signals import espeak, pad
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
-
-
-@pytest.fixture(scope="module")
-def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    samples, rate = espeak("weather in paris")
-    path = tmp_path_factory.mktemp("audio") / "query.wav"
-    sf.write(path, pad(samples, 0.3, 0.3, rate), rate)
-    return path
 
 
 @pytest.fixture
