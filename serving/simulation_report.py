@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.simulation import Request, Run
+from serving.simulation import Change, Request, Run
 
 SERIES = ("search_success", "null_transcripts", "redo", "switch_to_typing", "latency_p95_s")
 TITLES = {
@@ -47,7 +47,7 @@ class Window:
 class Marker:
     t_s: float
     kind: str
-    """alarm, resolved, retrain, rollout, rollback, promote, pause, operator."""
+    """alarm, resolved, retrain, rollout, rollback, promote, pause, operator, change."""
     label: str
 
 
@@ -150,11 +150,19 @@ def markers(run: Run, transitions: Sequence[dict[str, Any]], audit: Sequence[dic
         for p in run.pauses
     ]
     found += [Marker(n["at"] - run.start, "operator", n["what"]) for n in run.notes]
+    found += [Marker(c.at_s, "change", describe(c)) for c in run.scenario.changes if not c.deploy]
     return sorted(found, key=lambda m: m.t_s)
 
 
 def _rule(marker: Marker) -> str:
     return marker.label.split(" ")[0]
+
+
+def describe(change: Change) -> str:
+    if change.new_items is not None:
+        over = f" over {change.over_s / 60:.0f} min" if change.over_s else ""
+        return f"change: {change.new_items:.0%} of sessions ask about new places{over}"
+    return f"change: {change.device or 0:.0%} of users on a quiet 8 kHz microphone"
 
 
 def summarize(run: Run, found: Sequence[Window], marks: Sequence[Marker], events: int | None) -> Summary:
@@ -213,6 +221,7 @@ def summarize(run: Run, found: Sequence[Window], marks: Sequence[Marker], events
 
 
 COLORS = {
+    "change": "#ef6c00",
     "alarm": "#c62828",
     "resolved": "#ef9a9a",
     "retrain": "#6a1b9a",
@@ -249,7 +258,7 @@ def plot_png(run: Run, found: Sequence[Window], marks: Sequence[Marker], path: P
         for m in marks:
             ax.axvline(m.t_s / 60, color=COLORS[m.kind], linewidth=0.8, alpha=0.7)
     for m in marks:
-        if m.kind in ("alarm", "retrain", "rollback", "promote", "operator", "pause"):
+        if m.kind in ("alarm", "retrain", "rollback", "promote", "operator", "pause", "change"):
             axes[0].annotate(
                 m.label[:38],
                 (m.t_s / 60, 1.0),
