@@ -81,6 +81,15 @@ class Users:
 
 
 @dataclass(frozen=True)
+class Reviewers:
+    """The people who answer requests sent for review (automation partial, shadow, human_only)."""
+
+    count: int = 0
+    seconds_per_item: float = 30.0
+    """Traffic seconds one reviewer needs per item: listen, correct, accept."""
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     duration_s: float
@@ -88,6 +97,7 @@ class Scenario:
     """Sessions started per second of traffic time."""
     window_s: float = 60.0
     users: Users = field(default_factory=Users)
+    reviewers: Reviewers = field(default_factory=Reviewers)
     changes: tuple[Change, ...] = ()
     settings: dict[str, str] = field(default_factory=dict)
     """Server settings (`VOICE_SEARCH_*` without the prefix) for this scenario."""
@@ -126,6 +136,7 @@ class Scenario:
             rate=float(raw["rate"]),
             window_s=parse_duration(raw.get("window", "1m")),
             users=Users(**users),
+            reviewers=Reviewers(**raw.get("reviewers", {})),
             changes=changes,
             settings={
                 str(k): str(v).lower() if isinstance(v, bool) else str(v)
@@ -167,6 +178,8 @@ class Request:
     null: bool | None = None
     latency_s: float | None = None
     slot: str | None = None
+    to_people: bool = False
+    """Answered 202: sent to a person instead of answered by the model."""
 
 
 @dataclass
@@ -184,6 +197,8 @@ class Run:
     pauses: list[Pause] = field(default_factory=list)
     notes: list[dict[str, Any]] = field(default_factory=list)
     """What the simulator did as an operator (the bad deploy), with event times."""
+    queue_times: list[float] = field(default_factory=list)
+    """Traffic seconds each reviewed request waited, from the request to the accepted review."""
 
 
 class Speaker:
@@ -228,8 +243,11 @@ class Simulator:
         ranks = np.arange(1, len(self.catalog) + 1, dtype=float)
         self.popularity = ranks**-scenario.users.zipf / np.sum(ranks**-scenario.users.zipf)
         self.run = Run(scenario, start=math.floor((time.time() - 30 * DAY_S) / DAY_S) * DAY_S)
-        self.clock_offset = 0.0
         self.done_changes: set[int] = set()
+        self.for_review: dict[str, tuple[str, str]] = {}
+        """Request id -> (what was said, the item wanted), for the simulated reviewers."""
+        self.review_budget = 0.0
+        self.reviewed_until = 0.0
 
     def at(self, t: float) -> float:
         return self.run.start + t
@@ -304,6 +322,10 @@ class Simulator:
             )
             if not body:
                 return
+            if body.get("sent_for_review"):
+                self.for_review[body["request_id"]] = (text, item_id)
+                self.run.requests[-1].to_people = True
+                return  # a person answers this user
             if success:
                 click = {
                     "request_id": body["request_id"],
@@ -371,6 +393,33 @@ class Simulator:
             {"at": self.at(t), "what": f"bad deploy: a silent challenger enters the canary at {share:.0%}"}
         )
 
+    async def review(self, client: httpx.AsyncClient, t: float) -> None:
+        """The reviewers work through the queue, oldest first, at their pace in traffic time."""
+        people = self.scenario.reviewers
+        if not people.count:
+            return
+        self.review_budget += (t - self.reviewed_until) * people.count / people.seconds_per_item
+        self.reviewed_until = t
+        headers = {"Authorization": f"Bearer {self.token}", "X-Actor": "simulated reviewer",
+                   EVENT_TIME_HEADER: f"{self.at(t):.3f}"}  # fmt: skip
+        while self.review_budget >= 1:
+            pending = (
+                await client.get("/v1/review", params={"limit": 10}, headers=headers, timeout=60)
+            ).json()
+            items = [i for i in pending["items"] if i["request_id"] in self.for_review]
+            if not items:
+                self.review_budget = min(self.review_budget, 1.0)  # idle reviewers do not bank time
+                return
+            for item in items:
+                if self.review_budget < 1:
+                    return
+                text, item_id = self.for_review.pop(item["request_id"])
+                accepted = await client.post(f"/v1/review/{item['id']}", headers=headers, timeout=60,
+                                             json={"transcript": text, "item_id": item_id})  # fmt: skip
+                if accepted.status_code == 200:
+                    self.run.queue_times.append(self.at(t) - item["created_at"])
+                self.review_budget -= 1
+
     async def wait_for_retrain(self, client: httpx.AsyncClient, t: float) -> None:
         """Hold traffic time still while the server retrains (it runs at CPU speed, not traffic speed)."""
         state = (await client.get("/v1/retrain", timeout=30)).json()
@@ -406,6 +455,7 @@ class Simulator:
                 if len(tasks) >= scenario.concurrency * 4:
                     await asyncio.gather(*tasks)
                     tasks = []
+                    await self.review(client, t)
                     await self.wait_for_retrain(client, t)
             await asyncio.gather(*tasks)
         return self.run
@@ -441,4 +491,5 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "requests": [asdict(r) for r in run.requests],
         "pauses": [asdict(p) for p in run.pauses],
         "notes": run.notes,
+        "queue_times": run.queue_times,
     }

@@ -71,6 +71,12 @@ class Summary:
     rollbacks: int
     promotions: int
     paused_wall_s: float
+    share_to_people: float | None = None
+    """Voice searches sent to a person (202) instead of answered by the model."""
+    reviewed: int = 0
+    queue_time_p50_s: float | None = None
+    queue_time_p95_s: float | None = None
+    """Traffic seconds from a request sent to people to its accepted review."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -88,7 +94,7 @@ def windows(run: Run) -> list[Window]:
             buckets[index].append(r)
     found = []
     for i, group in enumerate(buckets):
-        voice = [r for r in group if r.kind in ("voice", "redo") and r.status in (200, 202)]
+        voice = [r for r in group if r.kind in ("voice", "redo") and r.status == 200]
         first = [r for r in voice if r.kind == "voice"]
         typed = [r for r in group if r.kind == "typed"]
         latencies = [r.latency_s for r in voice if r.latency_s is not None]
@@ -174,7 +180,9 @@ def summarize(run: Run, found: Sequence[Window], marks: Sequence[Marker], events
         m for m in alarms if shock is not None and m.t_s >= shock and _rule(m) in scenario.expect_alarms
     ]
     false = sorted({_rule(m) for m in alarms if shock is None or m.t_s < shock})
-    voice = [r for r in run.requests if r.kind in ("voice", "redo") and r.status in (200, 202)]
+    voice = [r for r in run.requests if r.kind in ("voice", "redo") and r.status == 200]
+    to_people = [r for r in run.requests if r.kind in ("voice", "redo") and r.status in (200, 202)]
+    waits = sorted(run.queue_times)
     before = _mean(
         [bool(r.success) for r in voice if shock is None or (r.at - run.start < shock and not r.new_item)]
     )
@@ -217,6 +225,10 @@ def summarize(run: Run, found: Sequence[Window], marks: Sequence[Marker], events
         rollbacks=sum(1 for m in marks if m.kind == "rollback"),
         promotions=sum(1 for m in marks if m.kind == "promote"),
         paused_wall_s=round(sum(p.wall_s for p in run.pauses), 1),
+        share_to_people=_mean([r.to_people for r in to_people]),
+        reviewed=len(waits),
+        queue_time_p50_s=float(np.percentile(waits, 50)) if waits else None,
+        queue_time_p95_s=float(np.percentile(waits, 95)) if waits else None,
     )
 
 

@@ -127,8 +127,11 @@ class ReviewQueue:
             raise ReviewError(f"no review item {item_id}")
         return _item(row)
 
-    def resolve(self, item_id: int, reviewer: str, text: str, item: str | None) -> ReviewItem:
-        """Accept a review: it becomes a strong label, and the queued audio is deleted."""
+    def resolve(
+        self, item_id: int, reviewer: str, text: str, item: str | None, now: float | None = None
+    ) -> ReviewItem:
+        """Accept a review: it becomes a strong label, and the queued audio is deleted. `now`: the
+        event time of the review (the request's, in a replay), else the wall clock."""
         current = self.get(item_id)
         if current.status != "pending":
             raise ReviewError(f"review item {item_id} is {current.status}, not pending")
@@ -136,7 +139,7 @@ class ReviewQueue:
         if not audio.is_file():
             self._set_status(item_id, "expired")
             raise ReviewError(f"the audio of review item {item_id} has expired")
-        now = time.time()
+        now = time.time() if now is None else now
         if normalize_text(text):
             self._keep_label(current, audio, text, reviewer, now)
         audio.unlink(missing_ok=True)

@@ -1,11 +1,10 @@
 """The human review queue: list what waits, listen, correct, accept. Bearer token required."""
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -46,9 +45,9 @@ async def pending(service: Service, reviewer: Admin, limit: int = 50) -> dict[st
 @router.get(
     "/stats", summary="Human workload: the share of voice searches sent to people, queue and wait times"
 )
-async def workload(service: Service, reviewer: Admin, window: str = "1h") -> dict[str, Any]:
+async def workload(request: Request, service: Service, reviewer: Admin, window: str = "1h") -> dict[str, Any]:
     span_s = span_seconds(window, "window")
-    now = time.time()
+    now = request.state.started_at
     events = await run_in_threadpool(service.store.events, now - span_s)
     voice = [e for e in events if e.kind == "voice_search" and e.status_code < 400]
     to_people = sum(1 for e in voice if e.status_code == 202)
@@ -75,10 +74,13 @@ class Review(BaseModel):
 @router.post(
     "/{item_id}", summary="Accept a review: it becomes a strong label and the audio leaves the queue"
 )
-async def accept(item_id: int, body: Review, service: Service, reviewer: Admin) -> dict[str, Any]:
+async def accept(
+    item_id: int, body: Review, request: Request, service: Service, reviewer: Admin
+) -> dict[str, Any]:
     queue = _queue(service)
+    at = request.state.started_at  # the request's event time (a replay's, when trusted)
     try:
-        done = await run_in_threadpool(queue.resolve, item_id, reviewer, body.transcript, body.item_id)
+        done = await run_in_threadpool(queue.resolve, item_id, reviewer, body.transcript, body.item_id, at)
     except ReviewError as e:
         raise (NotFoundError if "no review item" in str(e) else ConflictError)(str(e)) from e
     return asdict(done)

@@ -40,9 +40,28 @@ def test_the_story_shock_alarm_retrain_and_a_rolled_back_bad_deploy(
     assert page.count("<svg") == 5 and "retrain_started" in page
 
 
+@pytest.mark.server
+def test_reviewers_answer_what_partial_automation_sends_them(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The workload of partial automation: the share of voice searches sent to people, and how
+    long they wait for the simulated reviewers (in traffic time); each review is a strong label."""
+    review = STORY.parent / "review.yml"
+    assert (
+        main(["simulate", str(review), "--out", str(tmp_path), "--set", f"model_dir={tiny_model_dir}"]) == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["share_to_people"] == 1.0 and summary["events"] == summary["requests"]
+    # 90 sessions in 3 minutes against 2 reviewers at 10 s an item: the queue is worked, not emptied.
+    assert 20 <= summary["reviewed"] < 90
+    assert 0 < summary["queue_time_p50_s"] <= summary["queue_time_p95_s"] < 180
+    labels = (tmp_path / "review" / "state" / "labels" / "reviews.jsonl").read_text().splitlines()
+    assert len(labels) == summary["reviewed"]
+
+
 def test_scenarios_load_and_shares_follow_their_changes() -> None:
     names = sorted(p.stem for p in SCENARIOS.glob("*.yml"))
-    assert names == ["bad_deploy", "device", "drift", "shock", "steady"]
+    assert names == ["bad_deploy", "device", "drift", "partial", "shock", "steady"]
     scenarios = {name: Scenario.load(SCENARIOS / f"{name}.yml") for name in names}
     assert scenarios["steady"].shock_s is None and scenarios["shock"].shock_s == 600
     drift = scenarios["drift"]
@@ -51,6 +70,7 @@ def test_scenarios_load_and_shares_follow_their_changes() -> None:
     assert scenarios["device"].device_share(700) == 0.3 and scenarios["device"].device_share(500) == 0
     assert scenarios["bad_deploy"].changes == (Change(at_s=600, deploy="degraded", share=0.05),)
     assert scenarios["shock"].settings["retrain_auto"] == "true"
+    assert scenarios["partial"].reviewers.count == 6 and scenarios["steady"].reviewers.count == 0
 
 
 def test_an_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
