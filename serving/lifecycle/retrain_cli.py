@@ -18,17 +18,19 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asr.corpus.datasets import freeze_golden, golden_sets
 from asr.errors import DataError
-from asr.train import DataSource
 from monitoring.alarms import parse_duration
 from serving.lifecycle.audit import AuditEntry, AuditLog
+from serving.lifecycle.gate import GateLimits
 from serving.lifecycle.labels import STRENGTHS, export_labels
-from serving.lifecycle.retrain import GateLimits, RetrainConfig, RetrainReport, audit_details, retrain
 from serving.lifecycle.review import REVIEW_LABELS
 from serving.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.lifecycle.retrain import RetrainReport
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 DEPLOY_MODES = ("none", "shadow", "canary")
@@ -106,7 +108,9 @@ def _golden(args: argparse.Namespace, settings: Settings) -> int:
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
+    from asr.train import DataSource
     from serving.lifecycle.models_cli import open_registry
+    from serving.lifecycle.retrain import RetrainConfig, retrain
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,7 +166,9 @@ def _labels(args: argparse.Namespace, settings: Settings, out: Path) -> Path:
     return exported.manifest
 
 
-def _audit(settings: Settings, args: argparse.Namespace, report: RetrainReport) -> None:
+def _audit(settings: Settings, args: argparse.Namespace, report: "RetrainReport") -> None:
+    from serving.lifecycle.retrain import audit_details
+
     passed = report.decision is not None and report.decision.passed
     action = "retrain_registered" if passed else "retrain_rejected"
     reason = f"trigger: {args.trigger}"
@@ -173,7 +179,7 @@ def _audit(settings: Settings, args: argparse.Namespace, report: RetrainReport) 
         log.close()
 
 
-def _hand_over(args: argparse.Namespace, settings: Settings, report: RetrainReport) -> None:
+def _hand_over(args: argparse.Namespace, settings: Settings, report: "RetrainReport") -> None:
     """Load the registered challenger on the server in shadow, then (canary) start the automatic canary."""
     import httpx
 

@@ -19,17 +19,9 @@ from asr.pipeline import build_pipeline
 from asr.train import DataSource, TrainConfig, export_model, train
 from serving.cli import main
 from serving.lifecycle.audit import AuditLog
+from serving.lifecycle.gate import NEW_DATA, Check, GateLimits, PairScores, judge
 from serving.lifecycle.registry import CHALLENGER, CHAMPION, Registry
-from serving.lifecycle.retrain import (
-    MIN_HELD_OUT,
-    NEW_DATA,
-    Check,
-    GateLimits,
-    PairScores,
-    evaluate_pair,
-    judge,
-    split_labels,
-)
+from serving.lifecycle.retrain import MIN_HELD_OUT, evaluate_pair, split_labels
 from tests.signals import SAMPLES_DIR
 
 
