@@ -139,6 +139,9 @@ class Settings:
     """What a triggered retrain does with a challenger that passed its gate: none (registered
     only), shadow, or canary (shadow for `retrain_shadow_s` of event time, then the automatic canary)."""
     retrain_shadow_s: float = 600.0
+    retrain_max_rtf_ratio: float = 1.3
+    """The gate's speed limit for a triggered retrain: the challenger's real-time factor over the
+    champion's, measured side by side."""
     public_url: str = ""
     """This server's URL for the jobs it starts (a retrain hands its challenger back there);
     empty: http://host:port."""
@@ -156,6 +159,7 @@ class Settings:
             *("canary_hold_s", "canary_window_s", "canary_min_samples", "canary_step_s"),
             *("retrain_alarm_for_s", "retrain_max_running", "retrain_check_s", "retrain_steps"),
             "retrain_shadow_s",
+            "retrain_max_rtf_ratio",
         )
         for name in positive:
             if not getattr(self, name) > 0:

@@ -139,6 +139,8 @@ def evaluate_pair(
 ) -> PairScores:
     """Both models on every entry, in turn clip by clip, scored overall, per slice and for speed."""
     outcomes: tuple[list[Outcome], list[Outcome]] = ([], [])
+    for pipeline in (champion, challenger):  # first calls pay for lazy set-up: not timed
+        run_entry(pipeline.transcribe, entries[0])
     for entry in entries:
         outcomes[0].append(run_entry(champion.transcribe, entry))
         outcomes[1].append(run_entry(challenger.transcribe, entry))

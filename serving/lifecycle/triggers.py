@@ -150,6 +150,7 @@ class RetrainWorker:
             sys.executable, "-m", "serving.cli", "retrain", "--out", str(out),
             "--since", self.settings.retrain_since, "--steps", str(self.settings.retrain_steps),
             "--actor", ACTOR, "--trigger", reason,
+            "--max-rtf-ratio", str(self.settings.retrain_max_rtf_ratio),
             "--deploy", deploy, "--server", self.settings.server_url,
         ]  # fmt: skip
         with (out / "retrain.log").open("wb") as log:
