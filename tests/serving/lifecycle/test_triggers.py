@@ -1,8 +1,9 @@
 """Automatic retraining. The decision rules on their own; then the whole loop on a real server:
 users correct transcripts, the strong labels reach the trigger's count, the server starts a
 retrain in the background (tiny model, a few CPU steps, real MLflow, a frozen golden set), the
-gate passes it, and the retrain hands the challenger back to the server in shadow mode, every
-step in the audit log with what triggered it."""
+gate passes it, the retrain hands the challenger back to the server in shadow mode, and after the
+shadow period the server's worker starts the automatic canary, every step in the audit log with
+what triggered it."""
 
 import io
 import json
@@ -59,7 +60,9 @@ def clips() -> list[tuple[bytes, str]]:
 
 
 @pytest.mark.server
-def test_strong_labels_trigger_a_retrain_that_reaches_shadow(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_strong_labels_trigger_a_retrain_that_shadows_then_canaries(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     freeze_golden(SAMPLES_DIR / "manifest.jsonl", "samples", tmp_path / "golden")
     settings = {
         "model_dir": str(tiny_model_dir), "bias_decoding": "false", "retain_audio": "true",
@@ -67,7 +70,7 @@ def test_strong_labels_trigger_a_retrain_that_reaches_shadow(tmp_path: Path, tin
         "retrain_auto": "true", "retrain_new_labels": "16", "retrain_check_s": "1", "retrain_steps": "20",
         "retrain_replay": f"{SAMPLES_DIR / 'manifest.jsonl'}:0.5",
         # Milliseconds of a tiny model on a loaded CI machine: speed is not what this test is about.
-        "retrain_max_rtf_ratio": "10", "retrain_deploy": "shadow",
+        "retrain_max_rtf_ratio": "10", "retrain_deploy": "canary", "retrain_shadow_s": "5",
     }  # fmt: skip
     with running_server(tmp_path, **settings) as server:
         assert httpx.get(server.url + "/v1/retrain", timeout=10).json()["runs"] == []
@@ -97,8 +100,13 @@ def test_strong_labels_trigger_a_retrain_that_reaches_shadow(tmp_path: Path, tin
         assert run["returncode"] == 0, log
         assert run["reason"] == "16 new strong labels" and run["result"]["registered"]["version"] == 2
 
+        # Shadow first; after retrain_shadow_s the worker starts the automatic canary.
         rollout = httpx.get(server.url + "/v1/rollout", timeout=10).json()
-        assert rollout["mode"] == "shadow"
+        deadline = time.monotonic() + 60
+        while rollout["mode"] != "canary" and time.monotonic() < deadline:
+            time.sleep(1)
+            rollout = httpx.get(server.url + "/v1/rollout", timeout=10).json()
+        assert rollout["mode"] == "canary" and rollout["auto"] and rollout["canary_share"] == 0.05
         content = run["result"]["registered"]["model_version"].rpartition("@")[2]
         assert rollout["challenger"]["model_version"] == f"voice-search-v2@{content}"
         entries = httpx.get(server.url + "/v1/admin/audit", headers=AUTH, timeout=10).json()["entries"]
@@ -106,8 +114,9 @@ def test_strong_labels_trigger_a_retrain_that_reaches_shadow(tmp_path: Path, tin
         assert actions == [
             ("automation", "retrain_started"), ("automation", "retrain_registered"),
             ("automation", "rollout"), ("automation", "load_challenger"), ("automation", "rollout"),
-            ("automation", "retrain_finished"),
+            ("automation", "retrain_finished"), ("automation", "rollout"),
         ]  # fmt: skip
+        assert "shadowed" in entries[0]["reason"] and entries[0]["details"]["canary_share"] == 0.05
         assert all(
             "16 new strong labels" in e["reason"] for e in entries if e["action"].startswith("retrain")
         )
