@@ -32,12 +32,8 @@ from asr.corpus.datasets import freeze_golden, golden_sets
 from asr.corpus.tts import Voice, all_engines
 from serving.launch import running_server
 from serving.settings import REPO_ROOT
+from serving.simulation import NEW_PLACES
 
-NEW_PLACES = (
-    *("Tromso", "Ushuaia", "Kiruna", "Hobart", "Timbuktu", "Ouarzazate", "Chefchaouen", "Zermatt"),
-    *("Hallstatt", "Bled", "Ilulissat", "Akureyri", "Narvik", "Rovaniemi", "Zakopane", "Dubrovnik"),
-)
-"""Places absent from the bundled catalog (data/domains/places): the shifted vocabulary."""
 TEMPLATES = ("{}", "weather in {}", "hotels in {}", "flights to {}", "things to do in {}", "directions to {}",
              "what time is it in {}", "tell me about {}")  # fmt: skip
 VOICES = {

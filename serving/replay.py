@@ -318,7 +318,7 @@ def _judge(result: ScenarioResult, history: Sequence[dict[str, Any]]) -> Scenari
     return result
 
 
-async def _wait_evaluated(url: str, at: float, step_s: float, timeout_s: float = 60.0) -> None:
+async def wait_evaluated(url: str, at: float, step_s: float, timeout_s: float = 60.0) -> None:
     """Send nothing more until the server has judged the windows up to `at`."""
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(base_url=url) as client:
@@ -328,6 +328,12 @@ async def _wait_evaluated(url: str, at: float, step_s: float, timeout_s: float =
                 return
             await asyncio.sleep(0.5)
     raise TimeoutError(f"the server did not evaluate its alarms up to {at} within {timeout_s} s")
+
+
+def first_traffic_day(epoch: float | None = None) -> float:
+    """Midnight of `epoch`'s day (default: 30 days ago): where replayed traffic time starts, in the
+    past so that it never runs into the server's clock."""
+    return math.floor((epoch if epoch is not None else time.time() - 30 * DAY_S) / DAY_S) * DAY_S
 
 
 def run_scenarios(
@@ -341,7 +347,7 @@ def run_scenarios(
 ) -> list[ScenarioResult]:
     """Replay each scenario in its own day of traffic time against the server at `url`; the server
     runs with `trust_client_time` (and `fault_injection` for the slow model)."""
-    base = math.floor((epoch if epoch is not None else time.time() - 30 * DAY_S) / DAY_S) * DAY_S
+    base = first_traffic_day(epoch)
     results = []
     for n, scenario in enumerate(scenarios):
         start = base + n * DAY_S
@@ -357,7 +363,7 @@ def run_scenarios(
             raise ValueError("the new_words scenario needs novel clips (see novel_queries)")
         on_shift = slow if scenario.shift == "slow_model" else None
         result = asyncio.run(_replay(url, scenario, clips, novel, traffic, start, on_shift))
-        asyncio.run(_wait_evaluated(url, result.end, step_s))
+        asyncio.run(wait_evaluated(url, result.end, step_s))
         history = httpx.get(url + "/v1/alerts", timeout=30).json()["history"]
         results.append(_judge(result, history))
     return results

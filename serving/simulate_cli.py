@@ -76,7 +76,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def simulate(path: Path, out_dir: Path, overrides: dict[str, str], seed: int = 0) -> Any:
-    from serving.replay import _wait_evaluated
+    from serving.replay import wait_evaluated
     from serving.simulation import Scenario, Simulator, catalog_items, with_new_places
     from serving.simulation_report import write_outputs
 
@@ -118,7 +118,7 @@ def simulate(path: Path, out_dir: Path, overrides: dict[str, str], seed: int = 0
         started = time.monotonic()
         run = asyncio.run(simulator.simulate())
         end = run.start + scenario.duration_s
-        asyncio.run(_wait_evaluated(server.url, end, 10.0, timeout_s=120))
+        asyncio.run(wait_evaluated(server.url, end, 10.0, timeout_s=120))
         _wait_for_retrain(server.url, timeout_s=1800)
         alerts = httpx.get(server.url + "/v1/alerts", timeout=30).json()
         audit = httpx.get(

@@ -21,7 +21,6 @@ time stands still, and says so on the timeline.
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from asr.corpus.build import level_and_augment
 from asr.corpus.tts import SynthesisError, Voice, all_engines
 from monitoring.alarms import parse_duration
 from serving.app import EVENT_TIME_HEADER
-from serving.replay import Clip, shift_clip, wav_bytes
+from serving.replay import Clip, first_traffic_day, shift_clip, wav_bytes
 
 NEW_PLACES = (
     *("Tromso", "Ushuaia", "Kiruna", "Hobart", "Timbuktu", "Ouarzazate", "Chefchaouen", "Zermatt"),
@@ -46,7 +45,6 @@ NEW_PLACES = (
 )
 """Places absent from the bundled catalog and from the model's training text: the new vocabulary."""
 TEMPLATES = ("{}", "weather in {}", "hotels in {}", "directions to {}", "flights to {}", "tell me about {}")
-DAY_S = 86_400.0
 CLEAN_SHARE = 0.4
 """Share of clips left clean, as in the training corpus (`CorpusConfig.clean_fraction`)."""
 
@@ -242,7 +240,7 @@ class Simulator:
         self.speaker = Speaker(seed)
         ranks = np.arange(1, len(self.catalog) + 1, dtype=float)
         self.popularity = ranks**-scenario.users.zipf / np.sum(ranks**-scenario.users.zipf)
-        self.run = Run(scenario, start=math.floor((time.time() - 30 * DAY_S) / DAY_S) * DAY_S)
+        self.run = Run(scenario, start=first_traffic_day())
         self.done_changes: set[int] = set()
         self.for_review: dict[str, tuple[str, str]] = {}
         """Request id -> (what was said, the item wanted), for the simulated reviewers."""

@@ -18,7 +18,6 @@ The steps, in `retrain`:
 
 import hashlib
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -35,8 +34,6 @@ from serving.lifecycle.gate import NEW_DATA, GateDecision, GateLimits, PairScore
 from serving.lifecycle.registry import CHALLENGER, CHAMPION, Lineage, RegisteredModel, Registry, code_commit
 from serving.lifecycle.tracking import TrainingRun
 from serving.settings import REPO_ROOT
-
-logger = logging.getLogger(__name__)
 
 REPORT = "report.json"
 MIN_HELD_OUT = 5
@@ -213,7 +210,6 @@ def retrain(
         registered = _register(registry, challenger_dir, champion, report, run.run_id)
         report.registered = {"version": registered.version, "model_version": registered.model_version}
     run.finish(evaluation=report.write())
-    report.write()
     return report
 
 

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
+from monitoring.alarms import parse_duration
 from serving.lifecycle.audit import AuditEntry
 from serving.lifecycle.labels import production_labels, reviewed_labels
 from serving.lifecycle.retrain import REPORT
 from serving.lifecycle.review import REVIEW_LABELS
+from serving.lifecycle.rollout import RolloutPlan
 from serving.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -121,8 +123,11 @@ class RetrainWorker:
         return {s.rule: s.since for s in states if s.state == "firing"}
 
     def new_strong_labels(self) -> int:
-        """Strong labels (corrections, reviews) on kept audio since the last run started."""
-        since = self.runs[-1].started_at if self.runs else 0.0
+        """Strong labels (corrections, reviews) on kept audio since the last run started, within the
+        span a retrain exports (older ones would not train, and need not be read every check)."""
+        since = self.now() - parse_duration(self.settings.retrain_since)
+        if self.runs:
+            since = max(since, self.runs[-1].started_at)
         events = self.service.store.events(since=since)
         corrections = [
             x for x in production_labels(events, self.settings.redo_window_s) if x.strength == "strong"
@@ -167,8 +172,6 @@ class RetrainWorker:
     def to_canary(self, now: float) -> None:
         """A retrained challenger that has shadowed long enough enters the automatic canary (on the
         event loop: the rollout switch stops shadow's worker there)."""
-        from serving.lifecycle.rollout import RolloutPlan
-
         if self.settings.retrain_deploy != "canary" or not self.runs:
             return
         run = self.runs[-1]
