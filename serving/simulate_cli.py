@@ -48,6 +48,13 @@ def add_simulate_command(commands: "argparse._SubParsersAction[argparse.Argument
     parser.set_defaults(command=_simulate)
 
 
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p or not p.partition("=")[0]]
+    if bad:
+        raise ValueError(f"--set takes KEY=VALUE, not {bad[0]!r}")
+    return dict(p.split("=", 1) for p in pairs)
+
+
 def scenario_path(name: str) -> Path:
     path = Path(name)
     if path.is_file():
@@ -66,7 +73,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         summary = simulate(
             scenario_path(args.scenario),
             args.out or settings.db_path.parent / "simulations",
-            dict(s.split("=", 1) for s in args.set),
+            _overrides(args.set),
             args.seed,
         )
     except ValueError as e:

@@ -111,9 +111,16 @@ class Scenario:
 
     @classmethod
     def load(cls, path: Path) -> "Scenario":
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        """Read a scenario file; raises ValueError naming the file for anything malformed."""
+        try:
+            return cls._parse(yaml.safe_load(path.read_text(encoding="utf-8")), path)
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"scenario {path}: {type(e).__name__}: {e}") from e
+
+    @classmethod
+    def _parse(cls, raw: Any, path: Path) -> "Scenario":
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a scenario is a mapping")  # noqa: TRY004 (a config error)
+            raise ValueError("a scenario is a mapping")  # noqa: TRY004 (a config error)
         changes = tuple(
             Change(
                 at_s=parse_duration(c["at"]),

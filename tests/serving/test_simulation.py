@@ -76,3 +76,29 @@ def test_scenarios_load_and_shares_follow_their_changes() -> None:
 def test_an_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "no-such-scenario"]) == 2
     assert "no scenario 'no-such-scenario'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("rate: 1\n", "KeyError: 'duration'"),
+        ("- a list\n", "a scenario is a mapping"),
+        ("duration: soon\nrate: 1\n", "ValueError"),
+        ("duration: 1m\nrate: 1\nchanges: [{new_items: 0.5}]\n", "KeyError: 'at'"),
+        ("duration: [1m\n", "ParserError"),
+    ],
+)
+def test_a_malformed_scenario_is_a_usage_error_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, message: str
+) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_text(body)
+    assert main(["simulate", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"scenario {path}" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before any server started
+
+
+def test_a_set_without_a_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "steady", "--set", "rate"]) == 2
+    assert "--set takes KEY=VALUE, not 'rate'" in capsys.readouterr().err
