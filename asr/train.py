@@ -6,7 +6,11 @@ dev subset through the real inference pipeline (so the number is what users get)
 decoded samples (CTC's "all blank" plateau shows there long before it shows in the loss), writes
 a checkpoint (model, optimizer, schedule, sampler state) atomically, and keeps the best model by
 dev WER. Re-running the same command resumes from the last checkpoint, and the run is
-deterministic given its seed.
+deterministic given its seed (and its number of processes).
+
+With `nproc` > 1 the same loop runs data-parallel in each of `nproc` processes started by torchrun
+(`asr/distributed.py`): each takes an equal share of every global batch, DistributedDataParallel
+averages the gradients, and rank 0 alone evaluates, logs and writes.
 """
 
 import copy
@@ -26,6 +30,16 @@ import torch
 
 from asr.audio import SAMPLE_RATE_HZ, AudioLimits, Samples, load_audio
 from asr.decoding import GreedyDecoder
+from asr.distributed import (
+    Ranks,
+    data_parallel,
+    gather_on_every_rank,
+    made_on_main,
+    process_group,
+    split_batch,
+    sum_over_ranks,
+    sum_tensor_over_ranks,
+)
 from asr.errors import AudioError, DataError
 from asr.evaluate import ManifestEntry, read_manifest, run_entry, summarize
 from asr.model import (
@@ -128,6 +142,9 @@ class TrainConfig:
     """Keep up to this many MB of decoded clips in memory instead of decoding them every draw."""
     max_minutes: float | None = None
     """Stop (with a checkpoint) after this much training time, whatever `steps` says."""
+    nproc: int = 1
+    """Data-parallel processes (started by torchrun; `voice-search train --nproc`). The global
+    batch stays `batch_size`: each process takes `batch_size / nproc` of its clips."""
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -140,6 +157,7 @@ class TrainConfig:
             raise DataError("the augmented share must be between 0 and 1")
         if self.distill_weight < 0 or self.distill_layer < 1:
             raise DataError("the distillation weight must be >= 0 and its layer >= 1")
+        split_batch(self.batch_size, self.nproc)
 
 
 @dataclass
@@ -180,6 +198,14 @@ def refuse_dev_clips(manifest: Path, shared_data: Path, shown: int = 3) -> None:
         raise DataError(
             f"{manifest} holds {len(leaked)} clips of dev speakers, who must never train ({names})"
         )
+
+
+def check_training_data(config: TrainConfig) -> None:
+    """Refuse (`DataError`) training manifests that fail the data check or hold dev clips."""
+    for source in config.train:
+        refuse_failing_manifest(source.manifest)
+        if config.shared_data is not None:
+            refuse_dev_clips(source.manifest, config.shared_data)
 
 
 def encode_labels(text: str, vocab: Vocabulary) -> list[int]:
@@ -283,16 +309,47 @@ def train(
 ) -> TrainState:
     """Train until `config.steps`, resuming from `out_dir/checkpoint` when present. `on_record`
     gets each evaluation's record (step, loss, lr, dev metrics) as it is written: experiment
-    tracking hooks in there."""
-    from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
+    tracking hooks in there. With `config.nproc` > 1 every process torchrun started calls this;
+    only rank 0 logs, calls `on_record` and writes, and its state is the run's."""
+    ranks = Ranks.from_env()
+    if ranks.world_size != config.nproc:
+        raise DataError(
+            f"this run is set for {config.nproc} process(es) but was started as {ranks.world_size}: "
+            "`voice-search train --nproc N` starts N processes under torchrun"
+        )
+    device = resolve_device(config.device)
+    with process_group(ranks, device):
+        if not ranks.is_main:
+            log, on_record = _silent, None
+        return _train(config, ranks, device, log, on_record)
 
-    torch.manual_seed(config.seed)
-    # transformers draws wav2vec2's SpecAugment masks from numpy's global generator.
-    np.random.seed(config.seed)
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0: one copy of each line is enough."""
+
+
+def _source_dir(config: TrainConfig, log: Callable[[str], None]) -> Path:
+    """The checkpoint to resume from, else the initial model (written into the run folder)."""
     config.out_dir.mkdir(parents=True, exist_ok=True)
     resume = config.out_dir / CHECKPOINT
-    source_dir = resume if (resume / "state.pt").is_file() else _initial_model_dir(config, log)
-    device = resolve_device(config.device)
+    return resume if (resume / "state.pt").is_file() else _initial_model_dir(config, log)
+
+
+def _train(
+    config: TrainConfig,
+    ranks: Ranks,
+    device: str,
+    log: Callable[[str], None],
+    on_record: Callable[[dict[str, Any]], None] | None,
+) -> TrainState:
+    from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
+
+    # Each rank its own dropout and SpecAugment draws (transformers draws wav2vec2's SpecAugment
+    # masks from numpy's global generator); rank 0, like a single process, is seeded with `seed`.
+    torch.manual_seed(config.seed + ranks.rank)
+    np.random.seed(config.seed + ranks.rank)
+    resume = config.out_dir / CHECKPOINT
+    source_dir = made_on_main(lambda: _source_dir(config, log), ranks)
     model = AutoModelForCTC.from_pretrained(source_dir, local_files_only=True, dtype=torch.float32).to(device)
     features = AutoFeatureExtractor.from_pretrained(source_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(source_dir, local_files_only=True)
@@ -301,13 +358,11 @@ def train(
         model.freeze_feature_encoder()
     _set_spec_augment(model, config.mask_time_prob)
 
-    for source in config.train:
-        refuse_failing_manifest(source.manifest)
-        if config.shared_data is not None:
-            refuse_dev_clips(source.manifest, config.shared_data)
+    if ranks.is_main:
+        check_training_data(config)
     sources = [_load_examples(s, recognizer.vocab, config.max_clip_s) for s in config.train]
     sampler = _Sampler(sources, [s.weight for s in config.train], config.seed)
-    distiller = _Distiller(config, model, device) if config.distill_weight else None
+    distiller = _Distiller(config, model, device, ranks) if config.distill_weight else None
     trained = [p for p in model.parameters() if p.requires_grad]
     if distiller is not None:
         trained += list(distiller.projection.parameters())
@@ -320,18 +375,21 @@ def train(
         schedule.load_state_dict(saved["schedule"])
         sampler.rng.bit_generator.state = saved["sampler"]
         if "torch_rng" in saved:  # absent from checkpoints written before the generators were saved
-            torch.set_rng_state(saved["torch_rng"])
-            np.random.set_state(saved["numpy_rng"])
+            _restore_generators(saved, ranks, log)
         state = TrainState(**saved["state"])
         if distiller is not None and "projection" in saved:
             distiller.projection.load_state_dict(saved["projection"])
         log(f"resumed at step {state.step}")
+    # After the checkpoint is loaded: DDP starts every rank from rank 0's parameters.
+    forward = data_parallel(_Student(model, distiller, ranks), ranks)
     augmenter = _Augmenter(config, sampler.rng) if config.augment else None
     loader = _Loader(config, features, device, augmenter, distiller)
-    dev = _dev_entries(config)
+    share = ranks.share(config.batch_size)
+    dev = _dev_entries(config) if ranks.is_main else []
     dev_pipeline = Pipeline(recognizer, GreedyDecoder(recognizer.vocab), SileroVAD.load()) if dev else None
     use_amp = device == "cuda"
-    (config.out_dir / "config.json").write_text(json.dumps(asdict(config), default=str, indent=1))
+    if ranks.is_main:
+        (config.out_dir / "config.json").write_text(json.dumps(asdict(config), default=str, indent=1))
 
     started = time.perf_counter() - state.elapsed_s
     window_started = time.perf_counter()
@@ -341,35 +399,36 @@ def train(
     while state.step < config.steps:
         model.train()
         limit = config.curriculum_clip_s if state.step < config.curriculum_steps else None
-        inputs, labels = loader(sampler.batch(config.batch_size, limit))
+        inputs, labels = loader(sampler.batch(config.batch_size, limit), share)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            outputs = model(
-                inputs["input_values"],
-                attention_mask=inputs.get("attention_mask"),
-                labels=labels,
-                output_hidden_states=distiller is not None,
-            )
-            loss = outputs.loss
-            if distiller is not None:
-                distill_loss = distiller.loss(
-                    outputs.hidden_states, inputs["teacher_targets"], inputs["teacher_mask"]
-                )
-                distill_losses.append(float(distill_loss.detach()))
-                loss = loss + distiller.weight * distill_loss
+            loss, distill_loss = forward(inputs, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         state.step += 1
-        losses.append(float(loss.detach()))
+        # The global batch's losses are the means of the ranks' (equal shares); and one clock
+        # stops every rank, since a rank that stopped alone would leave the others waiting.
+        step_loss, step_distill, ranks_out_of_time = sum_over_ranks(
+            [
+                float(loss.detach()),
+                float(distill_loss.detach()) if distill_loss is not None else 0.0,
+                float(time.perf_counter() >= stop_at),
+            ],
+            ranks,
+            device,
+        )
+        losses.append(step_loss / ranks.world_size)
+        if distill_loss is not None:
+            distill_losses.append(step_distill / ranks.world_size)
+        out_of_time = ranks_out_of_time > 0
         if state.step % config.log_every == 0:
             per_step = (time.perf_counter() - window_started) / config.log_every
             window_started = time.perf_counter()
             recent = float(np.mean(losses[-config.log_every :]))
             lr = schedule.get_last_lr()[0]
             log(f"step {state.step} loss {recent:.3f} lr {lr:.2e} {per_step:.2f} s/step")
-        out_of_time = time.perf_counter() >= stop_at
         if state.step % config.eval_every == 0 or state.step == config.steps or out_of_time:
             state.elapsed_s = time.perf_counter() - started
             record = {
@@ -390,17 +449,45 @@ def train(
                     state.best_wer, state.best_cer = score
                     save_model(model, source_dir, config.out_dir / BEST)
             state.history.append(record)
-            with (config.out_dir / METRICS).open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            log(json.dumps(record))
-            if on_record is not None:
-                on_record(record)
-            extra = {"projection": distiller.projection.state_dict()} if distiller is not None else {}
-            _save_checkpoint(model, source_dir, optimizer, schedule, sampler, state, config.out_dir, extra)
+            extra: dict[str, Any] = {}
+            if distiller is not None:
+                extra["projection"] = distiller.projection.state_dict()
+            if ranks.distributed:  # every rank's dropout draws continue where they stopped
+                extra["rank_generators"] = gather_on_every_rank(_generators(), ranks)
+            if ranks.is_main:
+                with (config.out_dir / METRICS).open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+                log(json.dumps(record))
+                if on_record is not None:
+                    on_record(record)
+                _save_checkpoint(
+                    model, source_dir, optimizer, schedule, sampler, state, config.out_dir, extra
+                )
         if out_of_time:
             log(f"stopped at step {state.step}: --max-minutes {config.max_minutes} reached")
             break
     return state
+
+
+def _generators() -> dict[str, Any]:
+    """This process's torch and numpy global generator states (dropout, SpecAugment masks)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+
+
+def _restore_generators(saved: dict[str, Any], ranks: Ranks, log: Callable[[str], None]) -> None:
+    """This rank's generators as the checkpoint left them. A checkpoint written by another number
+    of processes holds only rank 0's: the other ranks keep their fresh seeds, so only their
+    dropout and masking draws differ from the uninterrupted run (the data is the same)."""
+    per_rank = saved.get("rank_generators", [])
+    if len(per_rank) == ranks.world_size:
+        torch.set_rng_state(per_rank[ranks.rank]["torch"])
+        np.random.set_state(per_rank[ranks.rank]["numpy"])
+        return
+    if ranks.distributed:
+        log(f"the checkpoint is of {max(1, len(per_rank))} process(es): ranks 1+ draw dropout afresh")
+    if ranks.is_main:
+        torch.set_rng_state(saved["torch_rng"])
+        np.random.set_state(saved["numpy_rng"])
 
 
 def _set_spec_augment(model: Any, mask_time_prob: float) -> None:
@@ -462,12 +549,13 @@ class _Augmenter:
 class _Distiller:
     """The distillation loss: a linear projection of one student layer toward the teacher."""
 
-    def __init__(self, config: TrainConfig, model: Any, device: str) -> None:
+    def __init__(self, config: TrainConfig, model: Any, device: str, ranks: Ranks) -> None:
         from asr.teacher import TEACHER_DIM, WhisperTeacher
 
         self.teacher = WhisperTeacher(threads=max(1, torch.get_num_threads()))
         self.projection = torch.nn.Linear(model.config.hidden_size, TEACHER_DIM).to(device)
         self.model = model
+        self.ranks = ranks
         self.weight = config.distill_weight
         self.layer = config.distill_layer
         if self.layer > model.config.num_hidden_layers:
@@ -499,8 +587,46 @@ class _Distiller:
         predicted, targets, mask = predicted[:, :frames], targets[:, :frames], mask[:, :frames]
         l1 = (predicted - targets).abs().mean(dim=-1)
         cosine = torch.nn.functional.cosine_similarity(predicted, targets, dim=-1)
-        loss: torch.Tensor = ((l1 - cosine) * mask).sum() / mask.sum().clamp(min=1)
+        counted = mask.sum()
+        if self.ranks.distributed:
+            # A mean over the frames of the whole global batch: divide by every rank's frames,
+            # times the world size, since DDP then averages the ranks' gradients.
+            counted = sum_tensor_over_ranks(counted, self.ranks) / self.ranks.world_size
+        loss: torch.Tensor = ((l1 - cosine) * mask).sum() / counted.clamp(min=1)
         return loss
+
+
+class _Student(torch.nn.Module):
+    """The training loss of a batch (CTC, plus the weighted distillation loss) as one module, so
+    that DistributedDataParallel, which averages the gradients of the module it wraps, reaches
+    the distillation projection as well as the model."""
+
+    def __init__(self, model: Any, distiller: _Distiller | None, ranks: Ranks) -> None:
+        super().__init__()
+        self.model = model
+        self.projection = distiller.projection if distiller is not None else None
+        self.distiller = distiller
+        # DDP averages the ranks' gradients. The mean CTC loss of equal shares averages to the
+        # global batch's; a summed one ("sum" reduction) needs the world size to add up to it.
+        self.ctc_scale = ranks.world_size if model.config.ctc_loss_reduction == "sum" else 1
+
+    def forward(
+        self, inputs: dict[str, torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss to minimize, and the distillation loss alone (None without distillation)."""
+        outputs = self.model(
+            inputs["input_values"],
+            attention_mask=inputs.get("attention_mask"),
+            labels=labels,
+            output_hidden_states=self.distiller is not None,
+        )
+        loss: torch.Tensor = outputs.loss if self.ctc_scale == 1 else outputs.loss * self.ctc_scale
+        if self.distiller is None:
+            return loss, None
+        distill_loss = self.distiller.loss(
+            outputs.hidden_states, inputs["teacher_targets"], inputs["teacher_mask"]
+        )
+        return loss + self.distiller.weight * distill_loss, distill_loss
 
 
 class _Loader:
@@ -530,8 +656,13 @@ class _Loader:
         clean = self._read(example.path)
         return self.augment(clean, seed) if self.augment else _Heard.unchanged(clean)
 
-    def __call__(self, batch: list[_Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def __call__(
+        self, batch: list[_Example], share: slice = slice(None)
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """This rank's `share` of the global `batch`. Augmentation seeds are drawn for the whole
+        batch, so a clip's augmentation follows its place in the global batch, not the rank."""
         seeds = self.augment.seeds(len(batch)) if self.augment else [0] * len(batch)
+        batch, seeds = batch[share], seeds[share]
         mapper = self.pool.map if self.pool else map
         heard = list(mapper(self._hear, batch, seeds))
         clips = [h.samples for h in heard]

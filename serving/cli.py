@@ -12,6 +12,8 @@ import glob
 import io
 import json
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -56,6 +58,7 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` runs it again
     try:
         settings = Settings.from_env()
     except ValueError as e:
@@ -266,6 +269,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     trainer.add_argument(
         "--export", type=Path, metavar="DIR", help="at the end, export the best model as fp16 to DIR"
+    )
+    trainer.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help=(
+            "data-parallel processes under torchrun (gloo on CPU, nccl on GPU, one per GPU); "
+            "each takes --batch-size / N clips of every batch"
+        ),
     )
     trainer.set_defaults(command=_train)
     add_monitor_commands(commands)
@@ -689,7 +702,8 @@ def _data_check(args: argparse.Namespace, settings: Settings) -> int:
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
-    from asr.train import DataSource, TrainConfig, export_model, train
+    from asr.distributed import Ranks
+    from asr.train import DataSource, TrainConfig, check_training_data, export_model, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -697,6 +711,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     if not init.startswith("scratch:") and not Path(init).is_dir():
         raise UsageError(f"no model folder at {init}; pass --init DIR or --init scratch:small")
     if args.domain:
+        if args.nproc > 1:
+            raise UsageError("--domain trains in one process; drop --nproc")
         return _adapt_domain(args, init)
     if not args.train:
         raise UsageError("pass at least one --train MANIFEST (or --domain PACK)")
@@ -725,9 +741,15 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         max_minutes=args.max_minutes,
         distill_weight=args.distill,
         distill_layer=args.distill_layer,
+        nproc=args.nproc,
     )
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # torchrun sets it in the processes it starts
+        # Bad data is refused here in one line, not from inside N processes (rank 0 checks again).
+        check_training_data(config)
+        return _launch_data_parallel(args)
+    main_rank = Ranks.from_env().is_main  # only rank 0 talks to MLflow, exports and reports
     run = None
-    if not args.no_track:
+    if not args.no_track and main_rank:
         from serving.lifecycle.models_cli import open_registry
         from serving.lifecycle.tracking import TrainingRun
 
@@ -737,6 +759,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),
         on_record=run.record if run else None,
     )
+    if not main_rank:
+        return EXIT_OK
     card = None
     if args.export:
         best = args.out / "best" if (args.out / "best").is_dir() else args.out / "checkpoint"
@@ -755,6 +779,30 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         )
     )
     return EXIT_OK
+
+
+def _launch_data_parallel(args: argparse.Namespace) -> int:
+    """Run this same command in `--nproc` processes started by torchrun, and wait for them.
+
+    A child `python -m torch.distributed.run --standalone`: the documented torchrun command line
+    rather than its Python internals. It picks a free local port for the rendezvous, gives each
+    process its rank, stops them all when one fails, and its exit status is the run's.
+    """
+    import torch
+
+    from asr.model import resolve_device
+
+    if resolve_device(args.device) == "cuda" and args.nproc > torch.cuda.device_count():
+        raise UsageError(
+            f"--nproc {args.nproc} needs as many GPUs; this machine has {torch.cuda.device_count()}"
+        )
+    # The `--` ends torchrun's own options: argparse matches options by prefix even among the
+    # script's arguments, and would take our `--nproc` for its `--nproc-per-node`.
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+        "-m", "--", "serving.cli", *args.argv,
+    ]  # fmt: skip
+    return subprocess.run(command, check=False).returncode
 
 
 def _adapt_domain(args: argparse.Namespace, init: str) -> int:
