@@ -15,8 +15,9 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,6 +50,10 @@ logger = logging.getLogger("voice_search")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 """Files picked up from folders and globs; a file named explicitly is tried whatever its suffix."""
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_BROKEN_INSTALL = 0, 1, 2, 3
+MANIFEST_SUFFIX = ".jsonl"
+"""An input with this suffix is a manifest: its rows' `audio` paths are the inputs."""
+RAY_LOCAL = "(local)"
+"""`--ray` without an address: start a local Ray for this command."""
 
 
 class UsageError(Exception):
@@ -90,14 +95,34 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    transcribe = commands.add_parser("transcribe", help="transcribe audio files, folders or globs")
+    transcribe = commands.add_parser(
+        "transcribe", help="transcribe audio files, folders, globs or JSONL manifests"
+    )
     transcribe.add_argument(
-        "paths", nargs="+", metavar="PATH", help="audio files, folders (searched recursively) or globs"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="audio files, folders (searched recursively), globs, or .jsonl manifests ('audio' rows)",
     )
     transcribe.add_argument(
         "--format", choices=("text", "jsonl", "csv"), default="text", help="output format (default: text)"
     )
     transcribe.add_argument("--output", type=Path, help="write results to FILE instead of stdout")
+    transcribe.add_argument(
+        "--ray",
+        nargs="?",
+        const=RAY_LOCAL,
+        metavar="ADDRESS",
+        help="transcribe on Ray Data: a local Ray, or the cluster at ADDRESS (auto, HOST:PORT, "
+        "ray://HOST:10001); put it after the paths",
+    )
+    transcribe.add_argument(
+        "--ray-workers",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="Ray actors, one CPU each (default 2)",
+    )
     _add_recognition_options(transcribe)
     transcribe.set_defaults(command=_transcribe, inference=True)
 
@@ -375,6 +400,12 @@ def _configure_logging(level: str) -> None:
 
 
 def _pipeline(args: argparse.Namespace, settings: Settings) -> Pipeline:
+    return _pipeline_factory(args, settings)()
+
+
+def _pipeline_factory(args: argparse.Namespace, settings: Settings) -> "partial[Pipeline]":
+    """The pipeline the options ask for, checked here but built by the caller: in this process,
+    or in each Ray actor (a `partial` of `build_pipeline` pickles by reference)."""
     model_dir: Path = args.model or settings.model_dir
     if not model_dir.is_dir():
         hint = " (the bundled model is not in this checkout yet)" if model_dir == DEFAULT_MODEL_DIR else ""
@@ -385,7 +416,9 @@ def _pipeline(args: argparse.Namespace, settings: Settings) -> Pipeline:
         limits=AudioLimits(max_clip_s=args.max_clip_s or settings.max_clip_s),
         batch_size=args.batch_size or settings.batch_size,
     )
-    return build_pipeline(model_dir, device=device, use_vad=not args.no_vad, beam=beam, options=options)
+    return partial(
+        build_pipeline, model_dir, device=device, use_vad=not args.no_vad, beam=beam, options=options
+    )
 
 
 def _beam_options(args: argparse.Namespace) -> BeamOptions | None:
@@ -432,23 +465,75 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def transcribe_inputs(patterns: Sequence[str]) -> list[Path]:
+    """`expand_inputs`, where a `.jsonl` argument is a manifest (`asr.evaluate.read_manifest`:
+    `audio` relative to its folder) standing for its rows' files. Order is kept, repeats dropped."""
+    found: list[Path] = []
+    for pattern in patterns:
+        if pattern.lower().endswith(MANIFEST_SUFFIX) and not glob.has_magic(pattern):
+            found.extend(entry.audio for entry in read_manifest(pattern))
+        else:
+            found.extend(expand_inputs([pattern]))
+    return list(dict.fromkeys(found))
+
+
 def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
-    paths = expand_inputs(args.paths)
+    paths = transcribe_inputs(args.paths)
     if not paths:
         raise UsageError("no audio files matched " + " ".join(args.paths))
-    pipeline = _pipeline(args, settings)
+    build = _pipeline_factory(args, settings)
+    if args.ray is None:
+        pipeline = build()
+        return _write_results(args, paths, ((p, _outcome(pipeline, p)) for p in paths))
+
+    from serving.batch_ray import RayBatchError, RaySession, is_address
+
+    address = None if args.ray in (RAY_LOCAL, "local") else args.ray
+    if address is not None and not is_address(address):
+        raise UsageError(
+            f"--ray takes auto, HOST:PORT or ray://HOST:PORT, not {address!r} "
+            "(put --ray after the paths, or write --ray=ADDRESS)"
+        )
+    if (args.device or settings.device) == "cuda":
+        raise UsageError("--ray runs each actor on one CPU; drop --device cuda (or VOICE_SEARCH_DEVICE)")
+    # Build it once here first: a model or decoder option that cannot load then fails in one
+    # line (exit 2), not as a traceback from every actor.
+    build()
+    try:
+        with RaySession(address, args.ray_workers, verbose=args.verbose) as session:
+            return _write_results(args, paths, session.transcribe(paths, build))
+    except RayBatchError as e:
+        raise UsageError(str(e)) from e
+
+
+def _outcome(pipeline: Pipeline, path: Path) -> Transcript | AudioError:
+    try:
+        return pipeline.transcribe(path)
+    except AudioError as e:
+        return e
+
+
+def _write_results(
+    args: argparse.Namespace, paths: Sequence[Path], results: Iterable[tuple[Path, Transcript | AudioError]]
+) -> int:
+    """Write each input's row as it comes (in input order) and report the failed ones."""
     with _open_output(args.output) as out:
         writer = _ResultWriter(args.format, out, single=len(paths) == 1)
         failures = 0
-        for path in tqdm(
-            paths, desc="transcribing", unit="file", disable=args.quiet or None, file=sys.stderr
+        for path, result in tqdm(
+            results,
+            total=len(paths),
+            desc="transcribing",
+            unit="file",
+            disable=args.quiet or None,
+            file=sys.stderr,
         ):
-            try:
-                writer.write(path, pipeline.transcribe(path))
-            except AudioError as e:
+            if isinstance(result, AudioError):
                 failures += 1
-                print(f"voice-search: {path}: {type(e).__name__}: {e}", file=sys.stderr)
-                writer.write_error(path, e)
+                print(f"voice-search: {path}: {type(result).__name__}: {result}", file=sys.stderr)
+                writer.write_error(path, result)
+            else:
+                writer.write(path, result)
     if failures:
         print(f"voice-search: {failures} of {len(paths)} files failed", file=sys.stderr)
     return EXIT_SOME_FAILED if failures else EXIT_OK
