@@ -12,11 +12,12 @@ LOCK := requirements.lock
 PIP_VERSION := 26.0.1
 PIP_TOOLS_VERSION := 7.6.2
 
-# Debian packages needed at run or test time: the TTS engines that voice the training corpus, and
-# chromium for the demo page's browser tests.
-SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium prometheus
+# Debian packages needed at run or test time: the TTS engines that voice the training corpus,
+# chromium for the demo page's browser tests, and PostgreSQL and nginx for several replicas (the
+# tests start their own PostgreSQL server in a temporary folder).
+SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium prometheus postgresql nginx
 
-.PHONY: install system-deps lock doctor run serve test lint typecheck bench bench-api bench-edge eval clean
+.PHONY: install system-deps lock doctor run serve serve-cluster test lint typecheck bench bench-api bench-edge eval clean
 
 install: system-deps $(STAMP)
 
@@ -44,7 +45,7 @@ $(STAMP): pyproject.toml $(LOCK)
 lock:
 	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
-	$(BIN)/pip-compile --quiet --extra dev --extra peers --generate-hashes --allow-unsafe --strip-extras \
+	$(BIN)/pip-compile --quiet --extra dev --extra peers --extra cluster --generate-hashes --allow-unsafe --strip-extras \
 		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
 
 # Check an existing install: lock vs pyproject, installed versions, imports, native libraries.
@@ -57,6 +58,12 @@ run: install
 # The voice-search API and demo page on http://127.0.0.1:8000 (VOICE_SEARCH_* settings apply).
 serve: install
 	$(BIN)/voice-search serve
+
+# REPLICAS replicas on one PostgreSQL event store (a local server in var/cluster/postgres) behind
+# nginx on http://127.0.0.1:8000; Ctrl-C stops them all.
+REPLICAS ?= 2
+serve-cluster: install
+	$(BIN)/voice-search cluster --replicas $(REPLICAS)
 
 lint: install
 	$(BIN)/ruff check .

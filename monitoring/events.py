@@ -9,9 +9,11 @@ sequence of events within a session:
 - **switch to typing**: a voice search followed (within the same window) by a typed search.
 
 SQLite is the default backend (WAL, so readers never block the writer; the schema is versioned and
-upgraded by numbered migrations). Callers depend on the `EventStore` protocol, so a server
-database can replace it later. Event times are the request's own timestamps (seconds since the
-epoch), never the reader's clock, so a replay can run faster than real time.
+upgraded by numbered migrations). PostgreSQL (`monitoring.postgres`) is the shared store of
+several replicas, with the same queries and migrations; callers depend on the `EventStore`
+protocol and `open_event_store` picks the backend from a URL. Event times are the request's own
+timestamps (seconds since the epoch), never the reader's clock, so a replay can run faster than
+real time.
 """
 
 import json
@@ -19,6 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -134,6 +137,10 @@ class EventStore(Protocol):
 
     def forget_audio(self, request_ids: Sequence[str]) -> None: ...
 
+    def shared_state(self, key: str) -> dict[str, Any] | None: ...
+
+    def put_shared_state(self, key: str, value: Mapping[str, Any], at: float) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -182,11 +189,118 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: retained audio (off by default; recordings are personal data).
     "ALTER TABLE events ADD COLUMN audio_path TEXT;",
+    # 3: documents every replica shares (the rollout's desired state).
+    """
+    CREATE TABLE shared_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )
-"""Schema migrations, applied in order; `PRAGMA user_version` records how many have run."""
+"""Schema migrations, applied in order, in the SQL both backends speak (PostgreSQL reads REAL as
+double precision: see `monitoring.postgres`). SQLite's `PRAGMA user_version` records how many
+have run; PostgreSQL's `schema_version` table does."""
 
 
-class SQLiteEventStore:
+class SQLEventStore(ABC):
+    """The queries every SQL backend shares, written once (with `?` placeholders); a backend
+    supplies how to run them, how to migrate, and which of its errors mean the store failed."""
+
+    @property
+    @abstractmethod
+    def schema_version(self) -> int:
+        """How many of `MIGRATIONS` this store has run."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _rows(self, action: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in its own transaction; its rows. Raises `EventStoreError`."""
+
+    @abstractmethod
+    def _write_many(self, action: str, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement per row, all in one transaction. Raises `EventStoreError`."""
+
+    def record(self, event: Event) -> None:
+        row = _to_row(event)
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        self._write_many(
+            f"record event {event.request_id}",
+            f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+            [[row[c] for c in _COLUMNS]],
+        )
+
+    def get(self, request_id: str) -> Event | None:
+        found = self._rows(
+            f"read event {request_id}",
+            f"SELECT {', '.join(_COLUMNS)} FROM events WHERE request_id = ?",
+            (request_id,),
+        )
+        return _from_row(found[0]) if found else None
+
+    def events(
+        self, since: float | None = None, until: float | None = None, session_id: str | None = None
+    ) -> list[Event]:
+        """Events in time order, optionally within [since, until) and one session."""
+        where: list[str] = ["1=1"]
+        params: list[float | str] = []
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(until)
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        query = f"SELECT {', '.join(_COLUMNS)} FROM events WHERE {' AND '.join(where)} ORDER BY created_at"
+        return [_from_row(r) for r in self._rows("read events", query, params)]
+
+    def latest_at(self) -> float | None:
+        """The newest event's time (None for an empty store): where reports end, without reading rows."""
+        found = self._rows("find the newest event", "SELECT MAX(created_at) FROM events")[0][0]
+        return None if found is None else float(found)
+
+    def count(self) -> int:
+        return int(self._rows("count events", "SELECT COUNT(*) FROM events")[0][0])
+
+    def forget_audio(self, request_ids: Sequence[str]) -> None:
+        """Clear the audio path of these events (their files are gone)."""
+        self._write_many(
+            "forget retained audio",
+            "UPDATE events SET audio_path = NULL WHERE request_id = ?",
+            [(r,) for r in request_ids],
+        )
+
+    def with_audio_before(self, cutoff: float) -> list[tuple[str, str]]:
+        """(request_id, audio_path) of events older than `cutoff` that still hold audio."""
+        rows = self._rows(
+            "find retained audio",
+            "SELECT request_id, audio_path FROM events WHERE audio_path IS NOT NULL AND created_at < ?",
+            (cutoff,),
+        )
+        return [(str(a), str(b)) for a, b in rows]
+
+    def shared_state(self, key: str) -> dict[str, Any] | None:
+        """A small JSON document every replica reads (the rollout's desired state), or None."""
+        found = self._rows(
+            f"read the shared state {key!r}", "SELECT value FROM shared_state WHERE key = ?", (key,)
+        )
+        return None if not found else dict(json.loads(found[0][0]))
+
+    def put_shared_state(self, key: str, value: Mapping[str, Any], at: float) -> None:
+        """Replace the document `key` (the last writer wins)."""
+        self._write_many(
+            f"write the shared state {key!r}",
+            "INSERT INTO shared_state (key, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            [(key, json.dumps(dict(value), sort_keys=True), at)],
+        )
+
+
+class SQLiteEventStore(SQLEventStore):
     """An `EventStore` in one SQLite file (WAL). One connection, serialized by a lock."""
 
     def __init__(self, path: str | Path) -> None:
@@ -230,72 +344,33 @@ class SQLiteEventStore:
             raise
         self._db.execute("COMMIT")
 
-    def record(self, event: Event) -> None:
-        row = _to_row(event)
-        placeholders = ", ".join("?" for _ in _COLUMNS)
-        with self._lock, _store_errors(f"record event {event.request_id}"):
-            self._db.execute(
-                f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-                [row[c] for c in _COLUMNS],
-            )
+    def _rows(self, action: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock, _store_errors(action):
+            return list(self._db.execute(sql, params).fetchall())
 
-    def get(self, request_id: str) -> Event | None:
-        with self._lock, _store_errors(f"read event {request_id}"):
-            found = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM events WHERE request_id = ?",
-                (request_id,),
-            ).fetchone()
-        return _from_row(found) if found else None
-
-    def events(
-        self, since: float | None = None, until: float | None = None, session_id: str | None = None
-    ) -> list[Event]:
-        """Events in time order, optionally within [since, until) and one session."""
-        where: list[str] = ["1=1"]
-        params: list[float | str] = []
-        if since is not None:
-            where.append("created_at >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("created_at < ?")
-            params.append(until)
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
-        query = f"SELECT {', '.join(_COLUMNS)} FROM events WHERE {' AND '.join(where)} ORDER BY created_at"
-        with self._lock, _store_errors("read events"):
-            rows = self._db.execute(query, params).fetchall()
-        return [_from_row(r) for r in rows]
-
-    def latest_at(self) -> float | None:
-        """The newest event's time (None for an empty store): where reports end, without reading rows."""
-        with self._lock, _store_errors("find the newest event"):
-            found = self._db.execute("SELECT MAX(created_at) FROM events").fetchone()[0]
-        return None if found is None else float(found)
-
-    def count(self) -> int:
-        with self._lock, _store_errors("count events"):
-            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-
-    def forget_audio(self, request_ids: Sequence[str]) -> None:
-        """Clear the audio path of these events (their files are gone)."""
-        with self._lock, _store_errors("forget retained audio"):
-            self._db.executemany(
-                "UPDATE events SET audio_path = NULL WHERE request_id = ?", [(r,) for r in request_ids]
-            )
-
-    def with_audio_before(self, cutoff: float) -> list[tuple[str, str]]:
-        """(request_id, audio_path) of events older than `cutoff` that still hold audio."""
-        with self._lock, _store_errors("find retained audio"):
-            rows = self._db.execute(
-                "SELECT request_id, audio_path FROM events WHERE audio_path IS NOT NULL AND created_at < ?",
-                (cutoff,),
-            ).fetchall()
-        return [(str(a), str(b)) for a, b in rows]
+    def _write_many(self, action: str, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._lock, _store_errors(action):
+            if len(rows) == 1:
+                self._db.execute(sql, rows[0])
+                return
+            with self._transaction():
+                self._db.executemany(sql, rows)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def open_event_store(url: str | None, path: Path) -> "SQLEventStore":
+    """The store a setting names: PostgreSQL for a `postgresql://` URL (shared by replicas), else
+    the embedded SQLite file at `path`."""
+    if url and url.startswith(("postgresql://", "postgres://")):
+        from monitoring.postgres import PostgresEventStore  # psycopg only where it is used
+
+        return PostgresEventStore(url)
+    if url:
+        raise EventStoreError(f"the event store URL must start with postgresql://, not {url.split(':')[0]!r}")
+    return SQLiteEventStore(path)
 
 
 @contextmanager

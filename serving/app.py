@@ -28,16 +28,18 @@ from asr.pipeline import PipelineOptions, Transcript, build_pipeline
 from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, default_notifiers, load_rules
 from monitoring.drift import ReferenceProfile
-from monitoring.events import Event, EventStore, EventStoreError, Outcome, SQLiteEventStore, purge_audio
+from monitoring.events import Event, EventStore, EventStoreError, Outcome, purge_audio
 from monitoring.gates import GatePolicy, RampPolicy
 from monitoring.metrics import ServiceMetrics
 from monitoring.monitor import Monitor, MonitorOptions
+from monitoring.postgres import AdvisoryLeader
 from serving import __version__
 from serving.batching import MicroBatcher, TranscribeMany
 from serving.deps import Faults, ServiceState
 from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
 from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.canary import CanaryController
+from serving.lifecycle.deployment import Follower
 from serving.lifecycle.registry import registered_version
 from serving.lifecycle.review import ReviewQueue
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan
@@ -80,8 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.set_rollout(state.rollout)  # the configured plan: checked, and shadow's worker started
         state.canary = CanaryController.for_service(state, _ramp(settings))
         tasks.append(asyncio.create_task(state.canary.run(settings.canary_step_s), name="canary"))
+        if settings.event_store_url:
+            tasks += _follow_the_cluster(state, settings.event_store_url)
         if state.monitor is not None:
-            tasks.append(asyncio.create_task(_evaluate_alarms(state.monitor), name="alarms"))
+            tasks.append(asyncio.create_task(_evaluate_alarms(state), name="alarms"))
         if settings.retrain_auto:
             state.retrain = RetrainWorker(state)
             tasks.append(asyncio.create_task(state.retrain.run(), name="retrain-trigger"))
@@ -140,7 +144,7 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
         limits=AudioLimits(max_clip_s=settings.api_max_clip_s), batch_size=settings.micro_batch_size
     )
     pipeline = build_pipeline(settings.model_dir, device=settings.device, beam=beam, options=options)
-    store = SQLiteEventStore(settings.db_path)
+    store = settings.open_event_store()
     faults = Faults()
     batcher = _batcher(settings, _with_faults(pipeline.transcribe_many, faults))
     index = CatalogIndex(
@@ -165,6 +169,7 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     state.review = ReviewQueue(settings.review_path, settings.labels_dir)
     state.load_challenger = load_challenger
     state.champion_registry_version = registered_version(settings, version)
+    state.champion_dir = Path(settings.model_dir)
     return state
 
 
@@ -184,7 +189,7 @@ def _challenger(
     pipeline = build_pipeline(model_dir, device=settings.device, beam=beam, options=options)
     batcher = _batcher(settings, pipeline.transcribe_many)
     logger.info("loaded the challenger %s", pipeline.recognizer.version)
-    return ModelSlot(CHALLENGER_SLOT, batcher, pipeline.recognizer.version, registry_version)
+    return ModelSlot(CHALLENGER_SLOT, batcher, pipeline.recognizer.version, registry_version, model_dir)
 
 
 def _batcher(settings: Settings, transcribe_many: TranscribeMany) -> MicroBatcher:
@@ -245,10 +250,38 @@ async def _purge_expired_audio(state: ServiceState) -> None:
         await asyncio.sleep(PURGE_INTERVAL_S)
 
 
-async def _evaluate_alarms(monitor: Monitor) -> None:
-    """Judge the alarm rules whenever `alarm_step_s` of event time has passed (checked each second)."""
+def _follow_the_cluster(state: ServiceState, url: str) -> list["asyncio.Task[None]"]:
+    """On a shared store: the rollout every replica follows, and the election of the one replica
+    that judges alarms, the canary and retraining (so the service is judged once, on all traffic)."""
+    state.leads = False
+    leader = AdvisoryLeader(url)
+
+    async def elect() -> None:
+        try:
+            while True:
+                state.leads = await run_in_threadpool(leader.is_leader)
+                await asyncio.sleep(LEADER_CHECK_S)
+        finally:
+            leader.close()
+
+    follower = Follower(state)
+    return [
+        asyncio.create_task(elect(), name="leader-election"),
+        asyncio.create_task(follower.run(), name="rollout-follower"),
+    ]
+
+
+LEADER_CHECK_S = 1.0
+"""How often a replica asks for the leader lock (and the leader checks it still holds it)."""
+
+
+async def _evaluate_alarms(state: ServiceState) -> None:
+    """Judge the alarm rules whenever `alarm_step_s` of event time has passed (checked each second),
+    on the leader only."""
+    monitor = state.monitor
+    assert monitor is not None
     while True:
-        if monitor.due():
+        if state.leads and monitor.due():
             try:
                 await run_in_threadpool(monitor.evaluate)
             except Exception:
@@ -280,9 +313,11 @@ async def _record_events(request: Request, call_next: Callable[[Request], Awaita
     finally:
         if monitor is not None:
             monitor.metrics.in_flight.dec()
+    if recorded and not await _store_event(request, response.status_code, time.perf_counter() - started):
+        # An answer whose event was not written is not acknowledged: the client retries, and no
+        # request the client saw succeed is missing from the store (the monitors', the labels').
+        response = error_response(request, EventStoreError("the request could not be recorded; retry"))
     response.headers["X-Request-ID"] = request.state.request_id
-    if recorded:
-        await _store_event(request, response.status_code, time.perf_counter() - started)
     return response
 
 
@@ -324,16 +359,17 @@ async def _refuse_large_body(request: Request) -> Response | None:
     )
 
 
-async def _store_event(request: Request, status: int, latency_s: float) -> None:
-    """Record the request's event and count it in the metrics. Never raises: the answer exists
-    already, and failing it would not bring the row back (failures are logged and counted)."""
+async def _store_event(request: Request, status: int, latency_s: float) -> bool:
+    """Record the request's event and count it in the metrics; whether the event was written.
+    Never raises (failures are logged and counted)."""
     try:
-        await _record(request, status, latency_s)
+        return await _record(request, status, latency_s)
     except Exception:
         logger.exception("could not record the event of %s", request.state.request_id)
+        return False
 
 
-async def _record(request: Request, status: int, latency_s: float) -> None:
+async def _record(request: Request, status: int, latency_s: float) -> bool:
     fields: dict[str, Any] = request.state.event
     noted: Outcome = fields.pop("outcome", "ok")
     outcome: Outcome = "server_error" if status >= 500 else "client_error" if status >= 400 else noted
@@ -351,14 +387,16 @@ async def _record(request: Request, status: int, latency_s: float) -> None:
         **fields,
     )
     if service is None:
+        # Not started, or shutting down: the answer is an error already, with nothing to record.
         logger.error("no event store to record %s", event.request_id)
-        return
+        return status >= 500
     try:
         await run_in_threadpool(service.store.record, event)
     except EventStoreError:
-        # The answer already exists; failing it too would not bring the row back. Logged loudly.
         logger.exception("could not record event %s", event.request_id)
         if service.monitor is not None:
             service.monitor.metrics.event_store_errors.inc()
+        return False
     if service.monitor is not None:
         service.monitor.on_event(event)
+    return True

@@ -36,6 +36,7 @@ from asr.errors import (
 from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, select_entries, summarize
 from asr.model import Device
 from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_frontend, build_pipeline
+from monitoring.events import EventStoreError
 from serving.lifecycle.labels_cli import add_label_commands
 from serving.lifecycle.models_cli import add_model_commands
 from serving.lifecycle.registry import RegistryError
@@ -76,7 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit_allocator_caching()
     try:
         code: int = args.command(args, settings)
-    except (UsageError, ModelLoadError, DecoderConfigError, ManifestError, DataError, RegistryError) as e:
+    except (
+        UsageError,
+        ModelLoadError,
+        DecoderConfigError,
+        ManifestError,
+        DataError,
+        RegistryError,
+        EventStoreError,
+    ) as e:
         print(f"voice-search: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except DependencyError as e:
@@ -161,6 +170,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-bias", action="store_true", help="greedy decoding, not biased to the catalog")
     serve.set_defaults(command=_serve, inference=True)
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="run N replicas on one PostgreSQL event store behind nginx (other settings: VOICE_SEARCH_*)",
+    )
+    cluster.add_argument("--replicas", type=int, default=2, metavar="N", help="replicas (default: 2)")
+    cluster.add_argument("--port", type=int, default=8000, help="the balancer's port (default: 8000)")
+    cluster.add_argument(
+        "--state-dir", type=Path, default=Path("var/cluster"), metavar="DIR",
+        help="the local PostgreSQL server, logs, review queue and audit (default: var/cluster)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--event-store-url", metavar="URL",
+        help="a postgresql:// URL of an existing server (default: start a local one in the state folder)",
+    )  # fmt: skip
+    cluster.set_defaults(command=_cluster)
 
     corpus = commands.add_parser("corpus", help="build the training corpus").add_subparsers(
         required=True, metavar="ACTION"
@@ -679,6 +704,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
     )
     return EXIT_OK
+
+
+def _cluster(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.cluster.balancer import BalancerError
+    from serving.cluster.launch import serve_cluster
+    from serving.cluster.postgres import PostgresUnavailableError
+
+    if args.replicas < 1:
+        raise UsageError(f"--replicas must be at least 1, not {args.replicas}")
+    try:
+        return serve_cluster(args.state_dir, args.replicas, args.port, args.event_store_url)
+    except (BalancerError, PostgresUnavailableError, RuntimeError) as e:
+        print(f"voice-search: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _corpus_build(args: argparse.Namespace, settings: Settings) -> int:

@@ -66,6 +66,11 @@ class ServiceState:
     """Loads a model folder as a challenger with the champion's decoding (blocking)."""
     champion_registry_version: int | None = None
     """The registered version the champion was loaded from, when known."""
+    champion_dir: Path | None = None
+    """The folder the champion was loaded from."""
+    leads: bool = True
+    """Whether this process judges alarms, the canary and retraining: always alone on SQLite; on a
+    shared store, only the replica holding the leader lock (`monitoring.postgres.AdvisoryLeader`)."""
     _shadow_task: "asyncio.Task[None] | None" = None
     _shadow_worker_of: ShadowRunner | None = None
 
@@ -98,10 +103,15 @@ class ServiceState:
         if self.challenger is None:
             raise ConflictError("nothing to swap with: no challenger is loaded")
         old = ModelSlot(
-            self.challenger.name, self.batcher, self.model_version, self.champion_registry_version
+            self.challenger.name,
+            self.batcher,
+            self.model_version,
+            self.champion_registry_version,
+            self.champion_dir,
         )
         self.batcher, self.model_version = self.challenger.batcher, self.challenger.model_version
         self.champion_registry_version = self.challenger.registry_version
+        self.champion_dir = self.challenger.model_dir
         self.challenger = old
         self.shadow = None  # its runner fed the old challenger
         self.rollout = RolloutPlan("off")

@@ -36,15 +36,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(state_dir: Path, **settings: str) -> Iterator[Server]:
-    """Start `uvicorn serving.app:create_app_from_env` with `VOICE_SEARCH_*` settings; stop it after."""
+def running_server(state_dir: Path, log_name: str = "server.log", **settings: str) -> Iterator[Server]:
+    """Start `uvicorn serving.app:create_app_from_env` with `VOICE_SEARCH_*` settings; stop it after.
+    Replicas may share `state_dir`, each with a log of its own."""
     port = free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     db_path = state_dir / "events.sqlite3"
     env = os.environ | {"VOICE_SEARCH_DB_PATH": str(db_path), "VOICE_SEARCH_LOG_LEVEL": "INFO",
                         "VOICE_SEARCH_PORT": str(port)}  # fmt: skip
     env |= {f"VOICE_SEARCH_{k.upper()}": v for k, v in settings.items()}
-    log_path = state_dir / "server.log"
+    log_path = state_dir / log_name
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [

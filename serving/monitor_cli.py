@@ -140,14 +140,14 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         print(f"voice-search: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     db = args.db or settings.db_path
-    if not db.is_file():
+    if (not settings.event_store_url and not db.is_file()) or (args.db and not args.db.is_file()):
         print(f"voice-search: error: no event store at {db}", file=sys.stderr)
         return EXIT_USAGE
     reference = (
         ReferenceProfile.load(settings.reference_profile) if settings.reference_profile.is_file() else None
     )
     try:
-        store = SQLiteEventStore(db)
+        store = SQLiteEventStore(args.db) if args.db else settings.open_event_store()
     except EventStoreError as e:
         print(f"voice-search: error: {e}", file=sys.stderr)
         return EXIT_USAGE

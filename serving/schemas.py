@@ -130,6 +130,8 @@ class VersionInfo(BaseModel):
     slot: str
     domain: str
     bias_decoding: bool
+    replica: int = Field(description="this process's id (several replicas may answer behind one address)")
+    leader: bool = Field(description="whether this replica judges alarms, the canary and retraining")
 
 
 class Faults(BaseModel):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from asr.model import Device
+from monitoring.events import EventStore, open_event_store
 from serving.lifecycle.review import AUTOMATION_LEVELS, SENDS_TO_PEOPLE
 from serving.lifecycle.rollout import ROLLOUT_MODES
 
@@ -45,6 +46,9 @@ class Settings:
     port: int = 8000
     domain_dir: Path = DEFAULT_DOMAIN_DIR
     db_path: Path = DEFAULT_STATE_DIR / "events.sqlite3"
+    event_store_url: str = ""
+    """A `postgresql://` URL: the event store every replica shares (leader election and the rollout's
+    state go through it too). Empty: the embedded SQLite file at `db_path`, for one process."""
     slot: str = "primary"
     """The deployment slot this process serves (blue/green, canary...); recorded on every event."""
     api_max_clip_s: float = 30.0
@@ -182,8 +186,14 @@ class Settings:
             raise ValueError(f"canary_share must be between 0 and 1, not {self.canary_share}")
         if self.retrain_cooldown_s < 0 or self.retrain_new_labels < 0:
             raise ValueError("retrain_cooldown_s and retrain_new_labels must be >= 0")
+        if self.event_store_url and not self.event_store_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"event_store_url must be a postgresql:// URL, not {self.event_store_url!r}")
         if self.micro_batch_wait_ms < 0 or not 0 <= self.search_min_score <= 1:
             raise ValueError("micro_batch_wait_ms must be >= 0 and search_min_score in [0, 1]")
+
+    def open_event_store(self) -> "EventStore":
+        """The store these settings name (PostgreSQL by URL, else SQLite at `db_path`)."""
+        return open_event_store(self.event_store_url, self.db_path)
 
     @property
     def audio_dir(self) -> Path:

@@ -1,11 +1,16 @@
 """Shared fixtures: a tiny random wav2vec2 CTC checkpoint built from a config, once per session."""
 
 import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from asr.model import create_model_dir
+from serving.cluster.postgres import LocalPostgres
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,3 +34,26 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"the real data sets are expected at {path} (shared/ beside the checkout)")
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server of Debian's packages, in a temporary folder, for the whole run.
+
+    Its folder is made in /tmp by hand (not pytest's tmp_path, which only its owner may enter):
+    when the tests run as root, the server runs as the `postgres` user, who must reach it."""
+    base = Path(tempfile.mkdtemp(prefix="voice-search-pg-"))
+    base.chmod(0o755)
+    server = LocalPostgres(base / "server").start()
+    try:
+        yield server
+    finally:
+        if server.running():
+            server.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: LocalPostgres) -> str:
+    """A fresh, empty database on the shared test server."""
+    return postgres_server.create_database(f"test_{uuid.uuid4().hex[:12]}")

@@ -103,7 +103,7 @@ class CanaryController:
         """Judge every `step_s` seconds while a canary ramps by itself."""
         while True:
             await asyncio.sleep(step_s)
-            if not self.active():
+            if not self.active() or not self.service.leads:
                 self.passing_since = None
                 continue
             at = self.now()

@@ -35,7 +35,7 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as e:
         print(f"voice-search: error: --since: {e}", file=sys.stderr)
         return EXIT_USAGE
-    store = SQLiteEventStore(args.db or settings.db_path)
+    store = SQLiteEventStore(args.db) if args.db else settings.open_event_store()
     try:
         reviews = settings.labels_dir / REVIEW_LABELS
         report = export_labels(store, args.out, since_s, args.min_strength, settings.redo_window_s, reviews)

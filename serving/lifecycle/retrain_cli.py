@@ -151,9 +151,7 @@ def _labels(args: argparse.Namespace, settings: Settings, out: Path) -> Path:
     if args.labels is not None:
         given: Path = args.labels
         return given / "manifest.jsonl" if given.is_dir() else given
-    from monitoring.events import SQLiteEventStore
-
-    store = SQLiteEventStore(settings.db_path)
+    store = settings.open_event_store()
     try:
         exported = export_labels(
             store, out / "labels", parse_duration(args.since), args.min_strength, settings.redo_window_s,

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from asr.errors import AudioError
@@ -71,6 +72,8 @@ class ModelSlot:
     model_version: str
     registry_version: int | None = None
     """The registered version it was loaded from, if any: a promotion moves the registry's aliases."""
+    model_dir: Path | None = None
+    """The folder it was loaded from: what replicas compare to follow one another."""
 
 
 @dataclass(frozen=True)

@@ -212,8 +212,9 @@ class RetrainWorker:
     async def run(self) -> None:
         while True:
             try:
-                await run_in_threadpool(self.check)
-                self.to_canary(self.now())
+                if self.service.leads:  # one replica retrains for the service
+                    await run_in_threadpool(self.check)
+                    self.to_canary(self.now())
             except Exception:
                 logger.exception("the retrain trigger check failed; will retry")
             await asyncio.sleep(self.settings.retrain_check_s)

@@ -1,5 +1,7 @@
 """Liveness, readiness and version."""
 
+import os
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -32,4 +34,6 @@ async def version(request: Request) -> schemas.VersionInfo:
         slot=service.settings.slot,
         domain=service.domain,
         bias_decoding=service.settings.bias_decoding,
+        replica=os.getpid(),
+        leader=service.leads,
     )

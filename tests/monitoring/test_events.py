@@ -1,12 +1,15 @@
-"""The SQLite event store: schema migrations, round trips, session signals and audio retention."""
+"""The event store on both backends (SQLite, and a real PostgreSQL server): schema migrations,
+round trips, shared state, faults, audio retention; and the session signals."""
 
 import random
 import sqlite3
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from monitoring.events import (
@@ -17,10 +20,14 @@ from monitoring.events import (
     Kind,
     Outcome,
     SessionTracker,
+    SQLEventStore,
     SQLiteEventStore,
+    _statements,
     purge_audio,
     session_signals,
 )
+from monitoring.postgres import PostgresEventStore, postgres_dialect
+from serving.cluster.postgres import LocalPostgres
 
 
 def make(
@@ -38,11 +45,40 @@ def make(
     )
 
 
-def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
-    store = SQLiteEventStore(tmp_path / "events.sqlite3")
+OpenStore = Callable[[], SQLEventStore]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, OpenStore]]:
+    """Each store test runs on both backends: a SQLite file, and a fresh database on a real
+    PostgreSQL server. Yields the backend's name and an opener (each call is a new connection)."""
+    opened: list[SQLEventStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "events.sqlite3"
+
+        def factory() -> SQLEventStore:
+            return SQLiteEventStore(path)
+
+    else:
+        url = request.getfixturevalue("postgres_url")
+
+        def factory() -> SQLEventStore:
+            return PostgresEventStore(url)
+
+    def open_store() -> SQLEventStore:
+        opened.append(factory())
+        return opened[-1]
+
+    yield request.param, open_store
+    for store in opened:
+        store.close()
+
+
+def test_round_trip_keeps_every_field(backend: tuple[str, OpenStore]) -> None:
+    store = backend[1]()
     event = make(
         "r1",
-        100.0,
+        1_764_000_000.123456,  # epoch seconds to the microsecond: PostgreSQL must not round them
         hits=(Hit("city:1", "Paris", 0.93),),
         timings_s={"asr": 0.02, "search": 0.001},
         transcript="weather in paris",
@@ -55,25 +91,25 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert store.get("r1") == event
     assert store.get("missing") is None
     assert store.count() == 1
-    store.close()
+    assert store.latest_at() == event.created_at
 
 
-def test_a_new_file_is_migrated_to_the_latest_schema_in_wal_mode(tmp_path: Path) -> None:
-    store = SQLiteEventStore(tmp_path / "events.sqlite3")
+def test_a_new_store_is_migrated_to_the_latest_schema(backend: tuple[str, OpenStore]) -> None:
+    store = backend[1]()
     assert store.schema_version == len(MIGRATIONS)
-    store.close()
+
+
+def test_a_new_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
+    SQLiteEventStore(tmp_path / "events.sqlite3").close()
     with sqlite3.connect(tmp_path / "events.sqlite3") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_an_old_file_is_upgraded_without_losing_rows(tmp_path: Path) -> None:
+def test_an_old_sqlite_file_is_upgraded_without_losing_rows(tmp_path: Path) -> None:
     path = tmp_path / "events.sqlite3"
     with sqlite3.connect(path) as db:  # a file written by schema version 1
         db.executescript(MIGRATIONS[0])
-        db.execute(
-            "INSERT INTO events (request_id, created_at, kind, route, status_code, outcome) "
-            "VALUES ('old', 1.0, 'voice_search', '/v1/search', 200, 'ok')"
-        )
+        db.execute(f"INSERT INTO events {OLD_ROW}")
         db.execute("PRAGMA user_version = 1")
     store = SQLiteEventStore(path)
     assert store.schema_version == len(MIGRATIONS)
@@ -82,22 +118,53 @@ def test_an_old_file_is_upgraded_without_losing_rows(tmp_path: Path) -> None:
     store.close()
 
 
-def test_events_filter_by_time_window_and_session(tmp_path: Path) -> None:
-    store = SQLiteEventStore(tmp_path / "e.sqlite3")
+def test_an_old_postgres_database_is_upgraded_without_losing_rows(postgres_url: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # a database at schema version 1
+        for statement in _statements(MIGRATIONS[0]):
+            db.execute(postgres_dialect(statement))
+        db.execute(f"INSERT INTO events {OLD_ROW}")
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (1)")
+    store = PostgresEventStore(postgres_url)
+    assert store.schema_version == len(MIGRATIONS)
+    old = store.get("old")
+    assert old is not None and old.audio_path is None and old.hits == ()
+    assert store.shared_state("rollout") is None  # the table of migration 3 exists
+    store.close()
+
+
+OLD_ROW = (
+    "(request_id, created_at, kind, route, status_code, outcome)"
+    " VALUES ('old', 1.0, 'voice_search', '/v1/search', 200, 'ok')"
+)
+
+
+def test_events_filter_by_time_window_and_session(backend: tuple[str, OpenStore]) -> None:
+    store = backend[1]()
     for i, session in enumerate(["a", "b", "a", "b"]):
         store.record(make(f"r{i}", 10.0 * i, session=session))
     assert [e.request_id for e in store.events(since=10, until=30)] == ["r1", "r2"]
     assert [e.request_id for e in store.events(session_id="a")] == ["r0", "r2"]
-    store.close()
 
 
-def test_a_duplicate_request_id_is_refused_not_overwritten(tmp_path: Path) -> None:
-    store = SQLiteEventStore(tmp_path / "e.sqlite3")
+def test_a_duplicate_request_id_is_refused_not_overwritten(backend: tuple[str, OpenStore]) -> None:
+    store = backend[1]()
     store.record(make("r", 1.0, transcript="first"))
-    with pytest.raises(EventStoreError, match="UNIQUE"):
+    with pytest.raises(EventStoreError, match=r"(?i)unique"):
         store.record(make("r", 2.0, transcript="second"))
     assert store.get("r").transcript == "first"  # type: ignore[union-attr]
-    store.close()
+    assert store.count() == 1
+
+
+def test_shared_state_is_one_document_per_key_and_the_last_writer_wins(
+    backend: tuple[str, OpenStore],
+) -> None:
+    first, second = backend[1](), backend[1]()  # two replicas on one store
+    assert first.shared_state("rollout") is None
+    first.put_shared_state("rollout", {"mode": "shadow", "revision": 1}, at=1.0)
+    second.put_shared_state("rollout", {"mode": "canary", "canary_share": 0.05, "revision": 2}, at=2.0)
+    assert first.shared_state("rollout") == {"mode": "canary", "canary_share": 0.05, "revision": 2}
+    assert first.shared_state("other") is None
 
 
 def test_redo_needs_a_second_voice_search_within_the_window_and_no_click() -> None:
@@ -144,8 +211,10 @@ def test_a_session_with_only_feedback_in_the_window_is_no_search() -> None:
     assert signals.voice_searches == 1 and signals.clicked == ("v0",)
 
 
-def test_purge_deletes_recordings_past_retention_and_keeps_the_events(tmp_path: Path) -> None:
-    store = SQLiteEventStore(tmp_path / "e.sqlite3")
+def test_purge_deletes_recordings_past_retention_and_keeps_the_events(
+    backend: tuple[str, OpenStore], tmp_path: Path
+) -> None:
+    store = backend[1]()
     old, new = tmp_path / "old.audio", tmp_path / "new.audio"
     old.write_bytes(b"old")
     new.write_bytes(b"new")
@@ -156,18 +225,30 @@ def test_purge_deletes_recordings_past_retention_and_keeps_the_events(tmp_path: 
     assert store.get("old").audio_path is None  # type: ignore[union-attr]
     assert store.get("new").audio_path == str(new)  # type: ignore[union-attr]
     assert store.count() == 2
-    store.close()
 
 
-def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
-    path = tmp_path / "shared.sqlite3"
+def test_replicas_opening_a_new_store_at_once_migrate_it_once(backend: tuple[str, OpenStore]) -> None:
     with ThreadPoolExecutor(4) as pool:
-        stores = list(pool.map(lambda _: SQLiteEventStore(path), range(4)))
+        stores = list(pool.map(lambda _: backend[1](), range(4)))
     assert all(s.schema_version == len(MIGRATIONS) for s in stores)
     stores[0].record(make("r", 1.0))
     assert stores[3].get("r") is not None
-    for store in stores:
-        store.close()
+
+
+def test_a_database_restart_fails_writes_cleanly_then_the_store_recovers(
+    postgres_server: LocalPostgres, postgres_url: str
+) -> None:
+    store = PostgresEventStore(postgres_url)
+    store.record(make("before", 1.0))
+    postgres_server.stop()
+    try:
+        with pytest.raises(EventStoreError, match="could not record event during"):
+            store.record(make("during", 2.0))
+    finally:
+        postgres_server.start()
+    store.record(make("after", 3.0))  # the pool replaced its dead connections by itself
+    assert [e.request_id for e in store.events()] == ["before", "after"]
+    store.close()
 
 
 # SessionTracker: session_signals online.

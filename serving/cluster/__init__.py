@@ -1,0 +1,1 @@
+"""Several replicas, one view: a local PostgreSQL, N replicas on it, and nginx in front of them."""

@@ -1,0 +1,116 @@
+"""nginx from Debian in front of the replicas: its configuration, and the process in the foreground.
+
+Why these directives:
+- `least_conn`: a replica busy with a long clip gets fewer new requests than one that is idle;
+- `proxy_next_upstream error timeout` with `max_fails=1 fail_timeout=5s`: a request that cannot
+  reach a replica (refused: the replica is dead or restarting) goes to the next one, and the dead
+  one is left alone for 5 s. A POST already sent to a replica that then dies is *not* retried
+  (nginx never repeats a non-idempotent request), so the client gets a 502 and no answer: it was
+  never acknowledged, and the client may retry it;
+- keep-alive to the replicas, so the balancer adds no connection set-up per request.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+class BalancerError(RuntimeError):
+    """nginx is missing or would not start."""
+
+
+def nginx_config(folder: Path, port: int, upstreams: Sequence[str], max_body_bytes: int) -> str:
+    """The whole nginx.conf: every path inside `folder`, so it runs beside any system nginx."""
+    servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
+    temp = folder / "tmp"
+    # As root, nginx's workers would drop to `nobody`, who cannot write our folder's temp files.
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    return f"""{user}worker_processes 1;
+pid {folder / "nginx.pid"};
+error_log {folder / "nginx-error.log"} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    client_max_body_size {max_body_bytes + 1024 * 1024};
+    upstream voice_search {{
+        least_conn;
+{servers}
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://voice_search;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_next_upstream error timeout;
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 120s;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass(frozen=True)
+class Balancer:
+    url: str
+    process: "subprocess.Popen[bytes]"
+    folder: Path
+
+
+@contextmanager
+def running_nginx(
+    folder: Path, port: int, upstreams: Sequence[str], max_body_bytes: int
+) -> Iterator[Balancer]:
+    """nginx in the foreground on 127.0.0.1:`port`, stopped (gracefully) on exit."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None)
+    if binary is None:
+        raise BalancerError("nginx is not installed: install Debian's `nginx` package (make install does)")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tmp").mkdir(exist_ok=True)
+    config = folder / "nginx.conf"
+    config.write_text(nginx_config(folder, port, upstreams, max_body_bytes))
+    with (folder / "nginx.log").open("wb") as log:
+        process = subprocess.Popen(
+            [binary, "-c", str(config), "-p", str(folder), "-g", "daemon off;"], stdout=log, stderr=log
+        )
+    balancer = Balancer(f"http://127.0.0.1:{port}", process, folder)
+    try:
+        _wait_listening(balancer)
+        yield balancer
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_listening(balancer: Balancer, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if balancer.process.poll() is not None:
+            log = (balancer.folder / "nginx-error.log").read_text(errors="replace")[-2000:]
+            raise BalancerError(f"nginx exited with {balancer.process.returncode}: {log}")
+        try:
+            httpx.get(balancer.url + "/healthz", timeout=1)
+        except httpx.TransportError:
+            time.sleep(0.1)
+        else:
+            return
+    raise BalancerError(f"nginx did not listen on {balancer.url} within {timeout_s} s")
