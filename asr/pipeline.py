@@ -115,13 +115,50 @@ class Frontend:
         self, source: str | Path | bytes, clock: _StageClock
     ) -> tuple[Preprocessed, list[SpeechSegment], int]:
         """The prepared clip, its speech spans and the source's sample rate, timed on `clock`."""
-        with clock.measure("decode"):
-            audio = load_audio(source, self.options.limits)
-        with clock.measure("preprocess"):
-            clip = preprocess(audio.samples, audio.clipping_ratio, self.options.preprocess)
-        with clock.measure("vad"):
-            spans = [] if clip.stats.is_all_zero else self.vad.detect(clip.samples)
-        return clip, spans, audio.source_sample_rate_hz
+        prepared = self.prepare_many([source], [clock])[0]
+        if isinstance(prepared, AudioError):
+            raise prepared
+        return prepared.clip, prepared.spans, prepared.source_rate_hz
+
+    def prepare_many(
+        self, sources: Sequence[str | Path | bytes], clocks: Sequence[_StageClock] | None = None
+    ) -> list["Prepared | AudioError"]:
+        """Several inputs decoded and preprocessed one by one, then their speech found in one VAD
+        batch (the batch's VAD time is each input's, since each waited for all of it)."""
+        clocks = clocks or [_StageClock() for _ in sources]
+        decoded: list[tuple[Preprocessed, int] | AudioError] = []
+        for source, clock in zip(sources, clocks, strict=True):
+            try:
+                with clock.measure("decode"):
+                    audio = load_audio(source, self.options.limits)
+                with clock.measure("preprocess"):
+                    clip = preprocess(audio.samples, audio.clipping_ratio, self.options.preprocess)
+                decoded.append((clip, audio.source_sample_rate_hz))
+            except AudioError as e:
+                decoded.append(e)
+        heard = [d[0] for d in decoded if not isinstance(d, AudioError) and not d[0].stats.is_all_zero]
+        started = time.perf_counter()
+        spans = iter(self.vad.detect_many([clip.samples for clip in heard]))
+        vad_s = time.perf_counter() - started
+        results: list[Prepared | AudioError] = []
+        for item, clock in zip(decoded, clocks, strict=True):
+            if isinstance(item, AudioError):
+                results.append(item)
+                continue
+            clip, rate = item
+            clock.totals["vad"] += vad_s
+            results.append(Prepared(clip, [] if clip.stats.is_all_zero else next(spans), rate, clock))
+        return results
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One input after the front half: the clip, its speech spans, its source rate, its timings."""
+
+    clip: Preprocessed
+    spans: list[SpeechSegment]
+    source_rate_hz: int
+    clock: _StageClock
 
 
 class Pipeline:
@@ -153,23 +190,28 @@ class Pipeline:
         """Several inputs at once, their speech recognized in shared model batches (the server's
         micro-batching). Each result is a transcript or the `AudioError` that input raised; the
         shared stages' time is reported in full to every input, since each waited for all of it."""
-        prepared: list[tuple[Preprocessed, list[SpeechSegment], int, _StageClock] | AudioError] = []
-        for source in sources:
-            clock = _StageClock()
-            try:
-                prepared.append((*self.front.prepare(source, clock), clock))
-            except AudioError as e:
-                prepared.append(e)
+        return self.recognize_prepared(self.prepare_many(sources))
+
+    def prepare_many(self, sources: Sequence[str | Path | bytes]) -> list["Prepared | AudioError"]:
+        """The front half (decode, preprocess, VAD) of inputs, each a `Prepared` or the
+        `AudioError` it raised: the server runs it on its own thread while the model recognizes
+        the previous batch."""
+        return self.front.prepare_many(sources)
+
+    def recognize_prepared(
+        self, prepared: Sequence["Prepared | AudioError"]
+    ) -> list[Transcript | AudioError]:
+        """The back half (model, decoding, assembly) of prepared inputs, in shared batches."""
         ready = [p for p in prepared if not isinstance(p, AudioError)]
         shared = _StageClock()
-        work = [(clip.samples, span) for clip, spans, _, _ in ready for span in spans]
+        work = [(p.clip.samples, span) for p in ready for span in p.spans]
         hypotheses = iter(self._recognize(work, shared))
         results: list[Transcript | AudioError] = []
         for item in prepared:
             if isinstance(item, AudioError):
                 results.append(item)
                 continue
-            clip, spans, rate, clock = item
+            clip, spans, rate, clock = item.clip, item.spans, item.source_rate_hz, item.clock
             placed = (_place(span, next(hypotheses), clip.offset_s) for span in spans)
             segments = tuple(s for s in placed if s.text)
             for stage in ("asr", "decoding"):

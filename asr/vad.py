@@ -70,6 +70,10 @@ class VoiceActivityDetector(Protocol):
 
     def detect(self, samples: Samples) -> list[SpeechSegment]: ...
 
+    def detect_many(self, clips: Sequence[Samples]) -> list[list[SpeechSegment]]:
+        """`detect` for several clips at once (the server's micro-batches)."""
+        ...
+
 
 class SileroVAD:
     """Silero VAD on an ONNX Runtime session. The network's recurrent state lives in each call, and
@@ -96,19 +100,36 @@ class SileroVAD:
 
     def probabilities(self, samples: Samples) -> np.ndarray:
         """Speech probability of each 32 ms window; the last window is zero-padded."""
-        padded = np.zeros(-(-len(samples) // WINDOW) * WINDOW + CONTEXT, np.float32)
-        padded[CONTEXT : CONTEXT + len(samples)] = samples
-        state = np.zeros((2, 1, 128), np.float32)
+        return self.probabilities_many([samples])[0]
+
+    def probabilities_many(self, clips: Sequence[Samples]) -> list[np.ndarray]:
+        """`probabilities` of several clips, run side by side as one batch: the network is called
+        once per window position instead of once per window of each clip, which measured about
+        half the time per clip at 8 clips (each call's fixed cost is shared). A clip shorter than
+        the longest is zero-padded; its windows past its end are computed and dropped."""
+        if not clips:
+            return []
+        counts = [-(-len(c) // WINDOW) for c in clips]
+        padded = np.zeros((len(clips), max(counts) * WINDOW + CONTEXT), np.float32)
+        for row, clip in zip(padded, clips, strict=True):
+            row[CONTEXT : CONTEXT + len(clip)] = clip
+        state = np.zeros((2, len(clips), 128), np.float32)
         rate = np.array(SAMPLE_RATE_HZ, np.int64)
-        probs = np.empty(len(padded) // WINDOW, np.float32)
-        for i in range(len(probs)):
-            window = padded[None, i * WINDOW : (i + 1) * WINDOW + CONTEXT]
+        probs = np.empty((len(clips), max(counts)), np.float32)
+        for i in range(max(counts)):
+            window = padded[:, i * WINDOW : (i + 1) * WINDOW + CONTEXT]
             out, state = self._session.run(None, {"input": window, "state": state, "sr": rate})
-            probs[i] = out[0, 0]
-        return probs
+            probs[:, i] = out[:, 0]
+        return [probs[k, :count] for k, count in enumerate(counts)]
 
     def detect(self, samples: Samples) -> list[SpeechSegment]:
-        return segments_from_probabilities(self.probabilities(samples), len(samples), self.options)
+        return self.detect_many([samples])[0]
+
+    def detect_many(self, clips: Sequence[Samples]) -> list[list[SpeechSegment]]:
+        return [
+            segments_from_probabilities(probs, len(clip), self.options)
+            for probs, clip in zip(self.probabilities_many(clips), clips, strict=True)
+        ]
 
 
 def silero_weights() -> Path:
@@ -229,6 +250,9 @@ class WholeClipVAD:
             return []
         whole = SpeechSegment(0.0, len(samples) / SAMPLE_RATE_HZ)
         return split_long_segments([whole], self.max_segment_s)
+
+    def detect_many(self, clips: Sequence[Samples]) -> list[list[SpeechSegment]]:
+        return [self.detect(clip) for clip in clips]
 
 
 def split_long_segments(segments: Sequence[SpeechSegment], max_segment_s: float) -> list[SpeechSegment]:

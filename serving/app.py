@@ -24,7 +24,7 @@ from asr.audio import AudioLimits
 from asr.corpus.domain import DomainPack
 from asr.decoding import BeamOptions
 from asr.errors import AudioError
-from asr.pipeline import PipelineOptions, Transcript, build_pipeline
+from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_pipeline
 from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, default_notifiers, load_rules
 from monitoring.drift import ReferenceProfile
@@ -146,7 +146,7 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     pipeline = build_pipeline(settings.model_dir, device=settings.device, beam=beam, options=options)
     store = settings.open_event_store()
     faults = Faults()
-    batcher = _batcher(settings, _with_faults(pipeline.transcribe_many, faults))
+    batcher = _batcher(settings, pipeline, faults)
     index = CatalogIndex(
         pack, SearchOptions(limit=settings.search_limit, min_score=settings.search_min_score)
     )
@@ -187,19 +187,25 @@ def _challenger(
 ) -> ModelSlot:
     """A second model, with the same decoding and limits as the champion, on its own batcher."""
     pipeline = build_pipeline(model_dir, device=settings.device, beam=beam, options=options)
-    batcher = _batcher(settings, pipeline.transcribe_many)
+    batcher = _batcher(settings, pipeline)
     logger.info("loaded the challenger %s", pipeline.recognizer.version)
     return ModelSlot(CHALLENGER_SLOT, batcher, pipeline.recognizer.version, registry_version, model_dir)
 
 
-def _batcher(settings: Settings, transcribe_many: TranscribeMany) -> MicroBatcher:
+def _batcher(settings: Settings, pipeline: Pipeline, faults: Faults | None = None) -> MicroBatcher:
+    """The pipeline behind a micro-batcher: its front half on a thread of its own beside the
+    model (`prepare_beside_model`), or the whole pipeline on the model's thread."""
+    prepare = pipeline.prepare_many if settings.prepare_beside_model else None
+    transcribe_many: TranscribeMany = pipeline.recognize_prepared if prepare else pipeline.transcribe_many
+    if faults is not None:
+        transcribe_many = _with_faults(transcribe_many, faults)
     return MicroBatcher(
-        transcribe_many, settings.micro_batch_size, settings.micro_batch_wait_ms, settings.max_queue
+        transcribe_many, settings.micro_batch_size, settings.micro_batch_wait_ms, settings.max_queue, prepare
     )
 
 
 def _with_faults(transcribe_many: TranscribeMany, faults: Faults) -> TranscribeMany:
-    def transcribe(clips: Sequence[bytes]) -> list[Transcript | AudioError]:
+    def transcribe(clips: Sequence[Any]) -> list[Transcript | AudioError]:
         if faults.asr_delay_s > 0:
             time.sleep(faults.asr_delay_s)
         return transcribe_many(clips)

@@ -62,6 +62,9 @@ class Settings:
     micro_batch_size: int = 8
     """Concurrent requests recognized in one model call; 1 turns micro-batching off."""
     micro_batch_wait_ms: float = 5.0
+    prepare_beside_model: bool = True
+    """Decode, preprocess and VAD each clip on a second thread as it arrives, beside the model's
+    batches (`serving.batching`); false runs them in the model's thread, before each batch."""
     """How long the first request of a batch waits for company."""
     max_queue: int = 32
     """Requests waiting for the model beyond this are answered 503 with Retry-After."""

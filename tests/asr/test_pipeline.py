@@ -47,6 +47,9 @@ class FixedVAD:
     def detect(self, samples: np.ndarray) -> list[SpeechSegment]:
         return self.segments
 
+    def detect_many(self, clips: list[np.ndarray]) -> list[list[SpeechSegment]]:
+        return [self.segments for _ in clips]
+
 
 def fake_pipeline(vad: object = None, **options: object) -> tuple[Pipeline, SpellingRecognizer]:
     recognizer = SpellingRecognizer()

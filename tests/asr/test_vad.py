@@ -102,6 +102,17 @@ def test_agrees_with_the_silero_package_on_real_recordings(vad: SileroVAD) -> No
         assert _bounds(vad.detect(clip)) == pytest.approx([t for span in expected for t in span], abs=1e-6)
 
 
+def test_clips_run_as_one_batch_get_their_own_probabilities_and_segments(vad: SileroVAD) -> None:
+    """The server's micro-batches: clips of different lengths side by side, each as if alone."""
+    clips = [load_audio(path).samples for path in sorted(SAMPLES_DIR.glob("*.flac"))]
+    clips.append(np.zeros(100, np.float32))  # shorter than one window
+    batched = vad.probabilities_many(clips)
+    for clip, probs in zip(clips, batched, strict=True):
+        assert probs == pytest.approx(vad.probabilities(clip), abs=1e-5)
+    assert vad.detect_many(clips) == [vad.detect(clip) for clip in clips]
+    assert vad.detect_many([]) == []
+
+
 def _bounds(segments: list[SpeechSegment]) -> list[float]:
     return [t for s in segments for t in (s.start_s, s.end_s)]
 

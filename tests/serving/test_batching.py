@@ -105,3 +105,84 @@ def test_requests_that_queued_meanwhile_go_together_even_with_no_wait() -> None:
 
     run(scenario())
     assert fake.batches == [[b"a"], [b"b", b"c", b"d"]]
+
+
+def test_clips_are_prepared_on_their_own_thread_while_the_model_runs_a_batch() -> None:
+    gate = threading.Event()
+    fake = FakePipeline(gate)
+    prepared_on: list[str] = []
+    recognized_on: list[str] = []
+    prepare_calls: list[list[bytes]] = []
+
+    def prepare(audios: Sequence[bytes]) -> list[bytes]:
+        prepared_on.append(threading.current_thread().name)
+        prepare_calls.append(list(audios))
+        return [a.upper() for a in audios]
+
+    def recognize(items: Sequence[bytes]) -> list[Transcript | AudioError]:
+        recognized_on.append(threading.current_thread().name)
+        return fake.transcribe_many(items)
+
+    async def scenario() -> list[Any]:
+        batcher = MicroBatcher(recognize, max_batch=8, wait_ms=0, max_queue=16, prepare=prepare)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(b"a"))
+        await asyncio.sleep(0.05)  # "a" is in the model, which is held by the gate
+        rest = [asyncio.ensure_future(batcher.submit(x)) for x in (b"b", b"c")]
+        await asyncio.sleep(0.05)
+        during = sum(map(len, prepare_calls))  # prepared while the model was still busy with "a"
+        gate.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return [during, *results]
+
+    during, *results = run(scenario())
+    assert during == 3 and results == ["A", "B", "C"]
+    assert fake.batches == [[b"A"], [b"B", b"C"]]  # the model got the prepared items
+    assert prepare_calls == [[b"a"], [b"b", b"c"]]  # the clips that waited were prepared together
+    assert set(prepared_on) & set(recognized_on) == set()  # two threads
+
+
+def test_the_queue_bound_counts_clips_still_being_prepared() -> None:
+    hold = threading.Event()
+
+    def prepare(audios: Sequence[bytes]) -> list[bytes]:
+        hold.wait(timeout=10)
+        return list(audios)
+
+    async def scenario() -> object:
+        batcher = MicroBatcher(
+            FakePipeline().transcribe_many, max_batch=8, wait_ms=0, max_queue=2, prepare=prepare
+        )
+        batcher.start()
+        waiting = [asyncio.ensure_future(batcher.submit(x)) for x in (b"a", b"b")]
+        await asyncio.sleep(0.05)
+        assert batcher.depth() == 2 and batcher.busy()
+        with pytest.raises(OverloadedError):
+            await batcher.submit(b"c")
+        hold.set()
+        results = await asyncio.gather(*waiting)
+        await batcher.stop()
+        return results
+
+    assert run(scenario()) == ["a", "b"]
+
+
+def test_an_unusable_clip_fails_alone_after_the_prepare_stage() -> None:
+    def prepare(audios: Sequence[bytes]) -> list[Any]:
+        return [UndecodableAudioError("bad") if a == b"bad" else a for a in audios]
+
+    def recognize(items: Sequence[Any]) -> list[Any]:  # as Pipeline.recognize_prepared: errors pass through
+        return [i if isinstance(i, AudioError) else i.decode() for i in items]
+
+    async def scenario() -> list[Any]:
+        batcher = MicroBatcher(recognize, max_batch=8, wait_ms=20, max_queue=16, prepare=prepare)
+        batcher.start()
+        results = await asyncio.gather(
+            *(batcher.submit(x) for x in (b"a", b"bad", b"c")), return_exceptions=True
+        )
+        await batcher.stop()
+        return results
+
+    results = run(scenario())
+    assert results[0] == "a" and results[2] == "c" and isinstance(results[1], UndecodableAudioError)
