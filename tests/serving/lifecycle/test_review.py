@@ -126,3 +126,16 @@ def test_the_review_page_says_when_the_token_is_wrong(partial: Server, page: Pag
     page.click("#load")
     page.wait_for_selector("#error:not(:empty)")
     assert "401" in (page.text_content("#error") or "")
+
+
+def test_an_id_beyond_the_stores_integers_is_a_422_not_a_500(partial: Server) -> None:
+    """Found by schemathesis: ids past 2**63 - 1 overflowed SQLite's integers into a 500."""
+    huge = 2**70
+    for response in (
+        httpx.get(partial.url + f"/v1/review/{huge}/audio", headers=AUTH, timeout=10),
+        httpx.post(partial.url + f"/v1/review/{huge}", headers=AUTH, json={"transcript": "x"}, timeout=10),
+    ):
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["type"] == "invalid_request"
+    missing = httpx.get(partial.url + f"/v1/review/{2**63 - 1}/audio", headers=AUTH, timeout=10)
+    assert missing.status_code == 404
