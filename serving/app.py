@@ -138,6 +138,10 @@ def create_app_from_env() -> FastAPI:
 
 def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     started = time.perf_counter()
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     pack = DomainPack.load(settings.domain_dir)
     beam = pack.bias(settings.beam_size, settings.hotword_weight) if settings.bias_decoding else None
     options = PipelineOptions(

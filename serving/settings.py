@@ -62,6 +62,10 @@ class Settings:
     micro_batch_size: int = 8
     """Concurrent requests recognized in one model call; 1 turns micro-batching off."""
     micro_batch_wait_ms: float = 5.0
+    torch_threads: int = 0
+    """The model's CPU threads; 0 leaves torch's default (every core). Replicas sharing a machine
+    should split its cores: two replicas at two threads each on two cores measured half the
+    throughput of one (threads spin against each other); `voice-search cluster` sets cores/N."""
     prepare_beside_model: bool = True
     """Decode, preprocess and VAD each clip on a second thread as it arrives, beside the model's
     batches (`serving.batching`); false runs them in the model's thread, before each batch."""
@@ -191,6 +195,8 @@ class Settings:
             raise ValueError("retrain_cooldown_s and retrain_new_labels must be >= 0")
         if self.event_store_url and not self.event_store_url.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"event_store_url must be a postgresql:// URL, not {self.event_store_url!r}")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads must be >= 0 (0: torch's default), not {self.torch_threads}")
         if self.micro_batch_wait_ms < 0 or not 0 <= self.search_min_score <= 1:
             raise ValueError("micro_batch_wait_ms must be >= 0 and search_min_score in [0, 1]")
 

@@ -6,6 +6,7 @@ registry are SQLite files in that folder, which processes on one machine share s
 several machines those would need a shared server too; the event store is the part this covers.
 """
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ def running_cluster(
     """Start the store (unless given), the replicas, then nginx; stop them in reverse order."""
     if replicas < 1:
         raise ValueError(f"a cluster needs at least one replica, not {replicas}")
+    # Replicas on one machine split its cores rather than each spinning threads on all of them.
+    settings.setdefault("torch_threads", str(max(1, (os.cpu_count() or 1) // replicas)))
     state_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         postgres = None
