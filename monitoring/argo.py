@@ -13,7 +13,9 @@ and what cannot:
 - p95 latency: at most the stable p95 times the factor plus the slack;
 - mean confidence: at least the stable mean minus the margin;
 - minimum samples: a window with fewer voice searches on either side measures 0 (passes), since
-  Argo's steps advance with time and cannot wait for samples the way the service's controller does.
+  Argo's steps advance with time and cannot wait for samples the way the service's controller does;
+  nor can PromQL take the service's early failure on a few searches (an exact binomial tail), so a
+  silent canary fails here only once the guard's sample is in.
 Redo and switch-to-typing are per-session signals the service derives from its event store; they
 are not in /metrics, so only the service's own controller judges them.
 """

@@ -7,7 +7,10 @@ Each gate compares one quantity between the two slots over the same window of ev
 - p95 latency: fails above the champion's p95 times the gate's factor plus its slack;
 - mean confidence: fails below the champion's mean minus the gate's margin.
 A gate with fewer than `min_samples` voice searches on either side is undecided (None): a canary
-never advances on undecided gates, and never rolls back on them either.
+never advances on undecided gates. One exception stops a plainly broken model early: a ratio gate
+fails before `min_samples` when the challenger has at least `early_min_samples` searches and
+they are overwhelming evidence, an exact one-sided binomial tail below `early_p` under the
+champion's rate (see `early_failure`). A silent model then meets a few sessions, not twenty.
 """
 
 import math
@@ -65,6 +68,10 @@ class GatePolicy:
     latency_factor: float = 1.5
     latency_slack_s: float = 0.05
     confidence_margin: float = 0.1
+    early_min_samples: int = 5
+    early_p: float = 1e-4
+    """The controller looks again every few seconds on a sliding window; at 1e-4 per look, even a
+    hundred looks before `min_samples` keep the chance of a false early rollback near 1%."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +133,28 @@ def _ratio_gate(
     p1 = k1 / n1 if n1 else None
     p0 = k0 / n0 if n0 else None
     rule = f"fail when worse by > {policy.ratio_margin} and z > {Z_ONE_SIDED_95} (one-sided, p < 0.05)"
+    if not enough and p1 is not None and p0 is not None and early_failure(k1, n1, k0, n0, policy):
+        early = f"early: binomial tail < {policy.early_p:g} on {n1} searches"
+        return GateResult(name, False, p1, p0, f"{rule}; {early}")
     if not enough or p1 is None or p0 is None:
         return GateResult(name, None, p1, p0, rule)
     worse = p1 - p0 > policy.ratio_margin and two_proportion_z(k1, n1, k0, n0) > Z_ONE_SIDED_95
     return GateResult(name, not worse, p1, p0, rule)
+
+
+def early_failure(k1: int, n1: int, k0: int, n0: int, policy: GatePolicy) -> bool:
+    """Whether `k1` bad answers in the challenger's `n1` are too many to be chance, before the
+    full sample: the champion's window must be full (its rate is the reference), smoothed by
+    Laplace's rule so a champion with no bad answer yet does not make one bad answer damning."""
+    if n1 < policy.early_min_samples or n0 < policy.min_samples:
+        return False
+    p0 = (k0 + 1) / (n0 + 2)
+    return k1 / n1 - p0 > policy.ratio_margin and binomial_tail(k1, n1, p0) < policy.early_p
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), exactly."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
 
 def two_proportion_z(k1: int, n1: int, k0: int, n0: int) -> float:

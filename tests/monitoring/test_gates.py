@@ -2,7 +2,7 @@
 
 import pytest
 
-from monitoring.gates import GatePolicy, SlotWindow, judge, slot_window, two_proportion_z
+from monitoring.gates import GatePolicy, SlotWindow, binomial_tail, judge, slot_window, two_proportion_z
 from tests.monitoring.factory import make
 
 
@@ -27,8 +27,32 @@ def test_small_differences_and_small_samples_do_not_fail() -> None:
         by_name(judge(window("p", 40, nulls=2), window("c", 20, nulls=2), GatePolicy()))["null_transcripts"]
         is True
     )
-    undecided = judge(window("p", 40, nulls=0), window("c", 5, nulls=5), GatePolicy(min_samples=20))
-    assert all(r.passed is None for r in undecided)  # never judged on five clips
+    undecided = judge(window("p", 40, nulls=2), window("c", 5, nulls=2), GatePolicy(min_samples=20))
+    assert all(r.passed is None for r in undecided)  # two of five is not judged on five clips
+
+
+def test_a_silent_challenger_fails_early_on_overwhelming_evidence_only() -> None:
+    policy = GatePolicy(min_samples=20)
+    silent = by_name(judge(window("p", 40, nulls=1), window("c", 5, nulls=5), policy))
+    assert silent["null_transcripts"] is False  # 5 of 5 against 1 of 40: p ~ 1e-7
+    assert silent["latency_p95_s"] is None and silent["mean_confidence"] is None  # the rest still wait
+    # Too few, too little, or no full champion window to compare with: undecided, never early.
+    for champion, challenger in (
+        (window("p", 40, nulls=1), window("c", 4, nulls=4)),  # under early_min_samples
+        (window("p", 40, nulls=0), window("c", 6, nulls=1)),  # one null against a champion with none
+        (window("p", 40, nulls=8), window("c", 6, nulls=4)),  # 4 of 6 against 20%: p ~ 0.017
+        (window("p", 10, nulls=0), window("c", 6, nulls=6)),  # the champion's rate is not known yet
+    ):
+        assert by_name(judge(champion, challenger, policy))["null_transcripts"] is None, (
+            champion,
+            challenger,
+        )
+
+
+def test_binomial_tail() -> None:
+    assert binomial_tail(0, 5, 0.3) == pytest.approx(1.0)
+    assert binomial_tail(5, 5, 0.1) == pytest.approx(1e-5)
+    assert binomial_tail(1, 2, 0.5) == pytest.approx(0.75)
 
 
 def test_latency_and_confidence_gates() -> None:
