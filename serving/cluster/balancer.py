@@ -81,6 +81,7 @@ def running_nginx(
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None)
     if binary is None:
         raise BalancerError("nginx is not installed: install Debian's `nginx` package (make install does)")
+    folder = folder.resolve()  # nginx reads relative paths against its prefix, not our directory
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tmp").mkdir(exist_ok=True)
     config = folder / "nginx.conf"
@@ -105,7 +106,8 @@ def _wait_listening(balancer: Balancer, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if balancer.process.poll() is not None:
-            log = (balancer.folder / "nginx-error.log").read_text(errors="replace")[-2000:]
+            logs = [balancer.folder / name for name in ("nginx-error.log", "nginx.log")]
+            log = " ".join(p.read_text(errors="replace")[-2000:] for p in logs if p.is_file())
             raise BalancerError(f"nginx exited with {balancer.process.returncode}: {log}")
         try:
             httpx.get(balancer.url + "/healthz", timeout=1)

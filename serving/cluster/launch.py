@@ -45,13 +45,14 @@ def running_cluster(
         raise ValueError(f"a cluster needs at least one replica, not {replicas}")
     # Replicas on one machine split its cores rather than each spinning threads on all of them.
     settings.setdefault("torch_threads", str(max(1, (os.cpu_count() or 1) // replicas)))
+    state_dir = state_dir.resolve()  # replicas, nginx and PostgreSQL each run from their own directory
     state_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         postgres = None
         if event_store_url is None:
             # The server's folder must be reachable by the `postgres` user when root starts it.
-            state_dir.resolve().chmod(0o755)
-            postgres = LocalPostgres(state_dir.resolve() / "postgres").start()
+            state_dir.chmod(0o755)
+            postgres = LocalPostgres(state_dir / "postgres").start()
             stack.callback(postgres.stop)
             event_store_url = postgres.url()
         servers = [

@@ -20,8 +20,10 @@ import httpx
 import psycopg
 import pytest
 
+from serving.cluster.balancer import running_nginx
 from serving.cluster.launch import Cluster, running_cluster
 from serving.cluster.postgres import LocalPostgres
+from serving.launch import free_port
 
 pytestmark = pytest.mark.server
 
@@ -214,3 +216,13 @@ def test_a_replica_killed_mid_traffic_loses_no_acknowledged_event(
         while not httpx.get(survivor.url + "/version", timeout=10).json()["leader"]:
             assert time.monotonic() < deadline, "the survivor never took the lead"
             time.sleep(0.5)
+
+
+def test_nginx_starts_from_a_relative_state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make serve-cluster` passes var/cluster: nginx resolves relative paths against its own
+    prefix, so the folder must reach it absolute (it once doubled the path and failed to start)."""
+    monkeypatch.chdir(tmp_path)
+    with running_nginx(Path("var/cluster/nginx"), free_port(), ["127.0.0.1:9"], 1024) as balancer:
+        answer = httpx.get(balancer.url + "/healthz", timeout=10)
+        assert answer.status_code == 502  # nginx answers; the upstream it names is not there
+    assert (tmp_path / "var/cluster/nginx/nginx.conf").is_file()
