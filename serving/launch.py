@@ -67,11 +67,16 @@ def running_server(state_dir: Path, log_name: str = "server.log", **settings: st
         _wait_ready(server)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, timeout_s=30)
+
+
+def stop_process(process: "subprocess.Popen[bytes]", timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s` (a dead one is left as is)."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def _wait_ready(server: Server) -> None:

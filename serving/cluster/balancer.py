@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from serving.launch import stop_process
+
 
 class BalancerError(RuntimeError):
     """nginx is missing or would not start."""
@@ -95,11 +97,7 @@ def running_nginx(
         _wait_listening(balancer)
         yield balancer
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, timeout_s=10)
 
 
 def _wait_listening(balancer: Balancer, timeout_s: float = 10.0) -> None:
