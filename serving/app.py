@@ -45,6 +45,7 @@ from serving.lifecycle.review import ReviewQueue
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan
 from serving.lifecycle.triggers import RetrainWorker
 from serving.routes import admin, feedback, health, monitoring, review, rollout, search, transcribe
+from serving.routes.common import CLIENT_ERRORS
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import Settings
 
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Offline voice search: speak a query, get catalog results. Every request is recorded.",
         lifespan=lifespan,
+        responses=CLIENT_ERRORS,
     )
     app.middleware("http")(_record_events)
     install_error_handlers(app)

@@ -13,6 +13,7 @@ from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.audit import AuditEntry
 from serving.lifecycle.registry import RegistryError, open_server_registry, sync_registry
 from serving.lifecycle.rollout import ModelSlot, RolloutPlan
+from serving.routes.common import Limit
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -99,8 +100,6 @@ async def _audited(service: ServiceState, entry: AuditEntry) -> dict[str, Any]:
 
 
 @router.get("/audit", summary="The newest audit entries, newest first")
-async def audit(service: Service, actor: Admin, limit: int = 100) -> dict[str, Any]:
-    if not 1 <= limit <= 1000:
-        raise BadRequestError("limit must be between 1 and 1000")
+async def audit(service: Service, actor: Admin, limit: Limit = 100) -> dict[str, Any]:
     entries = await run_in_threadpool(service.audit.entries, limit) if service.audit else []
     return {"entries": [asdict(e) for e in entries]}

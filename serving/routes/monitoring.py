@@ -13,6 +13,7 @@ from monitoring.monitor import Monitor, finite
 from serving import schemas
 from serving.deps import Service, ServiceState
 from serving.errors import BadRequestError, NotFoundError
+from serving.routes.common import duration
 
 router = APIRouter(tags=["monitoring"])
 
@@ -59,7 +60,7 @@ async def alerts(service: Service) -> dict[str, Any]:
 @router.get("/v1/monitoring/series", summary="Time series of every alarm rule and dashboard metric")
 async def series(
     service: Service,
-    span: Annotated[str, Query(description="how far back, e.g. 30m, 6h, 1d")] = "30m",
+    span: Annotated[str, duration("30m, 6h")] = "30m",
     points: Annotated[int, Query(ge=2, le=500)] = 60,
 ) -> dict[str, Any]:
     monitor = _monitor(service)
@@ -67,9 +68,7 @@ async def series(
 
 
 @router.get("/v1/monitoring/drift", summary="Every profiled feature of a recent window against the reference")
-async def drift(
-    service: Service, window: Annotated[str, Query(description="e.g. 5m, 1h")] = "5m"
-) -> dict[str, Any]:
+async def drift(service: Service, window: Annotated[str, duration("5m")] = "5m") -> dict[str, Any]:
     monitor = _monitor(service)
     table = await run_in_threadpool(monitor.drift, span_seconds(window, "window"))
     reference = monitor.reference

@@ -11,8 +11,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from serving.deps import Admin, Service, ServiceState
-from serving.errors import BadRequestError, ConflictError, NotFoundError
+from serving.errors import ConflictError, NotFoundError
 from serving.lifecycle.review import ReviewError, ReviewQueue
+from serving.routes.common import Limit, duration
 from serving.routes.monitoring import span_seconds
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
@@ -33,9 +34,7 @@ def _queue(service: ServiceState) -> ReviewQueue:
 
 
 @router.get("", summary="Queued requests waiting for a person, oldest first")
-async def pending(service: Service, reviewer: Admin, limit: int = 50) -> dict[str, Any]:
-    if not 1 <= limit <= 500:
-        raise BadRequestError("limit must be between 1 and 500")
+async def pending(service: Service, reviewer: Admin, limit: Limit = 50) -> dict[str, Any]:
     queue = _queue(service)
     await run_in_threadpool(queue.expire_missing_audio)
     items = await run_in_threadpool(queue.items, "pending", limit)
@@ -46,7 +45,9 @@ async def pending(service: Service, reviewer: Admin, limit: int = 50) -> dict[st
 @router.get(
     "/stats", summary="Human workload: the share of voice searches sent to people, queue and wait times"
 )
-async def workload(request: Request, service: Service, reviewer: Admin, window: str = "1h") -> dict[str, Any]:
+async def workload(
+    request: Request, service: Service, reviewer: Admin, window: Annotated[str, duration("1h")] = "1h"
+) -> dict[str, Any]:
     span_s = span_seconds(window, "window")
     now = request.state.started_at
     events = await run_in_threadpool(service.store.events, now - span_s)

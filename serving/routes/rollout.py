@@ -2,7 +2,7 @@
 
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from monitoring.gates import slot_window
 from monitoring.shadow import compare_shadow
 from serving.deps import Service
+from serving.routes.common import duration
 from serving.routes.monitoring import span_seconds
 
 router = APIRouter(prefix="/v1", tags=["rollout"])
@@ -18,7 +19,7 @@ HISTORY = 20
 
 
 @router.get("/rollout", summary="Champion and challenger, the rollout mode, and the shadow comparison")
-async def rollout(service: Service, window: str = "10m") -> dict[str, Any]:
+async def rollout(service: Service, window: Annotated[str, duration("10m")] = "10m") -> dict[str, Any]:
     """`window` (e.g. 10m, 1h) bounds the shadow comparison, ending now."""
     span_s = span_seconds(window, "window")
     events = await run_in_threadpool(service.store.events, time.time() - span_s)
