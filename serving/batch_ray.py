@@ -66,14 +66,9 @@ class TranscribeBatch:
         self.pipeline = build(threads=1)
 
     def __call__(self, batch: dict[str, npt.NDArray[np.object_]]) -> dict[str, npt.NDArray[np.object_]]:
-        outcomes = [pickle.dumps(self._transcribe(str(p))) for p in batch["path"]]
+        # One file per call (a transcript or its AudioError), as the plain CLI does.
+        outcomes = [pickle.dumps(self.pipeline.transcribe_many([Path(p)])[0]) for p in batch["path"]]
         return {"index": batch["index"], "outcome": np.array(outcomes, dtype=object)}
-
-    def _transcribe(self, path: str) -> Outcome:
-        try:
-            return self.pipeline.transcribe(Path(path))
-        except AudioError as e:
-            return e
 
 
 def _quiet_transformers() -> None:

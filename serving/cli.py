@@ -509,7 +509,8 @@ def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
     build = _pipeline_factory(args, settings)
     if args.ray is None:
         pipeline = build()
-        return _write_results(args, paths, ((p, _outcome(pipeline, p)) for p in paths))
+        # One file per call, as the Ray actors do: a result never depends on its neighbours' padding.
+        return _write_results(args, paths, ((p, pipeline.transcribe_many([p])[0]) for p in paths))
 
     from serving.batch_ray import RayBatchError, RaySession, is_address
 
@@ -529,13 +530,6 @@ def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
             return _write_results(args, paths, session.transcribe(paths, build))
     except RayBatchError as e:
         raise UsageError(str(e)) from e
-
-
-def _outcome(pipeline: Pipeline, path: Path) -> Transcript | AudioError:
-    try:
-        return pipeline.transcribe(path)
-    except AudioError as e:
-        return e
 
 
 def _write_results(

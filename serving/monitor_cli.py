@@ -3,6 +3,7 @@
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from asr.pipeline import PipelineOptions, Transcript, build_pipeline
 from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, load_rules, parse_duration
 from monitoring.drift import ReferenceProfile
-from monitoring.events import Event, EventStoreError, SQLiteEventStore
+from monitoring.events import Event, EventStoreError
 from monitoring.export import deploy_files
 from monitoring.features import clip_features
 from monitoring.gates import GatePolicy, RampPolicy
@@ -139,15 +140,16 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as e:
         print(f"voice-search: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    db = args.db or settings.db_path
-    if (not settings.event_store_url and not db.is_file()) or (args.db and not args.db.is_file()):
-        print(f"voice-search: error: no event store at {db}", file=sys.stderr)
+    if args.db:  # a file named on the command line wins over any configured store
+        settings = replace(settings, db_path=args.db, event_store_url="")
+    if not settings.event_store_url and not settings.db_path.is_file():
+        print(f"voice-search: error: no event store at {settings.db_path}", file=sys.stderr)
         return EXIT_USAGE
     reference = (
         ReferenceProfile.load(settings.reference_profile) if settings.reference_profile.is_file() else None
     )
     try:
-        store = SQLiteEventStore(args.db) if args.db else settings.open_event_store()
+        store = settings.open_event_store()
     except EventStoreError as e:
         print(f"voice-search: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,7 +11,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.cluster.balancer import Balancer, running_nginx
@@ -26,9 +26,9 @@ class Cluster:
     replicas: list[Server]
     balancer: Balancer
     event_store_url: str
+    state_dir: Path
     postgres: LocalPostgres | None = None
     """The local server, when this cluster started one."""
-    state_dir: Path = field(default_factory=Path)
 
 
 @contextmanager
@@ -71,7 +71,7 @@ def running_cluster(
         balancer = stack.enter_context(
             running_nginx(state_dir / "nginx", port or free_port(), upstreams, max_upload_bytes)
         )
-        yield Cluster(balancer.url, servers, balancer, event_store_url, postgres, state_dir)
+        yield Cluster(balancer.url, servers, balancer, event_store_url, state_dir, postgres)
 
 
 def serve_cluster(state_dir: Path, replicas: int, port: int, event_store_url: str | None) -> int:
