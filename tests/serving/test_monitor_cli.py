@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from monitoring.events import Event, SQLiteEventStore
+from monitoring.postgres import PostgresEventStore
 from serving.cli import main
 
 T0 = 1_800_000_000.0
@@ -110,3 +111,19 @@ def test_baseline_refuses_a_missing_manifest(tmp_path: Path, capsys: pytest.Capt
     assert code == 2
     assert "cannot read manifest" in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_report_reads_the_shared_postgres_store_named_by_the_setting(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = PostgresEventStore(postgres_url)
+    for n in range(30):
+        store.record(_voice(n, T0 + n, rms=-25.0))
+    store.close()
+    monkeypatch.setenv("VOICE_SEARCH_EVENT_STORE_URL", postgres_url)
+    assert main(["monitor", "report", "--since", "1h"]) == 0
+    assert re.search(r"^events +30$", capsys.readouterr().out, re.M)
+    # A server that is not there: a one-line error and a usage exit, not a traceback.
+    monkeypatch.setenv("VOICE_SEARCH_EVENT_STORE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    assert main(["monitor", "report", "--since", "1h"]) == 2
+    assert "could not open the event store" in capsys.readouterr().err
