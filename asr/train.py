@@ -142,6 +142,9 @@ class TrainConfig:
     """Keep up to this many MB of decoded clips in memory instead of decoding them every draw."""
     max_minutes: float | None = None
     """Stop (with a checkpoint) after this much training time, whatever `steps` says."""
+    amp: bool = True
+    """bf16 autocast on CUDA. Off trains in fp32 (TF32 matrix products): the small models here
+    leave a GPU mostly idle, so the precision costs little there."""
     nproc: int = 1
     """Data-parallel processes (started by torchrun; `voice-search train --nproc`). The global
     batch stays `batch_size`: each process takes `batch_size / nproc` of its clips."""
@@ -173,6 +176,8 @@ class TrainState:
     best_wer: float = math.inf
     best_cer: float = math.inf
     elapsed_s: float = 0.0
+    skipped_steps: int = 0
+    """Steps whose gradient was not finite: applied, one such step turns every weight into NaN."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -287,7 +292,10 @@ def _schedule(config: TrainConfig) -> str:
     return config.schedule
 
 
-def _lr_factor(step: int, config: TrainConfig) -> float:
+def _lr_factor(step: int, config: TrainConfig, clock_share: float = 0.0) -> float:
+    """The learning rate's multiplier at `step`. `clock_share` is the share of `max_minutes`
+    spent: with a deadline the linear decay runs to whichever end comes first, the last step or
+    the deadline, so a run stopped by the clock still ends on a small learning rate."""
     if _schedule(config) == "tri-stage":
         warmup, hold = (int(share * config.steps) for share in TRI_STAGE_SHARES[:2])
         if step < warmup:
@@ -298,7 +306,7 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
         return float(config.final_lr_ratio**progress)
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = max(clock_share, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
     return 1.0 - (1.0 - config.final_lr_ratio) * min(1.0, progress)
 
 
@@ -367,7 +375,16 @@ def _train(
     if distiller is not None:
         trained += list(distiller.projection.parameters())
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    clock_started = time.perf_counter()
+
+    def clock_share() -> float:
+        return (
+            (time.perf_counter() - clock_started) / (60 * config.max_minutes) if config.max_minutes else 0.0
+        )
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, config, clock_share())
+    )
     state = TrainState()
     if source_dir == resume:
         saved = torch.load(resume / "state.pt", weights_only=False)
@@ -387,7 +404,7 @@ def _train(
     share = ranks.share(config.batch_size)
     dev = _dev_entries(config) if ranks.is_main else []
     dev_pipeline = Pipeline(recognizer, GreedyDecoder(recognizer.vocab), SileroVAD.load()) if dev else None
-    use_amp = device == "cuda"
+    use_amp = device == "cuda" and config.amp
     if ranks.is_main:
         (config.out_dir / "config.json").write_text(json.dumps(asdict(config), default=str, indent=1))
 
@@ -404,8 +421,11 @@ def _train(
             loss, distill_loss = forward(inputs, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        # Every rank holds the same all-reduced gradient, so every rank takes the same decision.
+        if torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)):
+            optimizer.step()
+        else:
+            state.skipped_steps += 1
         schedule.step()
         state.step += 1
         # The global batch's losses are the means of the ranks' (equal shares); and one clock
@@ -426,17 +446,20 @@ def _train(
         if state.step % config.log_every == 0:
             per_step = (time.perf_counter() - window_started) / config.log_every
             window_started = time.perf_counter()
-            recent = float(np.mean(losses[-config.log_every :]))
+            recent = float(np.nanmean(losses[-config.log_every :]))
             lr = schedule.get_last_lr()[0]
-            log(f"step {state.step} loss {recent:.3f} lr {lr:.2e} {per_step:.2f} s/step")
+            skipped = f" ({state.skipped_steps} skipped)" if state.skipped_steps else ""
+            log(f"step {state.step} loss {recent:.3f} lr {lr:.2e} {per_step:.2f} s/step{skipped}")
         if state.step % config.eval_every == 0 or state.step == config.steps or out_of_time:
             state.elapsed_s = time.perf_counter() - started
             record = {
                 "step": state.step,
-                "loss": float(np.mean(losses)),
+                "loss": float(np.nanmean(losses)),
                 "lr": schedule.get_last_lr()[0],
                 "elapsed_s": round(state.elapsed_s, 1),
             }
+            if state.skipped_steps:
+                record["skipped_steps"] = state.skipped_steps
             if distill_losses:
                 record["distill_loss"] = float(np.mean(distill_losses))
             losses, distill_losses = [], []

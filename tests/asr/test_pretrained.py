@@ -3,6 +3,7 @@ and CTC over another vocabulary (upper case, `|`), each a tiny random folder sav
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,14 @@ def test_tri_stage_schedule_warms_holds_and_decays(tmp_path: Path, tiny_set: Pat
     assert all(a >= b for a, b in itertools.pairwise(factors[50:]))
     linear = [_lr_factor(step, config(tmp_path, tiny_set, 100)) for step in range(100)]
     assert linear != factors  # "auto" on our own vocabulary is linear
+
+
+def test_with_a_deadline_the_linear_decay_ends_at_the_clock(tmp_path: Path, tiny_set: Path) -> None:  # noqa: F811
+    settings = replace(config(tmp_path, tiny_set, 10_000), warmup_steps=10, final_lr_ratio=0.1, max_minutes=8)
+    assert _lr_factor(500, settings) > 0.9  # by steps alone, hardly decayed
+    assert _lr_factor(500, settings, clock_share=0.5) == pytest.approx(0.55)
+    assert _lr_factor(500, settings, clock_share=1.0) == pytest.approx(0.1)
+    assert _lr_factor(5, settings, clock_share=0.5) == pytest.approx(0.6)  # warm-up stays by steps
 
 
 def test_a_checkpoint_of_another_kind_is_a_load_error(tmp_path: Path) -> None:

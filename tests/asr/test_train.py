@@ -1,6 +1,8 @@
 """Training end to end on a small budget: real clips, the tiny model, a few CPU steps."""
 
+import itertools
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,7 @@ import torch
 
 from asr.errors import DataError
 from asr.model import Recognizer
-from asr.train import DataSource, TrainConfig, encode_labels, export_model, train
+from asr.train import DataSource, TrainConfig, _Student, encode_labels, export_model, train
 from tests.signals import SAMPLES_DIR
 
 
@@ -172,3 +174,23 @@ def test_max_minutes_stops_with_a_checkpoint(tmp_path: Path, tiny_set: Path) -> 
     assert state.step == 1
     assert any(line.startswith("stopped at step 1") for line in lines)
     assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped(
+    tmp_path: Path, tiny_set: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One NaN loss (bf16 overflow on a GPU did this) must not turn every weight into NaN."""
+    real_forward = _Student.forward
+    calls = itertools.count()
+
+    def every_third_loss_nan(self: _Student, inputs: Any, labels: Any) -> Any:
+        loss, distill = real_forward(self, inputs, labels)
+        return (loss * float("nan") if next(calls) % 3 == 1 else loss), distill
+
+    monkeypatch.setattr(_Student, "forward", every_third_loss_nan)
+    state = train(config(tmp_path / "run", tiny_set, steps=10), log=lambda _: None)
+    assert state.skipped_steps == 3  # calls 1, 4 and 7
+    assert state.history[-1]["skipped_steps"] == 3
+    assert math.isfinite(state.history[-1]["loss"])
+    saved = Recognizer.from_pretrained(tmp_path / "run" / "checkpoint", device="cpu")
+    assert all(torch.isfinite(p).all() for p in saved._model.parameters())
