@@ -38,10 +38,19 @@ DEFAULT_SOURCES = ("corpus/real_train.jsonl:1", "corpus/train.jsonl:0.3")
 
 
 def pack(
-    sources: list[str], out: Path, budget_mib: float, max_clip_s: float, seed: int, wheels: bool
+    sources: list[str],
+    out: Path,
+    budget_mib: float,
+    max_clip_s: float,
+    seed: int,
+    wheels: bool,
+    level: float = OPUS_COMPRESSION,
 ) -> dict[str, Any]:
-    """Re-encode the sources' clips as Opus into `out` (shuffled across sources, until the
-    budget is spent) and write one manifest per source plus `sources.json` with their weights."""
+    """Re-encode the sources' clips as Opus into `out` and write one manifest per source plus
+    `sources.json` with their weights. Sources are packed in the order given, each shuffled, until
+    the budget is spent: the one that matters most (real speakers) goes first and is packed whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import soundfile as sf
 
     from asr.audio import SAMPLE_RATE_HZ, load_audio
@@ -51,40 +60,49 @@ def pack(
     shutil.rmtree(out, ignore_errors=True)
     (out / "audio").mkdir(parents=True)
     parsed = [DataSource.parse(s) for s in sources]
-    todo = [
-        (index, entry)
-        for index, source in enumerate(parsed)
-        for entry in read_manifest(source.manifest)
-        if float(entry.fields.get("duration_s") or 0) <= max_clip_s
-    ]
-    order = np.random.default_rng(seed).permutation(len(todo))
+    rng = np.random.default_rng(seed)
+    todo = []
+    for index, source in enumerate(parsed):
+        entries = [
+            e for e in read_manifest(source.manifest) if float(e.fields.get("duration_s") or 0) <= max_clip_s
+        ]
+        todo += [(index, entries[i]) for i in rng.permutation(len(entries))]
+
+    def encode(n: int) -> tuple[str, float]:
+        name = f"audio/{n:06d}.opus"
+        samples = load_audio(todo[n][1].audio).samples
+        sf.write(out / name, samples, SAMPLE_RATE_HZ, format="OGG", subtype="OPUS", compression_level=level)
+        return name, round(len(samples) / SAMPLE_RATE_HZ, 3)
+
     budget = budget_mib * 2**20
     rows: list[list[dict[str, Any]]] = [[] for _ in parsed]
     spent = 0
-    for n, position in enumerate(order):
-        index, entry = todo[position]
-        name = f"audio/{n:06d}.opus"
-        samples = load_audio(entry.audio).samples
-        sf.write(
-            out / name,
-            samples,
-            SAMPLE_RATE_HZ,
-            format="OGG",
-            subtype="OPUS",
-            compression_level=OPUS_COMPRESSION,
-        )
-        spent += (out / name).stat().st_size
-        if spent > budget:
-            (out / name).unlink()
+    with ThreadPoolExecutor(2) as pool:  # libsndfile and soxr release the GIL
+        for start in range(0, len(todo), 64):  # in chunks: a full budget stops the encoding
+            chunk = range(start, min(start + 64, len(todo)))
+            for n, (name, duration_s) in zip(chunk, pool.map(encode, chunk), strict=True):
+                size = (out / name).stat().st_size
+                if spent + size > budget:
+                    break
+                spent += size
+                index, entry = todo[n]
+                rows[index].append(
+                    {**entry.fields, "audio": name, "text": entry.text, "duration_s": duration_s}
+                )
+            else:
+                continue
             break
-        rows[index].append(
-            {"audio": name, "text": entry.text, "duration_s": round(len(samples) / SAMPLE_RATE_HZ, 3)}
-        )
+    for extra in (out / "audio").glob("*.opus"):  # encoded ahead of the budget's end
+        if int(extra.stem) >= sum(map(len, rows)):
+            extra.unlink()
     listing = []
     for source, chosen in zip(parsed, rows, strict=True):
         manifest = f"{source.manifest.stem}.jsonl"
         (out / manifest).write_text("".join(json.dumps(r) + "\n" for r in chosen), encoding="utf-8")
-        listing.append({"manifest": manifest, "weight": source.weight, "clips": len(chosen)})
+        hours = sum(r["duration_s"] for r in chosen) / 3600
+        listing.append(
+            {"manifest": manifest, "weight": source.weight, "clips": len(chosen), "hours": round(hours, 2)}
+        )
     (out / "sources.json").write_text(json.dumps(listing, indent=1))
     if wheels:
         download_wheels(out / "wheels")
@@ -129,6 +147,7 @@ def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
         loader_threads=args.loader_threads,
         cache_audio_mb=args.cache_audio_mb,
         max_minutes=args.minutes,
+        amp=not args.fp32,
         seed=args.seed,
     )
     state = train(config, log=lambda line: print(line, flush=True))
@@ -141,6 +160,7 @@ def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
     summary = {
         "step": state.step,
         "elapsed_s": round(state.elapsed_s, 1),
+        "skipped_steps": state.skipped_steps,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "parameters": sum(p.numel() for p in model.parameters()),
         "files": sorted(str(p.relative_to(args.out)) for p in args.out.rglob("*") if p.is_file()),
@@ -175,6 +195,9 @@ def main() -> None:
     )
     packer.add_argument("--max-clip-s", type=float, default=6.0)
     packer.add_argument("--seed", type=int, default=0)
+    packer.add_argument(
+        "--level", type=float, default=OPUS_COMPRESSION, help="libsndfile Opus level (0.98: about 13 kbit/s)"
+    )
     packer.add_argument("--no-wheels", action="store_true", help="skip downloading the device wheels")
 
     trainer = commands.add_parser("train", help="train from a pack (on the device; CPU works too)")
@@ -195,6 +218,7 @@ def main() -> None:
     trainer.add_argument("--loader-threads", type=int, default=12)
     trainer.add_argument("--cache-audio-mb", type=int, default=8000)
     trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument("--fp32", action="store_true", help="no bf16 autocast")
 
     unpacker = commands.add_parser("unpack", help="returned shards -> a model folder here")
     unpacker.add_argument("--files", type=Path, required=True, help="the device call's files_at folder")
@@ -204,7 +228,13 @@ def main() -> None:
     if args.command == "pack":
         sources = args.source or list(DEFAULT_SOURCES)
         report = pack(
-            sources, args.out, args.budget_mib, args.max_clip_s, args.seed, wheels=not args.no_wheels
+            sources,
+            args.out,
+            args.budget_mib,
+            args.max_clip_s,
+            args.seed,
+            wheels=not args.no_wheels,
+            level=args.level,
         )
         print(json.dumps(report, indent=1))
     elif args.command == "train":
