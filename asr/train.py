@@ -17,9 +17,11 @@ import copy
 import json
 import logging
 import math
+import queue
 import shutil
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -142,6 +144,9 @@ class TrainConfig:
     """Keep up to this many MB of decoded clips in memory instead of decoding them every draw."""
     max_minutes: float | None = None
     """Stop (with a checkpoint) after this much training time, whatever `steps` says."""
+    prefetch_batches: int = 0
+    """Batches a thread reads, augments and pads ahead of the model, so that a GPU does not wait
+    on the CPU between steps (0: each batch is read when its step starts, as a CPU run wants)."""
     amp: bool = True
     """bf16 autocast on CUDA. Off trains in fp32 (TF32 matrix products): the small models here
     leave a GPU mostly idle, so the precision costs little there."""
@@ -413,82 +418,95 @@ def _train(
     losses: list[float] = []
     distill_losses: list[float] = []
     stop_at = time.perf_counter() + 60 * config.max_minutes if config.max_minutes else math.inf
-    while state.step < config.steps:
-        model.train()
-        limit = config.curriculum_clip_s if state.step < config.curriculum_steps else None
-        inputs, labels = loader(sampler.batch(config.batch_size, limit), share)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            loss, distill_loss = forward(inputs, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # Every rank holds the same all-reduced gradient, so every rank takes the same decision.
-        if torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)):
-            optimizer.step()
-        else:
-            state.skipped_steps += 1
-        schedule.step()
-        state.step += 1
-        # The global batch's losses are the means of the ranks' (equal shares); and one clock
-        # stops every rank, since a rank that stopped alone would leave the others waiting.
-        step_loss, step_distill, ranks_out_of_time = sum_over_ranks(
-            [
-                float(loss.detach()),
-                float(distill_loss.detach()) if distill_loss is not None else 0.0,
-                float(time.perf_counter() >= stop_at),
-            ],
-            ranks,
-            device,
-        )
-        losses.append(step_loss / ranks.world_size)
-        if distill_loss is not None:
-            distill_losses.append(step_distill / ranks.world_size)
-        out_of_time = ranks_out_of_time > 0
-        if state.step % config.log_every == 0:
-            per_step = (time.perf_counter() - window_started) / config.log_every
-            window_started = time.perf_counter()
-            recent = float(np.nanmean(losses[-config.log_every :]))
-            lr = schedule.get_last_lr()[0]
-            skipped = f" ({state.skipped_steps} skipped)" if state.skipped_steps else ""
-            log(f"step {state.step} loss {recent:.3f} lr {lr:.2e} {per_step:.2f} s/step{skipped}")
-        if state.step % config.eval_every == 0 or state.step == config.steps or out_of_time:
-            state.elapsed_s = time.perf_counter() - started
-            record = {
-                "step": state.step,
-                "loss": float(np.nanmean(losses)),
-                "lr": schedule.get_last_lr()[0],
-                "elapsed_s": round(state.elapsed_s, 1),
-            }
-            if state.skipped_steps:
-                record["skipped_steps"] = state.skipped_steps
-            if distill_losses:
-                record["distill_loss"] = float(np.mean(distill_losses))
-            losses, distill_losses = [], []
-            if dev_pipeline is not None:
-                model.eval()
-                record |= _evaluate_dev(dev_pipeline, dev, log)
-                # CER breaks WER ties: early in training every model scores WER 1.0.
-                score = (float(record["dev_wer"]), float(record["dev_cer"] or 1.0))
-                if score < (state.best_wer, state.best_cer):
-                    state.best_wer, state.best_cer = score
-                    save_model(model, source_dir, config.out_dir / BEST)
-            state.history.append(record)
-            extra: dict[str, Any] = {}
-            if distiller is not None:
-                extra["projection"] = distiller.projection.state_dict()
-            if ranks.distributed:  # every rank's dropout draws continue where they stopped
-                extra["rank_generators"] = gather_on_every_rank(_generators(), ranks)
-            if ranks.is_main:
-                with (config.out_dir / METRICS).open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-                log(json.dumps(record))
-                if on_record is not None:
-                    on_record(record)
-                _save_checkpoint(
-                    model, source_dir, optimizer, schedule, sampler, state, config.out_dir, extra
-                )
-        if out_of_time:
-            log(f"stopped at step {state.step}: --max-minutes {config.max_minutes} reached")
-            break
+
+    def draw(step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        limit = config.curriculum_clip_s if step < config.curriculum_steps else None
+        return loader(sampler.batch(config.batch_size, limit), share)
+
+    with _Batches(draw, sampler, state.step, config.prefetch_batches) as batches:
+        while state.step < config.steps:
+            model.train()
+            drawn = batches.next()
+            inputs, labels = drawn.inputs, drawn.labels
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                loss, distill_loss = forward(inputs, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # Every rank holds the same all-reduced gradient, so every rank takes the same decision.
+            if torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)):
+                optimizer.step()
+            else:
+                state.skipped_steps += 1
+            schedule.step()
+            state.step += 1
+            # The global batch's losses are the means of the ranks' (equal shares); and one clock
+            # stops every rank, since a rank that stopped alone would leave the others waiting.
+            step_loss, step_distill, ranks_out_of_time = sum_over_ranks(
+                [
+                    float(loss.detach()),
+                    float(distill_loss.detach()) if distill_loss is not None else 0.0,
+                    float(time.perf_counter() >= stop_at),
+                ],
+                ranks,
+                device,
+            )
+            losses.append(step_loss / ranks.world_size)
+            if distill_loss is not None:
+                distill_losses.append(step_distill / ranks.world_size)
+            out_of_time = ranks_out_of_time > 0
+            if state.step % config.log_every == 0:
+                per_step = (time.perf_counter() - window_started) / config.log_every
+                window_started = time.perf_counter()
+                recent = float(np.nanmean(losses[-config.log_every :]))
+                lr = schedule.get_last_lr()[0]
+                skipped = f" ({state.skipped_steps} skipped)" if state.skipped_steps else ""
+                log(f"step {state.step} loss {recent:.3f} lr {lr:.2e} {per_step:.2f} s/step{skipped}")
+            if state.step % config.eval_every == 0 or state.step == config.steps or out_of_time:
+                state.elapsed_s = time.perf_counter() - started
+                record = {
+                    "step": state.step,
+                    "loss": float(np.nanmean(losses)),
+                    "lr": schedule.get_last_lr()[0],
+                    "elapsed_s": round(state.elapsed_s, 1),
+                }
+                if state.skipped_steps:
+                    record["skipped_steps"] = state.skipped_steps
+                if distill_losses:
+                    record["distill_loss"] = float(np.mean(distill_losses))
+                losses, distill_losses = [], []
+                if dev_pipeline is not None:
+                    model.eval()
+                    record |= _evaluate_dev(dev_pipeline, dev, log)
+                    # CER breaks WER ties: early in training every model scores WER 1.0.
+                    score = (float(record["dev_wer"]), float(record["dev_cer"] or 1.0))
+                    if score < (state.best_wer, state.best_cer):
+                        state.best_wer, state.best_cer = score
+                        save_model(model, source_dir, config.out_dir / BEST)
+                state.history.append(record)
+                extra: dict[str, Any] = {}
+                if distiller is not None:
+                    extra["projection"] = distiller.projection.state_dict()
+                if ranks.distributed:  # every rank's dropout draws continue where they stopped
+                    extra["rank_generators"] = gather_on_every_rank(_generators(), ranks)
+                if ranks.is_main:
+                    with (config.out_dir / METRICS).open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                    log(json.dumps(record))
+                    if on_record is not None:
+                        on_record(record)
+                    _save_checkpoint(
+                        model,
+                        source_dir,
+                        optimizer,
+                        schedule,
+                        drawn.sampler_state,
+                        state,
+                        config.out_dir,
+                        extra,
+                    )
+            if out_of_time:
+                log(f"stopped at step {state.step}: --max-minutes {config.max_minutes} reached")
+                break
     return state
 
 
@@ -652,6 +670,76 @@ class _Student(torch.nn.Module):
         return loss + self.distiller.weight * distill_loss, distill_loss
 
 
+@dataclass(frozen=True)
+class _Drawn:
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    sampler_state: Mapping[str, Any]
+    """The sampler's state right after this batch was drawn: what a checkpoint taken after its
+    step must save, however far ahead the loader has drawn since."""
+
+
+class _Batches:
+    """The training batches of steps `first_step`, `first_step + 1`, ... in order.
+
+    With `ahead` > 0 one thread draws and loads them up to that many steps ahead of the model.
+    The draws stay in step order on the one sampler, so what the model hears is the same as
+    without it, and a resumed run still hears what an uninterrupted one would."""
+
+    def __init__(
+        self,
+        draw: Callable[[int], tuple[dict[str, torch.Tensor], torch.Tensor]],
+        sampler: _Sampler,
+        first_step: int,
+        ahead: int,
+    ) -> None:
+        self._draw, self._sampler, self._step = draw, sampler, first_step
+        self._stop = threading.Event()
+        self._queue: queue.Queue[_Drawn | BaseException] | None = None
+        if ahead > 0:
+            self._queue = queue.Queue(maxsize=ahead)
+            self._thread = threading.Thread(target=self._produce, name="batches", daemon=True)
+            self._thread.start()
+
+    def __enter__(self) -> "_Batches":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._queue is not None:
+            self._thread.join()
+
+    def _make(self) -> _Drawn:
+        inputs, labels = self._draw(self._step)
+        self._step += 1
+        return _Drawn(inputs, labels, self._sampler.rng.bit_generator.state)
+
+    def _produce(self) -> None:
+        assert self._queue is not None
+        while not self._stop.is_set():
+            item: _Drawn | BaseException
+            try:
+                item = self._make()
+            except BaseException as e:  # noqa: BLE001 (handed to the training loop, which raises it)
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def next(self) -> _Drawn:
+        if self._queue is None:
+            return self._make()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
 class _Loader:
     """Reads (from memory when cached), augments and pads a batch; threads for fast devices."""
 
@@ -753,7 +841,7 @@ def _save_checkpoint(
     processor_dir: Path,
     optimizer: Any,
     schedule: Any,
-    sampler: _Sampler,
+    sampler_state: Mapping[str, Any],
     state: TrainState,
     out_dir: Path,
     extra: dict[str, Any] | None = None,
@@ -765,7 +853,7 @@ def _save_checkpoint(
         {
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
-            "sampler": sampler.rng.bit_generator.state,
+            "sampler": sampler_state,
             # Dropout and transformers' SpecAugment masks draw from these: without them a resumed
             # run would diverge from an uninterrupted one at its first step.
             "torch_rng": torch.get_rng_state(),

@@ -126,6 +126,9 @@ def test_on_the_fly_augmentation_is_deterministic_and_survives_a_resume(
             config(out, tiny_set, 10), augment=1.0, shared_data=shared_data, eval_every=5, log_every=1
         )
 
+    def prefetched(out: Path) -> TrainConfig:  # the loader three batches ahead when interrupted
+        return replace(augmented(out), prefetch_batches=3)
+
     def stop_after_step_6(line: str) -> None:
         if line.startswith("step 7 "):  # the step-5 checkpoint is on disk by now
             raise _InterruptedError
@@ -135,6 +138,10 @@ def test_on_the_fly_augmentation_is_deterministic_and_survives_a_resume(
         train(augmented(tmp_path / "resumed"), log=stop_after_step_6)
     resumed = train(augmented(tmp_path / "resumed"), log=lambda _: None)
     assert resumed.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], rel=1e-5)
+    with pytest.raises(_InterruptedError):
+        train(prefetched(tmp_path / "ahead"), log=stop_after_step_6)
+    ahead = train(prefetched(tmp_path / "ahead"), log=lambda _: None)
+    assert ahead.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], rel=1e-5)
     plain = train(replace(augmented(tmp_path / "plain"), augment=0.0), log=lambda _: None)
     assert plain.history[0]["loss"] != pytest.approx(straight.history[0]["loss"], rel=1e-3)
     with pytest.raises(DataError, match="between 0 and 1"):
@@ -163,7 +170,8 @@ def test_loader_threads_and_the_audio_cache_do_not_change_what_is_heard(
     base = replace(config(tmp_path / "one", tiny_set, 6), augment=1.0, shared_data=shared_data, eval_every=3)
     one = train(base, log=lambda _: None)
     many = train(
-        replace(base, out_dir=tmp_path / "many", loader_threads=3, cache_audio_mb=10), log=lambda _: None
+        replace(base, out_dir=tmp_path / "many", loader_threads=3, cache_audio_mb=10, prefetch_batches=2),
+        log=lambda _: None,
     )
     assert [r["loss"] for r in many.history] == pytest.approx([r["loss"] for r in one.history], rel=1e-5)
 
