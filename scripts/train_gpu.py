@@ -4,17 +4,25 @@ A lent machine reaches nothing and gets only the working tree (64 MiB) and what 
 so everything it needs is packed here first, and what comes back (at most 8 files of 16 MiB)
 is unpacked here:
 
-    # here: the corpus as Opus, the wheels the device image lacks, within the budget
-    .venv/bin/python scripts/train_gpu.py pack --out .gpu
-    # there: one device `run` with carry [".gpu"] (pack prints this command)
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl \\
+    # here: real speech whole, then synthetic until the budget, as Opus in one zip, plus the
+    # wheels the device image lacks; the tree and the pack must travel in 64 MiB together
+    .venv/bin/python scripts/train_gpu.py pack --out .gpu --budget-mib 46 --level 0.98 \
+      --source corpus/real_train.jsonl:1 --source corpus/train.jsonl:0.5
+    # there: one device `run` with carry [".gpu"]
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl \
       && PYTHONPATH=/tmp/site:. python3 scripts/train_gpu.py train --pack .gpu --out $OUT --minutes 8
     # here: fp16 shards back into a model folder with our tokenizer, then evaluate it
     .venv/bin/python scripts/train_gpu.py unpack --files FILES_AT --out runs/gpu-medium/model
 
-`train` runs the project's own training loop (asr/train.py) with bf16 autocast on CUDA, loader
-threads and decoded clips cached in memory, stops itself after --minutes, and writes the model
-as fp16 safetensors shards of at most 16 MiB plus its metrics. It runs on the CPU too (tests).
+`train` runs the project's own training loop (asr/train.py) on CUDA, with loader threads, a
+thread that loads batches ahead of the model, and decoded clips cached in memory; it stops itself
+after --minutes (the learning rate decays to that deadline) and writes the model as fp16
+safetensors shards of at most 16 MiB plus its metrics. It runs on the CPU too (tests).
+
+Learnt on an H200 (2026-11-30, docs/benchmarks.md): under bf16 autocast a gradient went
+non-finite within the first steps on clips past 2 s and, applied, made every weight NaN; the loop
+now skips such steps, and --fp32 trains as fast (the GPU sat at 7-21% busy: the CPU side bounds
+these small models, which is why two runs can share one GPU side by side).
 """
 
 import argparse
@@ -22,6 +30,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,10 @@ SHARD = "16MB"
 """The largest file a device call returns is 16 MiB; transformers counts in decimal megabytes."""
 OPUS_COMPRESSION = 0.9
 """libsndfile's Opus level; 0.9 is about 32 kbit/s, as speechocean762 ships (its clips train fine)."""
+KEPT_FIELDS = ("label", "speaker", "set")
+"""The fields a packed row keeps besides audio, text and duration: the data check reads the
+`_silence_` label, and the rest names slices. All of them cost 6 MiB of the budget."""
+AUDIO_ZIP = "audio.zip"
 DEFAULT_SOURCES = ("corpus/real_train.jsonl:1", "corpus/train.jsonl:0.3")
 
 
@@ -86,15 +99,12 @@ def pack(
                     break
                 spent += size
                 index, entry = todo[n]
-                rows[index].append(
-                    {**entry.fields, "audio": name, "text": entry.text, "duration_s": duration_s}
-                )
+                kept = {k: v for k, v in entry.fields.items() if k in KEPT_FIELDS}
+                rows[index].append(kept | {"audio": name, "text": entry.text, "duration_s": duration_s})
             else:
                 continue
             break
-    for extra in (out / "audio").glob("*.opus"):  # encoded ahead of the budget's end
-        if int(extra.stem) >= sum(map(len, rows)):
-            extra.unlink()
+    store_clips(out, sum(map(len, rows)))
     listing = []
     for source, chosen in zip(parsed, rows, strict=True):
         manifest = f"{source.manifest.stem}.jsonl"
@@ -108,6 +118,23 @@ def pack(
         download_wheels(out / "wheels")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {"sources": listing, "audio_mib": round(spent / 2**20, 1), "pack_mib": round(size / 2**20, 1)}
+
+
+def store_clips(out: Path, count: int) -> None:
+    """The first `count` clips into one uncompressed zip (those past it were encoded ahead of the
+    budget's end). The tree travels file by file at about 1 KiB each besides the data, which on
+    12,000 short clips was 9 MiB of the 64; a zip member costs about 100 bytes."""
+    with zipfile.ZipFile(out / AUDIO_ZIP, "w", zipfile.ZIP_STORED) as archive:
+        for n in range(count):
+            archive.write(out / "audio" / f"{n:06d}.opus", f"audio/{n:06d}.opus")
+    shutil.rmtree(out / "audio")
+
+
+def unpack_clips(pack_dir: Path) -> None:
+    """The clips out of the pack's zip, where its manifests expect them (once)."""
+    if not (pack_dir / "audio").is_dir():
+        with zipfile.ZipFile(pack_dir / AUDIO_ZIP) as archive:
+            archive.extractall(pack_dir)
 
 
 def download_wheels(folder: Path) -> None:
@@ -131,6 +158,7 @@ def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
     from asr.train import BEST, CHECKPOINT, METRICS, DataSource, TrainConfig, train
 
     listing = json.loads((args.pack / "sources.json").read_text())
+    unpack_clips(args.pack)
     run_dir = args.run_dir
     config = TrainConfig(
         out_dir=run_dir,
@@ -145,6 +173,7 @@ def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
         eval_every=args.checkpoint_every,
         augment=args.augment,
         loader_threads=args.loader_threads,
+        prefetch_batches=args.prefetch,
         cache_audio_mb=args.cache_audio_mb,
         max_minutes=args.minutes,
         amp=not args.fp32,
@@ -219,6 +248,7 @@ def main() -> None:
     trainer.add_argument("--cache-audio-mb", type=int, default=8000)
     trainer.add_argument("--seed", type=int, default=0)
     trainer.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    trainer.add_argument("--prefetch", type=int, default=4, help="batches loaded ahead of the model")
 
     unpacker = commands.add_parser("unpack", help="returned shards -> a model folder here")
     unpacker.add_argument("--files", type=Path, required=True, help="the device call's files_at folder")

@@ -4,6 +4,7 @@ the device would (only packages the device image has), unpack into a loadable mo
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,11 @@ def test_pack_train_unpack_on_the_cpu(tmp_path: Path) -> None:
         )[0]
     )
     assert packed["sources"][0]["clips"] == 2
-    assert sorted(p.suffix for p in (pack / "audio").iterdir()) == [".opus", ".opus"]
+    assert sorted(p.name for p in pack.iterdir()) == ["audio.zip", "sources.json", "tiny.jsonl"]
+    with zipfile.ZipFile(pack / "audio.zip") as archive:
+        assert archive.namelist() == ["audio/000000.opus", "audio/000001.opus"]
+    packed_rows = [json.loads(line) for line in (pack / "tiny.jsonl").read_text().splitlines()]
+    assert sorted(r["text"] for r in packed_rows) == ["seven", "yes"]
 
     out = tmp_path / "out"
     trained = script(
