@@ -204,5 +204,15 @@ def summarize(outcomes: Iterable[Outcome], by: Sequence[str] = ()) -> Evaluation
     )
 
 
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """One utterance's word errors and reference words, counted as `score` counts them (words
+    said over an empty reference are all insertions), so that they add up to its WER."""
+    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
+    if not ref:
+        return len(hyp.split()), 0
+    w = jiwer.process_words(ref, hyp)
+    return w.substitutions + w.deletions + w.insertions, len(ref.split())
+
+
 def _score_outcomes(outcomes: Sequence[Outcome]) -> Scores:
     return score([o.entry.text for o in outcomes], [o.hypothesis for o in outcomes])

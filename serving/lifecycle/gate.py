@@ -3,9 +3,10 @@ sets, by rules stated up front (serving/lifecycle/retrain.py runs it). Kept apar
 training code so that the CLI can describe it without loading torch."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from monitoring.gates import binomial_tail
 from serving.lifecycle.registry import CHALLENGER, CHAMPION
 
 NEW_DATA = "new_data"
@@ -16,6 +17,10 @@ NEW_DATA = "new_data"
 class GateLimits:
     golden_margin: float = 0.02
     """How much worse (absolute WER) a golden set, or a slice of one, may get."""
+    significance: float = 0.05
+    """A golden set or slice past the margin fails only when a paired sign test over its clips
+    also says the challenger is worse (one-sided p below this): on 100 clips, three clips that
+    flip are 3 points of WER and can be noise. The canary gates follow the same rule."""
     min_slice_clips: int = 20
     """Slices with fewer clips are reported but not judged: their WER is mostly noise."""
     slice_fields: tuple[str, ...] = ("set", "speaker", "voice")
@@ -36,6 +41,8 @@ class Check:
     passed: bool
     judged: bool = True
     """False when too few clips to judge: reported, not counted."""
+    p: float | None = None
+    """The paired sign test's one-sided p of the challenger being worse, where one was run."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,19 @@ class PairScores:
     name: str
     champion: dict[str, Any]
     challenger: dict[str, Any]
+    paired: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    """Per clip, in the same order for both models: (champion's word errors, challenger's word
+    errors, reference words); under "overall" and under "FIELD=VALUE" for each slice."""
+
+
+def sign_test_p(paired: Sequence[tuple[int, int, int]]) -> float:
+    """The signed paired comparison of NIST's sc_stats: among the clips on which the two models
+    make a different number of word errors, the exact one-sided binomial p of the challenger
+    being the worse one on at least this many, were each clip a coin toss. Exact, and cautious
+    when few clips differ; it counts clips, not how many words each one lost."""
+    worse = sum(1 for a, b, _ in paired if b > a)
+    better = sum(1 for a, b, _ in paired if b < a)
+    return binomial_tail(worse, worse + better, 0.5) if worse else 1.0
 
 
 def judge(
@@ -77,14 +97,16 @@ def judge(
             better = a["wer"] is not None and b["wer"] is not None and b["wer"] < a["wer"]
             checks.append(Check(f"{NEW_DATA} WER", a["wer"], b["wer"], "must be lower", better))
             continue
-        checks.append(_no_worse(f"{pair.name} WER", a, b, limits, judged=True))
+        checks.append(_no_worse(f"{pair.name} WER", a, b, limits, True, pair.paired.get("overall")))
         for field_name, values in pair.champion["slices"].items():
             for value, slice_a in values.items():
                 slice_b = pair.challenger["slices"].get(field_name, {}).get(value)
                 if slice_b is not None:
                     judged = slice_a["utterances"] >= limits.min_slice_clips
+                    key = f"{field_name}={value}"
+                    paired = pair.paired.get(key)
                     checks.append(
-                        _no_worse(f"{pair.name} {field_name}={value} WER", slice_a, slice_b, limits, judged)
+                        _no_worse(f"{pair.name} {key} WER", slice_a, slice_b, limits, judged, paired)
                     )
     rtf = [(p.champion["real_time_factor"], p.challenger["real_time_factor"]) for p in scores]
     speed_a = sum(a for a, _ in rtf if a) or None
@@ -101,8 +123,24 @@ def judge(
     return GateDecision(passed, checks, list(golden))
 
 
-def _no_worse(name: str, a: dict[str, Any], b: dict[str, Any], limits: GateLimits, judged: bool) -> Check:
+def _no_worse(
+    name: str,
+    a: dict[str, Any],
+    b: dict[str, Any],
+    limits: GateLimits,
+    judged: bool,
+    paired: Sequence[tuple[int, int, int]] | None = None,
+) -> Check:
     if a["wer"] is None or b["wer"] is None:
         return Check(name, a["wer"], b["wer"], "no reference words", True, judged=False)
-    ok = b["wer"] <= a["wer"] + limits.golden_margin
-    return Check(name, a["wer"], b["wer"], f"at most {limits.golden_margin:+.3f}", ok, judged)
+    rule = f"at most {limits.golden_margin:+.3f}"
+    if b["wer"] <= a["wer"] + limits.golden_margin:
+        return Check(name, a["wer"], b["wer"], rule, True, judged)
+    differing = sum(1 for errors_a, errors_b, _ in paired or () if errors_a != errors_b)
+    if paired is None or 0.5**differing >= limits.significance:
+        # No clips (older reports), or too few differ for any outcome to be significant: a
+        # test that cannot fail must not excuse a regression, so the margin alone rules.
+        return Check(name, a["wer"], b["wer"], rule, False, judged)
+    p = sign_test_p(paired)
+    rule += f", or not significantly worse (sign test p {p:.3f}, fails below {limits.significance})"
+    return Check(name, a["wer"], b["wer"], rule, p >= limits.significance, judged, p)

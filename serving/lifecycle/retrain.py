@@ -11,8 +11,8 @@ The steps, in `retrain`:
    clip in turn (so their speeds are compared side by side on the same machine load), scored
    overall and per slice;
 4. the gate (`judge`): the challenger must beat the champion's WER on the new data, no golden set
-   or slice of one may get worse by more than `golden_margin`, and speed and size stay within
-   limits. A passing challenger is registered with its lineage and the `challenger` alias; a
+   or slice of one may get worse by more than `golden_margin` when a paired sign test over its
+   clips says it is worse, and speed and size stay within limits. A passing challenger is registered with its lineage and the `challenger` alias; a
    failing one is not, and why is written down (report, MLflow run, audit log).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from asr.corpus.datasets import GoldenSet, dataset_digest
 from asr.errors import DataError
-from asr.evaluate import ManifestEntry, Outcome, read_manifest, run_entry, summarize
+from asr.evaluate import ManifestEntry, Outcome, read_manifest, run_entry, summarize, word_errors
 from asr.pipeline import Pipeline, build_pipeline
 from asr.train import CHECKPOINT, DataSource, TrainConfig, export_model, train
 from serving.lifecycle.gate import NEW_DATA, GateDecision, GateLimits, PairScores, judge
@@ -142,7 +142,17 @@ def evaluate_pair(
         outcomes[0].append(run_entry(champion.transcribe, entry))
         outcomes[1].append(run_entry(challenger.transcribe, entry))
     present = [f for f in slices if any(f in e.fields for e in entries)]
-    return PairScores(name, *(summarize(o, by=present).to_dict() for o in outcomes))
+    paired: dict[str, list[tuple[int, int, int]]] = {"overall": []}
+    for a, b in zip(*outcomes, strict=True):
+        if a.error is not None or b.error is not None:  # summarize leaves failures out too
+            continue
+        errors_a, words = word_errors(a.entry.text, a.hypothesis)
+        errors_b, _ = word_errors(b.entry.text, b.hypothesis)
+        keys = ["overall"] + [f"{f}={a.entry.fields.get(f, '(none)')}" for f in present]
+        for key in keys:
+            paired.setdefault(key, []).append((errors_a, errors_b, words))
+    champion_scores, challenger_scores = (summarize(o, by=present).to_dict() for o in outcomes)
+    return PairScores(name, champion_scores, challenger_scores, paired)
 
 
 def weights_bytes(model_dir: Path) -> int:

@@ -7,6 +7,7 @@ learning rate at zero it is the champion again and the gate must refuse it."""
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from asr.pipeline import build_pipeline
 from asr.train import DataSource, TrainConfig, export_model, train
 from serving.cli import main
 from serving.lifecycle.audit import AuditLog
-from serving.lifecycle.gate import NEW_DATA, Check, GateLimits, PairScores, judge
+from serving.lifecycle.gate import NEW_DATA, Check, GateLimits, PairScores, judge, sign_test_p
 from serving.lifecycle.registry import CHALLENGER, CHAMPION, Registry
 from serving.lifecycle.retrain import MIN_HELD_OUT, evaluate_pair, split_labels
 from tests.signals import SAMPLES_DIR
@@ -134,6 +135,11 @@ def test_the_gate_rejects_a_worse_model_on_a_golden_set(
     decision = judge([pair], sizes, GateLimits(max_rtf_ratio=100, min_slice_clips=1), [golden.ref])
     assert not decision.passed
     assert any(reason.startswith(f"{golden.ref} WER") for reason in decision.reasons)
+    overall = pair.paired["overall"]
+    assert len(overall) == len(read_manifest(golden.manifest))
+    words = sum(w for _, _, w in overall)
+    assert sum(b for _, b, _ in overall) / words == pytest.approx(pair.challenger["overall"]["wer"])
+    assert sum(a for a, _, _ in overall) / words == pytest.approx(pair.champion["overall"]["wer"])
     assert any(reason.startswith(f"{golden.ref} set=fsdd WER") for reason in decision.reasons)
 
 
@@ -185,3 +191,43 @@ def test_retrain_refuses_bad_setups(setup: Path, labels: Path, capsys: pytest.Ca
     assert "no replay manifest" in capsys.readouterr().err
     assert main([*retrain_args(labels, setup / "r3", lr="1e-3"), "--deploy", "shadow"]) == 2
     assert "--deploy needs --server" in capsys.readouterr().err
+
+
+def test_a_regression_past_the_margin_fails_only_when_it_is_significant() -> None:
+    limits = GateLimits(golden_margin=0.02, min_slice_clips=20, significance=0.05)
+    sizes = {CHAMPION: 100, CHALLENGER: 100}
+    new = scores(NEW_DATA, (0.5, 0.3))
+    # 100 one-word clips, champion right on 70. Five more wrong, two more right: +3 points.
+    noise = [(0, 1, 1)] * 5 + [(1, 0, 1)] * 2 + [(0, 0, 1)] * 63 + [(1, 1, 1)] * 30
+    noisy = replace(scores("g@1", (0.30, 0.33)), paired={"overall": noise})
+    decision = judge([new, noisy], sizes, limits, ["g@1"])
+    assert decision.passed, decision.reasons
+    check = next(c for c in decision.checks if c.name == "g@1 WER")
+    assert check.p == pytest.approx(29 / 128)  # P(X >= 5), X ~ Binomial(7, 1/2)
+    assert "sign test p 0.227" in check.limit
+    # Twelve more wrong, one more right: +11 points, and the test agrees it is worse.
+    worse = [(0, 1, 1)] * 12 + [(1, 0, 1)] + [(0, 0, 1)] * 57 + [(1, 1, 1)] * 30
+    regressed = replace(scores("g@1", (0.30, 0.41)), paired={"overall": worse})
+    decision = judge([new, regressed], sizes, limits, ["g@1"])
+    assert not decision.passed
+    assert decision.reasons[0].startswith("g@1 WER: challenger 0.41 vs champion 0.3 (at most +0.020, or not")
+    # Three clips worse and none better: no outcome of three coin tosses is significant (1/8),
+    # so the test has no say and the margin alone rejects.
+    few = [(0, 1, 1)] * 3 + [(0, 0, 1)] * 67 + [(1, 1, 1)] * 30
+    decision = judge([new, replace(noisy, paired={"overall": few})], sizes, limits, ["g@1"])
+    assert decision.reasons == ["g@1 WER: challenger 0.33 vs champion 0.3 (at most +0.020)"]
+    # A slice is judged on its own clips.
+    by_slice = replace(
+        scores("g@1", (0.30, 0.31), {"x": (0.30, 0.41, 100)}), paired={"overall": noise, "speaker=x": worse}
+    )
+    assert [c.name for c in judge([new, by_slice], sizes, limits, []).checks if not c.passed] == [
+        "g@1 speaker=x WER"
+    ]
+
+
+def test_the_sign_test() -> None:
+    assert sign_test_p([(1, 1, 2), (0, 0, 1)] * 10) == 1.0  # no clip differs
+    assert sign_test_p([(0, 1, 1)] * 10) == pytest.approx(2**-10)
+    assert sign_test_p([(0, 3, 4), (2, 0, 2)]) == pytest.approx(0.75)  # P(X >= 1), X ~ Bin(2, 1/2)
+    assert sign_test_p([(1, 0, 1)] * 5) == 1.0  # only better
+    assert sign_test_p([]) == 1.0
