@@ -128,9 +128,12 @@ class Settings:
     (scripts/calibrate_automation.py picks it from labelled data)."""
     golden_dir: Path = DEFAULT_STATE_DIR / "golden"
     """Frozen golden sets (`voice-search data freeze`): every retrain gate scores on all of them."""
-    retrain_replay: str = "corpus/train.jsonl:0.5,corpus/real_train.jsonl:0.5"
+    retrain_replay: str = "corpus/train.jsonl:0.5,corpus/real_train.jsonl:1"
     """Original training data replayed beside new labels in `voice-search retrain`, so that nothing
-    is forgotten: comma-separated `manifest[:weight]`, relative to the working directory."""
+    is forgotten: comma-separated `manifest[:weight]`, relative to the working directory. With
+    `retrain_new_weight`, the recipe that passed the gate in docs/benchmarks.md ("Retraining")."""
+    retrain_new_weight: float = 0.5
+    """Sampling weight of the new labels against the replay's weights."""
     retrain_auto: bool = False
     """Start `voice-search retrain` in the background when a trigger fires (serving/lifecycle/triggers.py)."""
     retrain_on_alarms: str = "null_transcripts,new_vocabulary,switch_to_typing"
@@ -171,6 +174,7 @@ class Settings:
             *("retrain_alarm_for_s", "retrain_max_running", "retrain_check_s", "retrain_steps"),
             "retrain_shadow_s",
             "retrain_max_rtf_ratio",
+            "retrain_new_weight",
         )
         for name in positive:
             if not getattr(self, name) > 0:

@@ -12,8 +12,9 @@ The steps, in `retrain`:
    overall and per slice;
 4. the gate (`judge`): the challenger must beat the champion's WER on the new data, no golden set
    or slice of one may get worse by more than `golden_margin` when a paired sign test over its
-   clips says it is worse, and speed and size stay within limits. A passing challenger is registered with its lineage and the `challenger` alias; a
-   failing one is not, and why is written down (report, MLflow run, audit log).
+   clips says it is worse, and speed and size stay within limits. A passing challenger is
+   registered with its lineage and the `challenger` alias; a failing one is not, and why is
+   written down (report, MLflow run, audit log).
 """
 
 import hashlib

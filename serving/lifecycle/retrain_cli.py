@@ -68,8 +68,9 @@ def add_retrain_command(commands: "argparse._SubParsersAction[argparse.ArgumentP
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument(
-        "--new-weight", type=float, default=1.0, help="weight of the labels against the replay"
-    )
+        "--new-weight", type=float, default=None, help="weight of the labels against the replay "
+        "(default: retrain_new_weight)"
+    )  # fmt: skip
     parser.add_argument("--held-out", type=float, default=0.25, help="share of sessions kept out to score on")
     parser.add_argument(
         "--margin", type=float, default=GateLimits.golden_margin, help="WER a golden set may lose"
@@ -128,7 +129,8 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     limits = replace(GateLimits(), golden_margin=args.margin, max_rtf_ratio=args.max_rtf_ratio,
                      max_size_ratio=args.max_size_ratio)  # fmt: skip
     config = RetrainConfig(
-        out_dir=out, labels=labels, golden=golden, replay=replay, new_weight=args.new_weight,
+        out_dir=out, labels=labels, golden=golden, replay=replay,
+        new_weight=settings.retrain_new_weight if args.new_weight is None else args.new_weight,
         held_out=args.held_out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         limits=limits,
     )  # fmt: skip
