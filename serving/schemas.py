@@ -135,4 +135,10 @@ class VersionInfo(BaseModel):
 
 
 class Faults(BaseModel):
-    asr_delay_ms: float = Field(0.0, ge=0, le=60_000, description="added to every model call")
+    asr_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        le=60_000,
+        strict=True,
+        description="added to every model call (a number: `false` is not 0)",
+    )

@@ -63,7 +63,7 @@ ItemId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a review item
 """Bounded to the store's integers: a larger id was a 500 (found by schemathesis), now a 422."""
 
 
-@router.get("/{item_id}/audio", summary="The queued request's audio")
+@router.get("/{item_id:int}/audio", summary="The queued request's audio")
 async def audio(item_id: ItemId, service: Service, reviewer: Admin) -> FileResponse:
     item = await _get(service, item_id)
     path = Path(item.audio_path)
@@ -78,7 +78,7 @@ class Review(BaseModel):
 
 
 @router.post(
-    "/{item_id}", summary="Accept a review: it becomes a strong label and the audio leaves the queue"
+    "/{item_id:int}", summary="Accept a review: it becomes a strong label and the audio leaves the queue"
 )
 async def accept(
     item_id: ItemId, body: Review, request: Request, service: Service, reviewer: Admin

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -92,3 +93,11 @@ def test_no_route_answers_500_and_every_error_has_the_documented_shape(fuzz_serv
     assert len(calls) >= 2 * len(fuzzed)  # cases were generated and sent for the operations
     assert not problems, "\n".join(problems[:20])
     print(f"fuzzed {len(fuzzed)} operations with {len(calls)} requests: {sorted(Counter(calls).items())}")
+
+
+def test_a_boolean_is_not_a_delay(fuzz_server: Server) -> None:
+    """Found by schemathesis: `{"asr_delay_ms": false}` was read as 0 and accepted."""
+    url = fuzz_server.url + "/v1/admin/faults"
+    refused = httpx.post(url, headers=AUTH, json={"asr_delay_ms": False}, timeout=10)
+    assert refused.status_code == 422 and error_shape_problem(refused) is None
+    assert httpx.post(url, headers=AUTH, json={"asr_delay_ms": 0}, timeout=10).status_code == 200

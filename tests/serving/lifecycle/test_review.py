@@ -139,3 +139,12 @@ def test_an_id_beyond_the_stores_integers_is_a_422_not_a_500(partial: Server) ->
         assert response.json()["error"]["type"] == "invalid_request"
     missing = httpx.get(partial.url + f"/v1/review/{2**63 - 1}/audio", headers=AUTH, timeout=10)
     assert missing.status_code == 404
+
+
+def test_a_method_the_path_does_not_take_is_a_405(partial: Server) -> None:
+    """Found by schemathesis: `POST /v1/review/stats` reached the review route as item "stats"
+    and got a 422; the path exists for GET only, which is a 405 in the error shape."""
+    response = httpx.post(partial.url + "/v1/review/stats", headers=AUTH, json={}, timeout=10)
+    assert response.status_code == 405, response.text
+    assert set(response.json()["error"]) >= {"type", "message"}
+    assert httpx.get(partial.url + "/v1/review/stats", headers=AUTH, timeout=10).status_code == 200
