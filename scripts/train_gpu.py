@@ -198,12 +198,25 @@ def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def unpack(files: Path, out: Path) -> Path:
-    """A model folder from the returned shards: config, weights, and our tokenizer and features."""
+def unpack(files: Path, out: Path, run: str | None = None) -> Path:
+    """A model folder from the returned shards: config, weights, and our tokenizer and features.
+    With `run` (scripts/gpu_run.sh's layout): the weights from `files/RUN/` and the rest of the
+    model folder from `meta.tgz`."""
+    import tarfile
+
     from asr.model import Recognizer, write_processor
 
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(files / "model", out)
+    if run is None:
+        shutil.copytree(files / "model", out)
+    else:
+        out.mkdir(parents=True)
+        with tarfile.open(files / "meta.tgz") as archive:
+            for member in archive.getmembers():
+                if member.isfile() and Path(member.name).parent == Path(f"o{run}/model"):
+                    (out / Path(member.name).name).write_bytes(archive.extractfile(member).read())  # type: ignore[union-attr]
+        for weights in (files / run).glob("*.safetensors"):
+            shutil.copy(weights, out / weights.name)
     write_processor(out)
     Recognizer.from_pretrained(out, device="cpu")  # proves it loads
     return out
@@ -253,6 +266,7 @@ def main() -> None:
     unpacker = commands.add_parser("unpack", help="returned shards -> a model folder here")
     unpacker.add_argument("--files", type=Path, required=True, help="the device call's files_at folder")
     unpacker.add_argument("--out", type=Path, required=True)
+    unpacker.add_argument("--run", help="a run of scripts/gpu_run.sh (a or b)")
     args = parser.parse_args()
 
     if args.command == "pack":
@@ -271,7 +285,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         print(json.dumps(train_on_device(args), indent=1))
     else:
-        print(unpack(args.files, args.out))
+        print(unpack(args.files, args.out, args.run))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 the device would (only packages the device image has), unpack into a loadable model folder."""
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -84,3 +85,31 @@ def test_the_gpu_shape_fits_the_bundle_and_returns_in_16_mib_shards(tmp_path: Pa
     weights = list(tmp_path.glob("*.safetensors"))
     assert len(weights) >= 2 and all(p.stat().st_size <= 16 * 2**20 for p in weights)
     assert sum(p.stat().st_size for p in weights) <= 25 * 10**6  # the bundled model's limit
+
+
+def test_the_prepared_device_call_runs_on_the_cpu(tmp_path: Path) -> None:
+    """scripts/gpu_run.sh as the device would run it, on a tiny pack: both runs train, what
+    comes back fits the device's limits, and each unpacks into a model that loads."""
+    manifest = tmp_path / "tiny.jsonl"
+    clips = (("fsdd_7_george_0.flac", "seven", 0.6), ("speech_commands_yes_022cd682.flac", "yes", 1.0))
+    rows = [{"audio": str(SAMPLES_DIR / name), "text": text, "duration_s": s} for name, text, s in clips]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pack, work, out = tmp_path / "pack", tmp_path / "work", tmp_path / "out"
+    script("pack", "--source", f"{manifest}:1", "--out", str(pack), "--no-wheels")
+    work.mkdir()
+    knobs = {"PACK": str(pack), "WORK": str(work), "OUT": str(out), "PYTHON": sys.executable,
+             "MIN": "0.02", "BS": "2", "LT": "1", "LOAD_AT": "0"}  # fmt: skip
+    done = subprocess.run(["bash", "scripts/gpu_run.sh"], cwd=REPO_ROOT, env=os.environ | knobs,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)
+    assert len(list((out / "b").glob("*.safetensors"))) == 2  # the medium shape, in 16 MB shards
+    sizes = {}
+    for run in ("a", "b"):
+        model = tmp_path / f"model-{run}"
+        script("unpack", "--files", str(out), "--out", str(model), "--run", run)
+        sizes[run] = sum(
+            p.numel() for p in Recognizer.from_pretrained(model, device="cpu")._model.parameters()
+        )
+    assert sizes == {"a": 5_438_174, "b": 11_390_366}  # the bundled shape fine-tuned; medium from scratch
