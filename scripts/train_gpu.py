@@ -6,9 +6,10 @@ is unpacked here:
 
     # here: real speech whole, then synthetic until the budget, as Opus in one zip, plus the
     # wheels the device image lacks; the tree and the pack must travel in 64 MiB together
-    .venv/bin/python scripts/train_gpu.py pack --out .gpu --budget-mib 46 --level 0.98 \
+    .venv/bin/python scripts/train_gpu.py pack --out .gpu --budget-mib 42 --level 0.98 \
       --source corpus/real_train.jsonl:1 --source corpus/train.jsonl:0.5
-    # there: one device `run` with carry [".gpu"]
+    # there: one device `run` with carry [".gpu"]: `bash scripts/gpu_run.sh` (two runs side by
+    # side, then `unpack --run a|b` here), or one run:
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl \
       && PYTHONPATH=/tmp/site:. python3 scripts/train_gpu.py train --pack .gpu --out $OUT --minutes 8
     # here: fp16 shards back into a model folder with our tokenizer, then evaluate it
