@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,19 +93,20 @@ def pack(
     rows: list[list[dict[str, Any]]] = [[] for _ in parsed]
     spent = 0
     with ThreadPoolExecutor(2) as pool:  # libsndfile and soxr release the GIL
-        for start in range(0, len(todo), 64):  # in chunks: a full budget stops the encoding
-            chunk = range(start, min(start + 64, len(todo)))
-            for n, (name, duration_s) in zip(chunk, pool.map(encode, chunk), strict=True):
-                size = (out / name).stat().st_size
-                if spent + size > budget:
-                    break
-                spent += size
-                index, entry = todo[n]
-                kept = {k: v for k, v in entry.fields.items() if k in KEPT_FIELDS}
-                rows[index].append(kept | {"audio": name, "text": entry.text, "duration_s": duration_s})
-            else:
-                continue
-            break
+
+        def encoded() -> Iterator[tuple[int, tuple[str, float]]]:
+            for start in range(0, len(todo), 64):  # in chunks, so that a full budget stops the encoding
+                chunk = range(start, min(start + 64, len(todo)))
+                yield from zip(chunk, pool.map(encode, chunk), strict=True)
+
+        for n, (name, duration_s) in encoded():
+            size = (out / name).stat().st_size
+            if spent + size > budget:
+                break
+            spent += size
+            index, entry = todo[n]
+            kept = {k: v for k, v in entry.fields.items() if k in KEPT_FIELDS}
+            rows[index].append(kept | {"audio": name, "text": entry.text, "duration_s": duration_s})
     store_clips(out, sum(map(len, rows)))
     listing = []
     for source, chosen in zip(parsed, rows, strict=True):
@@ -214,8 +216,11 @@ def unpack(files: Path, out: Path, run: str | None = None) -> Path:
         out.mkdir(parents=True)
         with tarfile.open(files / "meta.tgz") as archive:
             for member in archive.getmembers():
-                if member.isfile() and Path(member.name).parent == Path(f"o{run}/model"):
-                    (out / Path(member.name).name).write_bytes(archive.extractfile(member).read())  # type: ignore[union-attr]
+                source = (
+                    archive.extractfile(member) if Path(member.name).parent == Path(f"o{run}/model") else None
+                )
+                if source is not None:  # a regular file of that run's model folder
+                    (out / Path(member.name).name).write_bytes(source.read())
         for weights in (files / run).glob("*.safetensors"):
             shutil.copy(weights, out / weights.name)
     write_processor(out)

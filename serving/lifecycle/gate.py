@@ -82,9 +82,13 @@ def sign_test_p(paired: Sequence[tuple[int, int, int]]) -> float:
     make a different number of word errors, the exact one-sided binomial p of the challenger
     being the worse one on at least this many, were each clip a coin toss. Exact, and cautious
     when few clips differ; it counts clips, not how many words each one lost."""
-    worse = sum(1 for a, b, _ in paired if b > a)
-    better = sum(1 for a, b, _ in paired if b < a)
+    worse, better = _signs(paired)
     return binomial_tail(worse, worse + better, 0.5) if worse else 1.0
+
+
+def _signs(paired: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
+    """Clips on which the challenger makes more word errors, and clips on which it makes fewer."""
+    return sum(1 for a, b, _ in paired if b > a), sum(1 for a, b, _ in paired if b < a)
 
 
 def judge(
@@ -136,8 +140,7 @@ def _no_worse(
     rule = f"at most {limits.golden_margin:+.3f}"
     if b["wer"] <= a["wer"] + limits.golden_margin:
         return Check(name, a["wer"], b["wer"], rule, True, judged)
-    differing = sum(1 for errors_a, errors_b, _ in paired or () if errors_a != errors_b)
-    if paired is None or 0.5**differing >= limits.significance:
+    if paired is None or 0.5 ** sum(_signs(paired)) >= limits.significance:
         # No clips (older reports), or too few differ for any outcome to be significant: a
         # test that cannot fail must not excuse a regression, so the margin alone rules.
         return Check(name, a["wer"], b["wer"], rule, False, judged)
