@@ -23,6 +23,7 @@ from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.gate import NEW_DATA, Check, GateLimits, PairScores, judge, sign_test_p
 from serving.lifecycle.registry import CHALLENGER, CHAMPION, Registry
 from serving.lifecycle.retrain import MIN_HELD_OUT, evaluate_pair, split_labels
+from serving.settings import Settings
 from tests.signals import SAMPLES_DIR
 
 
@@ -231,3 +232,10 @@ def test_the_sign_test() -> None:
     assert sign_test_p([(0, 3, 4), (2, 0, 2)]) == pytest.approx(0.75)  # P(X >= 1), X ~ Bin(2, 1/2)
     assert sign_test_p([(1, 0, 1)] * 5) == 1.0  # only better
     assert sign_test_p([]) == 1.0
+
+
+def test_the_new_labels_weight_is_a_setting() -> None:
+    assert Settings.from_env({"VOICE_SEARCH_RETRAIN_NEW_WEIGHT": "0.25"}).retrain_new_weight == 0.25
+    assert Settings.from_env({}).retrain_new_weight == 0.5  # the recipe that passed the gate
+    with pytest.raises(ValueError, match="retrain_new_weight must be positive"):
+        Settings.from_env({"VOICE_SEARCH_RETRAIN_NEW_WEIGHT": "0"})
