@@ -115,6 +115,10 @@ class TrainConfig:
     log_every: int = 50
     freeze_feature_encoder: bool = False
     """Also on whenever `init` is a foreign checkpoint (see `adapts_checkpoint`)."""
+    freeze_layers: int = 0
+    """Also freeze everything below transformer layer N (feature encoder, projection, positional
+    convolution, the first N layers): a fine-tune on a few hundred new labels then moves only the
+    layers nearest the characters, which forgets less of what the golden sets measure."""
     schedule: str = "auto"
     """"linear": warm-up then linear decay to `final_lr_ratio`. "tri-stage": warm-up (10%), hold
     (40%), exponential decay to `final_lr_ratio` (50%), the wav2vec 2.0 fine-tuning schedule.
@@ -165,6 +169,8 @@ class TrainConfig:
             raise DataError("the augmented share must be between 0 and 1")
         if self.distill_weight < 0 or self.distill_layer < 1:
             raise DataError("the distillation weight must be >= 0 and its layer >= 1")
+        if self.freeze_layers < 0:
+            raise DataError("the frozen layer count must be >= 0")
         split_batch(self.batch_size, self.nproc)
 
 
@@ -369,6 +375,8 @@ def _train(
     recognizer = Recognizer(model, features, vocabulary_from_tokenizer(tokenizer), device, version="training")
     if config.freeze_feature_encoder or adapts_checkpoint(config):
         model.freeze_feature_encoder()
+    if config.freeze_layers:
+        freeze_lower_layers(model, config.freeze_layers)
     _set_spec_augment(model, config.mask_time_prob)
 
     if ranks.is_main:
@@ -529,6 +537,21 @@ def _restore_generators(saved: dict[str, Any], ranks: Ranks, log: Callable[[str]
     if ranks.is_main:
         torch.set_rng_state(saved["torch_rng"])
         np.random.set_state(saved["numpy_rng"])
+
+
+def freeze_lower_layers(model: Any, layers: int) -> None:
+    """Stop gradients below transformer layer `layers`; the layers above, the CTC head and (with the
+    stable layer norm, where it follows the layers) the final layer norm keep training."""
+    encoder = model.wav2vec2.encoder
+    if layers > len(encoder.layers):
+        raise DataError(f"cannot freeze {layers} layers: the model has {len(encoder.layers)}")
+    kept = {id(p) for layer in encoder.layers[layers:] for p in layer.parameters()}
+    kept |= {id(p) for p in model.lm_head.parameters()}
+    if model.config.do_stable_layer_norm:
+        kept |= {id(p) for p in encoder.layer_norm.parameters()}
+    for parameter in model.wav2vec2.parameters():
+        if id(parameter) not in kept:
+            parameter.requires_grad = False
 
 
 def _set_spec_augment(model: Any, mask_time_prob: float) -> None:

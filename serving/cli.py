@@ -271,6 +271,10 @@ def _parser() -> argparse.ArgumentParser:
     trainer.add_argument("--max-clip-s", type=float, default=6.0)
     trainer.add_argument("--freeze-feature-encoder", action="store_true")
     trainer.add_argument(
+        "--freeze-layers", type=int, default=0, metavar="N",
+        help="also freeze everything below transformer layer N (default 0: train every layer)",
+    )  # fmt: skip
+    trainer.add_argument(
         "--mask-time-prob", type=float, default=0.0, help="SpecAugment time masking (default: off)"
     )
     trainer.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
@@ -848,6 +852,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         eval_clips=args.eval_clips,
         max_clip_s=args.max_clip_s,
         freeze_feature_encoder=args.freeze_feature_encoder,
+        freeze_layers=args.freeze_layers,
         mask_time_prob=args.mask_time_prob,
         seed=args.seed,
         device=args.device,
@@ -961,6 +966,7 @@ def _adapt_domain(args: argparse.Namespace, init: str) -> int:
         eval_clips=args.eval_clips,
         max_clip_s=args.max_clip_s,
         freeze_feature_encoder=args.freeze_feature_encoder,
+        freeze_layers=args.freeze_layers,
         mask_time_prob=args.mask_time_prob,
         seed=args.seed,
         device=args.device,

@@ -134,6 +134,8 @@ class Settings:
     `retrain_new_weight`, the recipe that passed the gate in docs/benchmarks.md ("Retraining")."""
     retrain_new_weight: float = 0.5
     """Sampling weight of the new labels against the replay's weights."""
+    retrain_freeze_layers: int = 0
+    """Transformer layers (and everything below them) a retrain leaves as they are."""
     retrain_auto: bool = False
     """Start `voice-search retrain` in the background when a trigger fires (serving/lifecycle/triggers.py)."""
     retrain_on_alarms: str = "null_transcripts,new_vocabulary,switch_to_typing"
@@ -195,8 +197,8 @@ class Settings:
             )
         if not 0 <= self.canary_share <= 1:
             raise ValueError(f"canary_share must be between 0 and 1, not {self.canary_share}")
-        if self.retrain_cooldown_s < 0 or self.retrain_new_labels < 0:
-            raise ValueError("retrain_cooldown_s and retrain_new_labels must be >= 0")
+        if min(self.retrain_cooldown_s, self.retrain_new_labels, self.retrain_freeze_layers) < 0:
+            raise ValueError("retrain_cooldown_s, retrain_new_labels and retrain_freeze_layers must be >= 0")
         if self.event_store_url and not self.event_store_url.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"event_store_url must be a postgresql:// URL, not {self.event_store_url!r}")
         if self.torch_threads < 0:

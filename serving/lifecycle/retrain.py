@@ -55,6 +55,8 @@ class RetrainConfig:
     steps: int = 300
     batch_size: int = 8
     lr: float = 1e-4
+    freeze_layers: int = 0
+    """Transformer layers (and everything below them) the fine-tune leaves as they are."""
     max_clip_s: float = 6.0
     seed: int = 0
     limits: GateLimits = field(default_factory=GateLimits)
@@ -191,6 +193,7 @@ def retrain(
         out_dir=config.out_dir / "train", init=str(champion_dir), train=sources, steps=config.steps,
         batch_size=config.batch_size, lr=config.lr, warmup_steps=max(1, config.steps // 10),
         curriculum_steps=0, eval_every=config.steps, max_clip_s=config.max_clip_s, seed=config.seed,
+        freeze_layers=config.freeze_layers,
     )  # fmt: skip
     run = TrainingRun(registry, train_config)
     report.training_run = run.run_id

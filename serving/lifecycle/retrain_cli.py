@@ -71,6 +71,10 @@ def add_retrain_command(commands: "argparse._SubParsersAction[argparse.ArgumentP
         "--new-weight", type=float, default=None, help="weight of the labels against the replay "
         "(default: retrain_new_weight)"
     )  # fmt: skip
+    parser.add_argument(
+        "--freeze-layers", type=int, default=None, metavar="N",
+        help="leave transformer layers below N as they are (default: retrain_freeze_layers)",
+    )  # fmt: skip
     parser.add_argument("--held-out", type=float, default=0.25, help="share of sessions kept out to score on")
     parser.add_argument(
         "--margin", type=float, default=GateLimits.golden_margin, help="WER a golden set may lose"
@@ -132,6 +136,7 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
         out_dir=out, labels=labels, golden=golden, replay=replay,
         new_weight=settings.retrain_new_weight if args.new_weight is None else args.new_weight,
         held_out=args.held_out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        freeze_layers=settings.retrain_freeze_layers if args.freeze_layers is None else args.freeze_layers,
         limits=limits,
     )  # fmt: skip
     report = retrain(

@@ -202,3 +202,28 @@ def test_a_step_with_a_non_finite_gradient_is_skipped(
     assert math.isfinite(state.history[-1]["loss"])
     saved = Recognizer.from_pretrained(tmp_path / "run" / "checkpoint", device="cpu")
     assert all(torch.isfinite(p).all() for p in saved._model.parameters())
+
+
+def test_frozen_layers_stay_as_they_were_and_the_layers_above_learn(
+    tmp_path: Path, tiny_set: Path, tiny_model_dir: Path
+) -> None:
+    """A retrain that freezes the lower layers changes only the top of the model."""
+    run = replace(config(tmp_path / "run", tiny_set, steps=4), init=str(tiny_model_dir), freeze_layers=1)
+    train(run, log=lambda _: None)
+    before = Recognizer.from_pretrained(tiny_model_dir, device="cpu")._model.state_dict()
+    after = Recognizer.from_pretrained(tmp_path / "run" / "checkpoint", device="cpu")._model.state_dict()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    frozen = (
+        "wav2vec2.feature_extractor.",
+        "wav2vec2.feature_projection.",
+        "wav2vec2.encoder.pos_conv_embed.",
+        "wav2vec2.encoder.layers.0.",
+    )
+    assert not {name for name in moved if name.startswith(frozen)}
+    assert any(name.startswith("wav2vec2.encoder.layers.1.") for name in moved)
+    assert any(name.startswith("lm_head.") for name in moved)
+
+    with pytest.raises(DataError, match="cannot freeze 3 layers: the model has 2"):
+        train(replace(run, out_dir=tmp_path / "deep", freeze_layers=3), log=lambda _: None)
+    with pytest.raises(DataError, match="frozen layer count"):
+        replace(run, freeze_layers=-1)

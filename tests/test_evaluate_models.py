@@ -1,0 +1,50 @@
+"""The evaluation script's paired comparison, end to end on a few real dev clips (tiny models)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from asr.model import create_model_dir
+from serving.settings import REPO_ROOT
+
+
+def evaluate(tmp_path: Path, shared_data: Path, model: Path, candidate: Path) -> dict:
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "scripts/evaluate_models.py", "--model", str(model), "--candidate", str(candidate),
+         "--systems", "ours", "--limit", "3", "--sets", "fsdd,an4", "--threads", "1",
+         "--shared-data", str(shared_data), "--corpus", str(tmp_path / "no-corpus"), "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Paired: ours" in done.stdout
+    return json.loads(out.read_text())
+
+
+def test_a_checkpoint_against_itself_differs_on_no_clip(
+    tiny_model_dir: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    paired = evaluate(tmp_path, shared_data, tiny_model_dir, tiny_model_dir)["paired"]
+    assert set(paired) == {"fsdd", "an4"}
+    for row in paired.values():
+        assert row["clips"] == 3
+        assert row["ours_wer"] == row["candidate_wer"]
+        assert (row["candidate_worse"], row["candidate_better"], row["p_worse"], row["p_better"]) == (
+            0,
+            0,
+            1,
+            1,
+        )
+
+
+def test_another_checkpoint_is_scored_clip_by_clip(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path
+) -> None:
+    other = create_model_dir(tmp_path / "other", shape="tiny", seed=1)
+    results = evaluate(tmp_path, shared_data, tiny_model_dir, other)
+    for name, row in results["paired"].items():
+        # The paired WERs are the systems' own, recomputed from the clips' word errors.
+        assert row["ours_wer"] == results["ours"][name]["overall"]["wer"]
+        assert row["candidate_wer"] == results["candidate"][name]["overall"]["wer"]
+        assert row["candidate_worse"] + row["candidate_better"] <= row["clips"]
