@@ -216,7 +216,7 @@ def paired(ours: list[Outcome], candidate: list[Outcome]) -> dict[str, Any]:
         if a.error is None and b.error is None:
             errors_a, words = word_errors(a.entry.text, a.hypothesis)
             pairs.append((errors_a, word_errors(b.entry.text, b.hypothesis)[0], words))
-    words = sum(w for *_, w in pairs) or None
+    words = sum(w for *_, w in pairs)
     return {
         "clips": len(pairs),
         "ours_wer": sum(a for a, _, _ in pairs) / words if words else None,

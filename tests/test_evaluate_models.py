@@ -4,12 +4,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from asr.model import create_model_dir
 from serving.settings import REPO_ROOT
 
 
-def evaluate(tmp_path: Path, shared_data: Path, model: Path, candidate: Path) -> dict:
+def evaluate(tmp_path: Path, shared_data: Path, model: Path, candidate: Path) -> dict[str, Any]:
     out = tmp_path / "results.json"
     done = subprocess.run(
         [sys.executable, "scripts/evaluate_models.py", "--model", str(model), "--candidate", str(candidate),
@@ -19,7 +20,8 @@ def evaluate(tmp_path: Path, shared_data: Path, model: Path, candidate: Path) ->
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Paired: ours" in done.stdout
-    return json.loads(out.read_text())
+    results: dict[str, Any] = json.loads(out.read_text())
+    return results
 
 
 def test_a_checkpoint_against_itself_differs_on_no_clip(
