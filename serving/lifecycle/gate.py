@@ -140,9 +140,16 @@ def _no_worse(
     rule = f"at most {limits.golden_margin:+.3f}"
     if b["wer"] <= a["wer"] + limits.golden_margin:
         return Check(name, a["wer"], b["wer"], rule, True, judged)
-    if paired is None or 0.5 ** sum(_signs(paired)) >= limits.significance:
-        # No clips (older reports), or too few differ for any outcome to be significant: a
-        # test that cannot fail must not excuse a regression, so the margin alone rules.
+    if paired is None:  # an older report, without its clips: the margin alone rules
+        return Check(name, a["wer"], b["wer"], rule, False, judged)
+    worse, better = _signs(paired)
+    if 0.5 ** (worse + better) >= limits.significance:
+        # Too few clips differ for any outcome to be significant: a test that cannot fail must
+        # not excuse a regression, so the margin alone rules. Say how coarse the set is, since
+        # on a small one a single word can be worth more than the whole margin.
+        words = sum(w for *_, w in paired)
+        rule += f"; {worse} clips worse and {better} better, too few for a sign test"
+        rule += f"; one word of {words} is {100 / words:.1f} points" if words else ""
         return Check(name, a["wer"], b["wer"], rule, False, judged)
     p = sign_test_p(paired)
     rule += f", or not significantly worse (sign test p {p:.3f}, fails below {limits.significance})"

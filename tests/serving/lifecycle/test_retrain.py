@@ -216,7 +216,10 @@ def test_a_regression_past_the_margin_fails_only_when_it_is_significant() -> Non
     # so the test has no say and the margin alone rejects.
     few = [(0, 1, 1)] * 3 + [(0, 0, 1)] * 67 + [(1, 1, 1)] * 30
     decision = judge([new, replace(noisy, paired={"overall": few})], sizes, limits, ["g@1"])
-    assert decision.reasons == ["g@1 WER: challenger 0.33 vs champion 0.3 (at most +0.020)"]
+    assert decision.reasons == [
+        "g@1 WER: challenger 0.33 vs champion 0.3 (at most +0.020; 3 clips worse and 0 better, too few "
+        "for a sign test; one word of 100 is 1.0 points)"
+    ]
     # A slice is judged on its own clips.
     by_slice = replace(
         scores("g@1", (0.30, 0.31), {"x": (0.30, 0.41, 100)}), paired={"overall": noise, "speaker=x": worse}
