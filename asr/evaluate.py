@@ -214,5 +214,14 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return w.substitutions + w.deletions + w.insertions, len(ref.split())
 
 
+def paired_errors(a: Outcome, b: Outcome) -> tuple[int, int, int] | None:
+    """One entry through two systems: each one's word errors and the reference words, the unit of
+    a paired comparison; None when either failed (`summarize` leaves failures out too)."""
+    if a.error is not None or b.error is not None:
+        return None
+    errors_a, words = word_errors(a.entry.text, a.hypothesis)
+    return errors_a, word_errors(b.entry.text, b.hypothesis)[0], words
+
+
 def _score_outcomes(outcomes: Sequence[Outcome]) -> Scores:
     return score([o.entry.text for o in outcomes], [o.hypothesis for o in outcomes])

@@ -545,13 +545,12 @@ def freeze_lower_layers(model: Any, layers: int) -> None:
     encoder = model.wav2vec2.encoder
     if layers > len(encoder.layers):
         raise DataError(f"cannot freeze {layers} layers: the model has {len(encoder.layers)}")
-    kept = {id(p) for layer in encoder.layers[layers:] for p in layer.parameters()}
-    kept |= {id(p) for p in model.lm_head.parameters()}
-    if model.config.do_stable_layer_norm:
-        kept |= {id(p) for p in encoder.layer_norm.parameters()}
-    for parameter in model.wav2vec2.parameters():
-        if id(parameter) not in kept:
-            parameter.requires_grad = False
+    model.wav2vec2.requires_grad_(False)  # the CTC head sits outside it
+    for module in (
+        *encoder.layers[layers:],
+        *([encoder.layer_norm] if model.config.do_stable_layer_norm else []),
+    ):
+        module.requires_grad_(True)
 
 
 def _set_spec_augment(model: Any, mask_time_prob: float) -> None:

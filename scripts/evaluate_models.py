@@ -48,13 +48,13 @@ from asr.evaluate import (
     Outcome,
     PlainTranscript,
     Transcribed,
+    paired_errors,
     read_manifest,
     run_entry,
     summarize,
-    word_errors,
 )
 from asr.pipeline import build_pipeline
-from serving.lifecycle.gate import sign_test_p
+from serving.lifecycle.gate import sign_test_p, signs
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, REPO_ROOT
 
@@ -211,18 +211,15 @@ def main() -> None:
 
 def paired(ours: list[Outcome], candidate: list[Outcome]) -> dict[str, Any]:
     """Clip by clip on the same entries: word errors of each, and the gate's sign test both ways."""
-    pairs = []
-    for a, b in zip(ours, candidate, strict=True):
-        if a.error is None and b.error is None:
-            errors_a, words = word_errors(a.entry.text, a.hypothesis)
-            pairs.append((errors_a, word_errors(b.entry.text, b.hypothesis)[0], words))
+    pairs = [clip for a, b in zip(ours, candidate, strict=True) if (clip := paired_errors(a, b)) is not None]
     words = sum(w for *_, w in pairs)
+    worse, better = signs(pairs)
     return {
         "clips": len(pairs),
         "ours_wer": sum(a for a, _, _ in pairs) / words if words else None,
         "candidate_wer": sum(b for _, b, _ in pairs) / words if words else None,
-        "candidate_worse": sum(1 for a, b, _ in pairs if b > a),
-        "candidate_better": sum(1 for a, b, _ in pairs if b < a),
+        "candidate_worse": worse,
+        "candidate_better": better,
         "p_worse": sign_test_p(pairs),
         "p_better": sign_test_p([(b, a, w) for a, b, w in pairs]),
     }

@@ -82,11 +82,11 @@ def sign_test_p(paired: Sequence[tuple[int, int, int]]) -> float:
     make a different number of word errors, the exact one-sided binomial p of the challenger
     being the worse one on at least this many, were each clip a coin toss. Exact, and cautious
     when few clips differ; it counts clips, not how many words each one lost."""
-    worse, better = _signs(paired)
+    worse, better = signs(paired)
     return binomial_tail(worse, worse + better, 0.5) if worse else 1.0
 
 
-def _signs(paired: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
+def signs(paired: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
     """Clips on which the challenger makes more word errors, and clips on which it makes fewer."""
     return sum(1 for a, b, _ in paired if b > a), sum(1 for a, b, _ in paired if b < a)
 
@@ -142,7 +142,7 @@ def _no_worse(
         return Check(name, a["wer"], b["wer"], rule, True, judged)
     if paired is None:  # an older report, without its clips: the margin alone rules
         return Check(name, a["wer"], b["wer"], rule, False, judged)
-    worse, better = _signs(paired)
+    worse, better = signs(paired)
     if 0.5 ** (worse + better) >= limits.significance:
         # Too few clips differ for any outcome to be significant: a test that cannot fail must
         # not excuse a regression, so the margin alone rules. Say how coarse the set is, since

@@ -28,7 +28,7 @@ from typing import Any
 
 from asr.corpus.datasets import GoldenSet, dataset_digest
 from asr.errors import DataError
-from asr.evaluate import ManifestEntry, Outcome, read_manifest, run_entry, summarize, word_errors
+from asr.evaluate import ManifestEntry, Outcome, paired_errors, read_manifest, run_entry, summarize
 from asr.pipeline import Pipeline, build_pipeline
 from asr.train import CHECKPOINT, DataSource, TrainConfig, export_model, train
 from serving.lifecycle.gate import NEW_DATA, GateDecision, GateLimits, PairScores, judge
@@ -147,13 +147,12 @@ def evaluate_pair(
     present = [f for f in slices if any(f in e.fields for e in entries)]
     paired: dict[str, list[tuple[int, int, int]]] = {"overall": []}
     for a, b in zip(*outcomes, strict=True):
-        if a.error is not None or b.error is not None:  # summarize leaves failures out too
+        clip = paired_errors(a, b)
+        if clip is None:
             continue
-        errors_a, words = word_errors(a.entry.text, a.hypothesis)
-        errors_b, _ = word_errors(b.entry.text, b.hypothesis)
         keys = ["overall"] + [f"{f}={a.entry.fields.get(f, '(none)')}" for f in present]
         for key in keys:
-            paired.setdefault(key, []).append((errors_a, errors_b, words))
+            paired.setdefault(key, []).append(clip)
     champion_scores, challenger_scores = (summarize(o, by=present).to_dict() for o in outcomes)
     return PairScores(name, champion_scores, challenger_scores, paired)
 
