@@ -161,6 +161,9 @@ def main() -> None:
     parser.add_argument("--sets", help="comma-separated subset of the sets (default: all)")
     parser.add_argument("--json", type=Path, help="write all results here")
     args = parser.parse_args()
+    for name, folder in (("--model", args.model), ("--candidate", args.candidate)):
+        if folder is not None and not (folder / "config.json").is_file():
+            parser.error(f"{name} {folder} is not a model folder (no config.json)")
 
     import torch
 

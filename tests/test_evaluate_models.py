@@ -50,3 +50,14 @@ def test_another_checkpoint_is_scored_clip_by_clip(
         assert row["ours_wer"] == results["ours"][name]["overall"]["wer"]
         assert row["candidate_wer"] == results["candidate"][name]["overall"]["wer"]
         assert row["candidate_worse"] + row["candidate_better"] <= row["clips"]
+
+
+def test_a_candidate_that_is_not_a_model_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/evaluate_models.py", "--model", str(tiny_model_dir),
+         "--candidate", str(tmp_path / "missing"), "--systems", "ours"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"--candidate {tmp_path / 'missing'} is not a model folder (no config.json)" in done.stderr
+    assert "Traceback" not in done.stderr
