@@ -66,6 +66,7 @@ TRI_STAGE_SHARES = (0.1, 0.4, 0.5)
 CHECKPOINT = "checkpoint"
 BEST = "best"
 METRICS = "metrics.jsonl"
+SNAPSHOTS = "steps"
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,10 @@ class TrainConfig:
     amp: bool = True
     """bf16 autocast on CUDA. Off trains in fp32 (TF32 matrix products): the small models here
     leave a GPU mostly idle, so the precision costs little there."""
+    keep_every: int = 0
+    """Also keep the model (fp16) at every multiple of this many steps, under `steps/step-N`: the
+    snapshots that `average_models` averages at the end of a run (0: keep only `checkpoint` and
+    `best`)."""
     nproc: int = 1
     """Data-parallel processes (started by torchrun; `voice-search train --nproc`). The global
     batch stays `batch_size`: each process takes `batch_size / nproc` of its clips."""
@@ -171,6 +176,8 @@ class TrainConfig:
             raise DataError("the distillation weight must be >= 0 and its layer >= 1")
         if self.freeze_layers < 0:
             raise DataError("the frozen layer count must be >= 0")
+        if self.keep_every < 0:
+            raise DataError("the snapshot interval must be >= 0")
         split_batch(self.batch_size, self.nproc)
 
 
@@ -502,6 +509,10 @@ def _train(
                     log(json.dumps(record))
                     if on_record is not None:
                         on_record(record)
+                    if config.keep_every and state.step % config.keep_every == 0:
+                        save_model(
+                            model, source_dir, config.out_dir / SNAPSHOTS / f"step-{state.step}", half=True
+                        )
                     _save_checkpoint(
                         model,
                         source_dir,
@@ -892,6 +903,43 @@ def _save_checkpoint(
         final.replace(old)
     tmp.replace(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def average_models(sources: Sequence[Path], out: Path) -> Path:
+    """Write the mean of the weights of `sources` (checkpoints of one run) as an fp32 folder.
+
+    Checkpoint averaging, a default at the end of a run in speech toolkits (ESPnet, NeMo): late
+    snapshots wander around one basin, and their mean sits nearer its middle than any of them.
+    """
+    from safetensors.torch import load_file, save_file
+
+    if len(sources) < 2:
+        raise DataError("averaging needs at least two model folders")
+    missing = [str(s) for s in sources if not (s / "model.safetensors").is_file()]
+    if missing:
+        raise DataError(f"no model.safetensors in {', '.join(missing)}")
+    if out.exists() and not (out / "model.safetensors").is_file():
+        raise DataError(f"{out} exists and is not a model folder; pick a new --out")
+    total = {k: v.float() for k, v in load_file(sources[0] / "model.safetensors").items()}
+    for source in sources[1:]:
+        weights = load_file(source / "model.safetensors")
+        if weights.keys() != total.keys() or any(weights[k].shape != total[k].shape for k in total):
+            raise DataError(
+                f"{source} is not the same model shape as {sources[0]}; average one run's snapshots"
+            )
+        for name, tensor in weights.items():
+            total[name] += tensor.float()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(
+        sources[0], tmp, ignore=shutil.ignore_patterns("model.safetensors", "state.pt", "README.md")
+    )
+    save_file(
+        {k: v / len(sources) for k, v in total.items()}, tmp / "model.safetensors", metadata={"format": "pt"}
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
 
 
 def export_model(source: Path, out: Path, card: str | None = None) -> Path:

@@ -325,6 +325,10 @@ def _parser() -> argparse.ArgumentParser:
         "--export", type=Path, metavar="DIR", help="at the end, export the best model as fp16 to DIR"
     )
     trainer.add_argument(
+        "--keep-every", type=int, default=0, metavar="N",
+        help="also keep the model every N steps under OUT/steps/ (for `voice-search average`)",
+    )  # fmt: skip
+    trainer.add_argument(
         "--nproc",
         type=_positive_int,
         default=1,
@@ -338,6 +342,15 @@ def _parser() -> argparse.ArgumentParser:
     add_monitor_commands(commands)
     add_model_commands(commands)
     add_label_commands(commands)
+
+    average = commands.add_parser(
+        "average", help="average the weights of snapshots of one training run (checkpoint averaging)"
+    )
+    average.add_argument(
+        "models", type=Path, nargs="+", metavar="DIR", help="model folders, e.g. RUN/steps/step-*"
+    )
+    average.add_argument("--out", type=Path, required=True, metavar="DIR", help="the averaged model folder")
+    average.set_defaults(command=_average)
 
     export = commands.add_parser("export", help="export the model for edge CPUs (ONNX Runtime, int8 or fp32)")
     export.add_argument("--edge", action="store_true", required=True, help="an ONNX Runtime CPU build")
@@ -753,6 +766,14 @@ def _corpus_build(args: argparse.Namespace, settings: Settings) -> int:
 DEFAULT_CALIBRATION = DEFAULT_MODEL_DIR.parents[1] / "samples" / "manifest.jsonl"
 
 
+def _average(args: argparse.Namespace, settings: Settings) -> int:
+    from asr.train import average_models
+
+    out = average_models(args.models, args.out)
+    print(f"wrote {out}: the mean of {len(args.models)} models; evaluate it with --model {out}")
+    return EXIT_OK
+
+
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from asr.audio import load_audio
     from asr.edge import export_edge
@@ -865,6 +886,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         distill_weight=args.distill,
         distill_layer=args.distill_layer,
         nproc=args.nproc,
+        keep_every=args.keep_every,
     )
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # torchrun sets it in the processes it starts
         # Bad data is refused here in one line, not from inside N processes (rank 0 checks again).

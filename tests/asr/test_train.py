@@ -227,3 +227,45 @@ def test_frozen_layers_stay_as_they_were_and_the_layers_above_learn(
         train(replace(run, out_dir=tmp_path / "deep", freeze_layers=3), log=lambda _: None)
     with pytest.raises(DataError, match="frozen layer count"):
         replace(run, freeze_layers=-1)
+
+
+def test_snapshots_are_kept_and_average_to_their_mean(tmp_path: Path, tiny_set: Path) -> None:
+    from safetensors.torch import load_file
+
+    from asr.train import average_models
+
+    train(replace(config(tmp_path / "run", tiny_set, steps=30), keep_every=20), log=lambda _: None)
+    snapshots = sorted((tmp_path / "run" / "steps").iterdir())
+    assert [s.name for s in snapshots] == ["step-20"]  # 10 and 30 are evaluated, not multiples of 20
+    train(replace(config(tmp_path / "run", tiny_set, steps=40), keep_every=20), log=lambda _: None)
+    first, second = sorted((tmp_path / "run" / "steps").iterdir())
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert {t.dtype for t in a.values()} == {torch.float16}
+    moved = [k for k in a if not torch.equal(a[k], b[k])]
+    assert moved  # forty steps of training changed the weights between the snapshots
+
+    out = average_models([first, second], tmp_path / "avg")
+    mean = load_file(out / "model.safetensors")
+    for name in moved:
+        assert torch.allclose(mean[name], (a[name].float() + b[name].float()) / 2)
+    (emissions,) = Recognizer.from_pretrained(out, "cpu").log_probs([np.zeros(16000, dtype=np.float32)])
+    assert emissions.log_probs.shape[0] > 0 and np.isfinite(emissions.log_probs).all()
+
+
+def test_averaging_refuses_what_it_cannot_average(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from asr.model import create_model_dir
+    from asr.train import average_models
+
+    other_shape = create_model_dir(tmp_path / "small", shape="small", seed=0)
+    with pytest.raises(DataError, match="at least two"):
+        average_models([tiny_model_dir], tmp_path / "avg")
+    with pytest.raises(DataError, match="not the same model shape"):
+        average_models([tiny_model_dir, other_shape], tmp_path / "avg")
+    with pytest.raises(DataError, match=r"no model\.safetensors"):
+        average_models([tiny_model_dir, tmp_path / "small" / "nothing"], tmp_path / "avg")
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a model folder"):
+        average_models([tiny_model_dir, tiny_model_dir], keep)
+    assert (keep / "notes.txt").read_text() == "mine"

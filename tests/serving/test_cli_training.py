@@ -98,3 +98,16 @@ def test_train_domain_adapts_and_reports_before_after(
     assert result["test_clips"] > 0
     assert result["before"]["wer"] is not None and result["after"]["wer"] is not None
     assert (Path(result["model"]) / "model.safetensors").is_file()
+
+
+def test_average_writes_a_model_and_refuses_bad_folders(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    code, out, err = run(
+        capsys, "average", str(tiny_model_dir), str(tiny_model_dir), "--out", str(tmp_path / "a")
+    )
+    assert code == 0, err
+    assert "the mean of 2 models" in out and (tmp_path / "a" / "model.safetensors").is_file()
+    code, out, err = run(capsys, "average", str(tiny_model_dir), str(tmp_path), "--out", str(tmp_path / "b"))
+    assert code == 2 and "no model.safetensors in" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
