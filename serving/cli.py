@@ -225,6 +225,24 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(command=_data_check)
     add_golden_commands(data)
+
+    lm = commands.add_parser("lm", help="word n-gram language models for beam search").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    lm_build = lm.add_parser("build", help="estimate an ARPA n-gram LM and its lexicon from text")
+    lm_build.add_argument(
+        "text", type=Path, nargs="+", metavar="FILE",
+        help="sentences: JSONL manifests (text), TSV with a text column, or one sentence per line",
+    )  # fmt: skip
+    lm_build.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="writes lm.arpa and lexicon.txt"
+    )
+    lm_build.add_argument("--order", type=int, default=3)
+    lm_build.add_argument(
+        "--exclude", type=Path, action="append", default=[], metavar="FILE",
+        help="held-out sentences (e.g. corpus/test.jsonl) kept out of the model (repeatable)",
+    )  # fmt: skip
+    lm_build.set_defaults(command=_lm_build)
     add_retrain_command(commands)
     add_simulate_command(commands)
 
@@ -420,6 +438,17 @@ def _add_recognition_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--lm", type=Path, metavar="FILE", help="KenLM n-gram model, ARPA or binary; needs --lexicon"
     )
+    group.add_argument(
+        "--lm-weight",
+        type=float,
+        default=BeamOptions.lm_weight,
+        metavar="W",
+        help="weight of --lm's log-probability",
+    )
+    group.add_argument(
+        "--word-score", type=float, default=BeamOptions.word_score, metavar="S",
+        help="bonus per emitted word (beam search with a lexicon); offsets the LM's cost of each word",
+    )  # fmt: skip
     group.add_argument("--max-clip-s", type=float, metavar="S", help="refuse clips longer than S seconds")
     group.add_argument("--batch-size", type=_positive_int, metavar="N", help="speech segments per model call")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -471,6 +500,8 @@ def _beam_options(args: argparse.Namespace) -> BeamOptions | None:
         beam_size=args.beam_size or BeamOptions.beam_size,
         lexicon=read_word_list(args.lexicon) if args.lexicon else None,
         lm_path=args.lm,
+        lm_weight=args.lm_weight,
+        word_score=args.word_score,
         hotwords=read_word_list(args.hotwords) if args.hotwords else (),
     )
 
@@ -764,6 +795,17 @@ def _corpus_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 DEFAULT_CALIBRATION = DEFAULT_MODEL_DIR.parents[1] / "samples" / "manifest.jsonl"
+
+
+def _lm_build(args: argparse.Namespace, settings: Settings) -> int:
+    from asr.lm import build_lm, corpus_sentences
+
+    files = build_lm(
+        corpus_sentences(args.text), args.out, order=args.order, exclude=corpus_sentences(args.exclude)
+    )
+    print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(files).items()}))
+    print(f"use it with: transcribe --lexicon {files.lexicon} --lm {files.arpa}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _average(args: argparse.Namespace, settings: Settings) -> int:

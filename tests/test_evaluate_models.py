@@ -61,3 +61,23 @@ def test_a_candidate_that_is_not_a_model_is_a_clear_error(tmp_path: Path, tiny_m
     assert done.returncode == 2
     assert f"--candidate {tmp_path / 'missing'} is not a model folder (no config.json)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_tuning_complement_never_touches_the_reported_clips(shared_data: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from evaluate_models import load_sets
+
+    reported = load_sets(tmp_path, shared_data, limit=50)
+    tuning = load_sets(tmp_path, shared_data, limit=50, complement=True)
+    for name in ("commands", "fsdd", "ocean"):
+        assert len(tuning[name]) == 50
+        assert not {e.audio for e in reported[name]} & {e.audio for e in tuning[name]}, name
+
+
+def test_ours_lm_needs_an_lm_folder(tiny_model_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/evaluate_models.py", "--model", str(tiny_model_dir),
+         "--systems", "ours-lm"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "ours-lm needs --lm DIR" in done.stderr

@@ -111,3 +111,29 @@ def test_average_writes_a_model_and_refuses_bad_folders(
     code, out, err = run(capsys, "average", str(tiny_model_dir), str(tmp_path), "--out", str(tmp_path / "b"))
     assert code == 2 and "no model.safetensors in" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
+
+
+def test_lm_build_then_transcribe_with_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    text = tmp_path / "more.txt"
+    text.write_text("seven eight nine\nsay yes or no\n")
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("say yes or no\n")
+    argv = ["lm", "build", str(SAMPLES_DIR / "manifest.jsonl"), str(text), "--exclude", str(held_out)]
+    code, out, err = run(capsys, *argv, "--out", str(tmp_path / "lm"))
+    assert code == 0, err
+    built = json.loads(out)
+    assert built["sentences"] == 5 and (tmp_path / "lm" / "lm.arpa").is_file()
+    lexicon = set((tmp_path / "lm" / "lexicon.txt").read_text().split())
+    assert {"seven", "yes", "danger"} <= lexicon and "say" not in lexicon
+
+    decode = ["--lexicon", str(tmp_path / "lm" / "lexicon.txt"), "--lm", str(tmp_path / "lm" / "lm.arpa")]
+    code, out, err = run(
+        capsys, "transcribe", str(SAMPLES_DIR), *decode, "--word-score", "2", "--format", "jsonl"
+    )
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 4
+    assert all(set(r["text"].split()) <= lexicon for r in rows)  # only the LM's words come out
+
+    code, _, err = run(capsys, "lm", "build", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "lm2"))
+    assert code == 2 and "cannot read sentences" in err and not (tmp_path / "lm2").exists()
