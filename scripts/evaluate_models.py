@@ -56,13 +56,13 @@ from asr.evaluate import (
     run_entry,
     summarize,
 )
+from asr.lm import LM_WEIGHT, WORD_SCORE
 from asr.pipeline import build_pipeline
 from serving.lifecycle.gate import sign_test_p, signs
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, REPO_ROOT
 
 Transcriber = Callable[[Path], Transcribed]
-LM_WEIGHT, WORD_SCORE = 1.0, 2.0
 REAL_EVALUATION_SETS = {
     "commands": "speech_commands_dev",
     "ocean": "speechocean762_train",

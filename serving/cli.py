@@ -34,6 +34,7 @@ from asr.errors import (
     ModelLoadError,
 )
 from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, select_entries, summarize
+from asr.lm import LM_WEIGHT, WORD_SCORE
 from asr.model import Device
 from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_frontend, build_pipeline
 from monitoring.events import EventStoreError
@@ -439,15 +440,11 @@ def _add_recognition_options(parser: argparse.ArgumentParser) -> None:
         "--lm", type=Path, metavar="FILE", help="KenLM n-gram model, ARPA or binary; needs --lexicon"
     )
     group.add_argument(
-        "--lm-weight",
-        type=float,
-        default=BeamOptions.lm_weight,
-        metavar="W",
-        help="weight of --lm's log-probability",
+        "--lm-weight", type=float, metavar="W", help="weight of --lm's log-probability (default 1.0)"
     )
     group.add_argument(
-        "--word-score", type=float, default=BeamOptions.word_score, metavar="S",
-        help="bonus per emitted word (beam search with a lexicon); offsets the LM's cost of each word",
+        "--word-score", type=float, metavar="S",
+        help="bonus per emitted word, offsetting the LM's cost of each (default: 3.0 with --lm, else 0)",
     )  # fmt: skip
     group.add_argument("--max-clip-s", type=float, metavar="S", help="refuse clips longer than S seconds")
     group.add_argument("--batch-size", type=_positive_int, metavar="N", help="speech segments per model call")
@@ -500,8 +497,8 @@ def _beam_options(args: argparse.Namespace) -> BeamOptions | None:
         beam_size=args.beam_size or BeamOptions.beam_size,
         lexicon=read_word_list(args.lexicon) if args.lexicon else None,
         lm_path=args.lm,
-        lm_weight=args.lm_weight,
-        word_score=args.word_score,
+        lm_weight=LM_WEIGHT if args.lm_weight is None else args.lm_weight,
+        word_score=args.word_score if args.word_score is not None else WORD_SCORE if args.lm else 0.0,
         hotwords=read_word_list(args.hotwords) if args.hotwords else (),
     )
 
