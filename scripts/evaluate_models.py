@@ -25,9 +25,10 @@ evaluates on dev clips the reported sample leaves out).
 All systems get the same decoded 16 kHz audio. Prints Markdown tables and writes --json.
 
 `--candidate DIR` adds a system "candidate" (another checkpoint, greedy) and, beside "ours", a
-paired comparison per set: the clips each model gets more words wrong on, and the sign test of
-the retrain gate both ways. That is how a checkpoint earns bundling: significantly better
-somewhere on speakers neither model heard, and significantly worse nowhere.
+paired comparison per set (`--lm` adds the same for ours-lm): the clips each model gets more
+words wrong on, and the sign test of the retrain gate both ways. That is how a checkpoint earns
+bundling: significantly better somewhere on speakers neither model heard, and significantly
+worse nowhere.
 """
 
 import argparse
@@ -250,7 +251,10 @@ def main() -> None:
         print(worst_slices(set_name, report))
     if "ours" in systems and args.candidate:
         results["paired"] = {name: paired(kept["ours", name], kept["candidate", name]) for name in sets}
-        print(paired_markdown(results["paired"], args.model, args.candidate))
+        print(paired_markdown(results["paired"], f"candidate ({args.candidate})", args.model))
+    if "ours" in systems and args.lm:  # the same model decoded two ways: what the LM alone changes
+        results["paired_lm"] = {name: paired(kept["ours", name], kept["ours-lm", name]) for name in sets}
+        print(paired_markdown(results["paired_lm"], f"ours-lm ({args.lm})", args.model))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
@@ -271,9 +275,10 @@ def paired(ours: list[Outcome], candidate: list[Outcome]) -> dict[str, Any]:
     }
 
 
-def paired_markdown(rows: dict[str, dict[str, Any]], model: Path, candidate: Path) -> str:
+def paired_markdown(rows: dict[str, dict[str, Any]], candidate: str, model: Path) -> str:
+    """The paired table; "candidate" in its columns is the system named by `candidate`."""
     lines = [
-        f"\nPaired: ours ({model}) vs candidate ({candidate}), clip by clip",
+        f"\nPaired: ours ({model}) vs {candidate}, clip by clip",
         "| set | clips | ours WER | candidate WER | clips candidate worse | clips candidate better "
         "| p (candidate worse) | p (candidate better) |",
         "|---|---|---|---|---|---|---|---|",

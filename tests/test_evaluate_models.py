@@ -81,3 +81,23 @@ def test_ours_lm_needs_an_lm_folder(tiny_model_dir: Path) -> None:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2 and "ours-lm needs --lm DIR" in done.stderr
+
+
+def test_ours_lm_is_scored_beside_ours_clip_by_clip(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path
+) -> None:
+    from asr.lm import build_lm
+
+    build_lm(["one two three", "seven eight nine", "zero"], tmp_path / "lm")
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "scripts/evaluate_models.py", "--model", str(tiny_model_dir), "--systems", "ours",
+         "--lm", str(tmp_path / "lm"), "--limit", "3", "--sets", "fsdd", "--threads", "1",
+         "--shared-data", str(shared_data), "--corpus", str(tmp_path / "no-corpus"), "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["ours-lm"]["fsdd"]["overall"]["utterances"] == 3
+    assert results["paired_lm"]["fsdd"]["candidate_wer"] == results["ours-lm"]["fsdd"]["overall"]["wer"]
+    assert "vs ours-lm" in done.stdout
