@@ -46,21 +46,10 @@ def build_lm(
     """Write `lm.arpa` and `lexicon.txt` (its words, one per line) for the normalized sentences.
 
     `exclude`: sentences that must not reach the model (the texts of held-out test sets)."""
-    held_out = {normalize_text(s) for s in exclude}
     if not 2 <= order <= 5 or not 0 < discount < 1:  # KenLM reads no unigram-only model
         raise DataError("the LM order must be 2-5 and the discount between 0 and 1")
-    counts: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(order)]
-    used = 0
-    for sentence in sentences:
-        text = normalize_text(sentence)
-        words = text.split()
-        if not words or text in held_out:
-            continue
-        used += 1
-        padded = [BOS, *words, EOS]
-        for n in range(1, order + 1):
-            for i in range(1 if n == 1 else 0, len(padded) - n + 1):  # <s> is a context, not a word
-                counts[n - 1][tuple(padded[i : i + n])] += 1
+    held_out = {normalize_text(s) for s in exclude}
+    counts, used = count_ngrams((s for s in sentences if normalize_text(s) not in held_out), order)
     if not used:
         raise DataError("no words to build a language model from")
     probs, backoffs = _estimate(counts, discount)
@@ -71,6 +60,22 @@ def build_lm(
     lexicon = out_dir / "lexicon.txt"
     lexicon.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
     return LMFiles(arpa, lexicon, len(vocabulary), used, tuple(len(p) for p in probs))
+
+
+def count_ngrams(sentences: Iterable[str], order: int) -> tuple[list[Counter[tuple[str, ...]]], int]:
+    """Counts of every n-gram up to `order` of the normalized sentences, and how many had words."""
+    counts: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(order)]
+    used = 0
+    for sentence in sentences:
+        words = normalize_text(sentence).split()
+        if not words:
+            continue
+        used += 1
+        padded = [BOS, *words, EOS]
+        for n in range(1, order + 1):
+            for i in range(1 if n == 1 else 0, len(padded) - n + 1):  # <s> is a context, not a word
+                counts[n - 1][tuple(padded[i : i + n])] += 1
+    return counts, used
 
 
 def _estimate(

@@ -7,7 +7,7 @@ import pytest
 
 from asr.decoding import BeamDecoder, BeamOptions, read_word_list
 from asr.errors import DataError
-from asr.lm import BOS, EOS, UNK, _estimate, backoff_prob, build_lm, corpus_sentences
+from asr.lm import BOS, EOS, UNK, _estimate, backoff_prob, build_lm, corpus_sentences, count_ngrams
 from tests.asr.test_decoding import VOCAB, ambiguous_parys
 
 SENTENCES = [
@@ -20,14 +20,8 @@ SENTENCES = [
 
 
 def test_every_context_is_a_distribution() -> None:
-    from collections import Counter
-
-    counts: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(3)]
-    for sentence in SENTENCES:
-        padded = [BOS, *sentence.split(), EOS]
-        for n in range(1, 4):
-            for i in range(1 if n == 1 else 0, len(padded) - n + 1):
-                counts[n - 1][tuple(padded[i : i + n])] += 1
+    counts, used = count_ngrams(SENTENCES, order=3)
+    assert used == len(SENTENCES) and counts[2][("to", "paris", EOS)] == 3
     probs, backoffs = _estimate(counts, discount=0.7)
     outcomes = [w for (w,) in probs[0] if w != BOS]
     assert UNK in outcomes and EOS in outcomes
