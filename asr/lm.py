@@ -49,7 +49,7 @@ def build_lm(
     if not 2 <= order <= 5 or not 0 < discount < 1:  # KenLM reads no unigram-only model
         raise DataError("the LM order must be 2-5 and the discount between 0 and 1")
     held_out = {normalize_text(s) for s in exclude}
-    counts, used = count_ngrams((s for s in sentences if normalize_text(s) not in held_out), order)
+    counts, used = count_ngrams((t for t in map(normalize_text, sentences) if t not in held_out), order)
     if not used:
         raise DataError("no words to build a language model from")
     probs, backoffs = _estimate(counts, discount)
@@ -62,12 +62,12 @@ def build_lm(
     return LMFiles(arpa, lexicon, len(vocabulary), used, tuple(len(p) for p in probs))
 
 
-def count_ngrams(sentences: Iterable[str], order: int) -> tuple[list[Counter[tuple[str, ...]]], int]:
-    """Counts of every n-gram up to `order` of the normalized sentences, and how many had words."""
+def count_ngrams(texts: Iterable[str], order: int) -> tuple[list[Counter[tuple[str, ...]]], int]:
+    """Counts of every n-gram up to `order` of already normalized texts, and how many had words."""
     counts: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(order)]
     used = 0
-    for sentence in sentences:
-        words = normalize_text(sentence).split()
+    for text in texts:
+        words = text.split()
         if not words:
             continue
         used += 1

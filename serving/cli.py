@@ -498,9 +498,14 @@ def _beam_options(args: argparse.Namespace) -> BeamOptions | None:
         lexicon=read_word_list(args.lexicon) if args.lexicon else None,
         lm_path=args.lm,
         lm_weight=LM_WEIGHT if args.lm_weight is None else args.lm_weight,
-        word_score=args.word_score if args.word_score is not None else WORD_SCORE if args.lm else 0.0,
+        word_score=args.word_score if args.word_score is not None else _default_word_score(args.lm),
         hotwords=read_word_list(args.hotwords) if args.hotwords else (),
     )
+
+
+def _default_word_score(lm: Path | None) -> float:
+    """With an LM every word costs its log-probability, so a bonus keeps words coming (asr.lm)."""
+    return WORD_SCORE if lm else BeamOptions.word_score
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
@@ -800,7 +805,7 @@ def _lm_build(args: argparse.Namespace, settings: Settings) -> int:
     files = build_lm(
         corpus_sentences(args.text), args.out, order=args.order, exclude=corpus_sentences(args.exclude)
     )
-    print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(files).items()}))
+    print(json.dumps(asdict(files), default=str))
     print(f"use it with: transcribe --lexicon {files.lexicon} --lm {files.arpa}", file=sys.stderr)
     return EXIT_OK
 
