@@ -269,3 +269,8 @@ def test_averaging_refuses_what_it_cannot_average(tmp_path: Path, tiny_model_dir
     with pytest.raises(DataError, match="not a model folder"):
         average_models([tiny_model_dir, tiny_model_dir], keep)
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_a_negative_snapshot_interval_is_refused(tmp_path: Path, tiny_set: Path) -> None:
+    with pytest.raises(DataError, match="snapshot interval"):
+        replace(config(tmp_path / "run", tiny_set, steps=10), keep_every=-1)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,3 +270,21 @@ def test_expand_inputs_keeps_order_dedupes_and_keeps_missing(audio_dir: Path) ->
     missing = audio_dir / "gone.wav"
     found = expand_inputs([str(audio_dir / "speech.flac"), str(audio_dir), str(missing)])
     assert [p.name for p in found] == ["speech.flac", "digit.flac", "gone.wav"]
+
+
+def test_an_lm_brings_its_tuned_word_bonus_unless_one_is_given(tmp_path: Path) -> None:
+    from asr.lm import LM_WEIGHT, WORD_SCORE
+    from serving.cli import _beam_options, _parser
+
+    lm = tmp_path / "lm.arpa"
+    lm.write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0\tyes\n\n\\end\\\n")
+    words = tmp_path / "words.txt"
+    words.write_text("yes\n")
+
+    def options(*extra: str) -> Any:
+        return _beam_options(_parser().parse_args(["transcribe", "x.wav", "--lexicon", str(words), *extra]))
+
+    assert options().word_score == 0.0  # a lexicon alone: no LM cost to offset
+    with_lm = options("--lm", str(lm))
+    assert (with_lm.lm_weight, with_lm.word_score) == (LM_WEIGHT, WORD_SCORE)
+    assert options("--lm", str(lm), "--word-score", "0.5", "--lm-weight", "2").word_score == 0.5
