@@ -12,9 +12,10 @@ the model folder at the same paths. Only the CLI imports this module, and only f
 
 import logging
 import math
+import os
 import pickle
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +24,7 @@ import numpy.typing as npt
 import ray
 import ray.data
 import ray.exceptions
+import ray.util.client
 
 from asr.errors import AudioError
 from asr.pipeline import Pipeline, Transcript
@@ -55,8 +57,12 @@ def is_address(text: str) -> bool:
 class TranscribeBatch:
     """The Ray Data callable class: one pipeline per actor, built once, used for every batch."""
 
-    def __init__(self, build: PipelineFactory) -> None:
+    def __init__(self, build: PipelineFactory, cwd: str) -> None:
         import torch  # in the actor's process only
+
+        # The caller's relative paths, read as the plain CLI reads them and named the same in
+        # errors: Ray starts its workers elsewhere, and an actor's process is its own.
+        os.chdir(cwd)
 
         from serving.runtime import limit_allocator_caching
 
@@ -94,13 +100,21 @@ class RaySession:
             return self
         level = logging.INFO if self.verbose else logging.ERROR
         try:
+            # The workers' own output reaches this terminal only with --verbose: an actor's
+            # failure comes back as the file's error or a RayBatchError either way.
             if self.address is None:
-                ray.init(num_cpus=self.workers, include_dashboard=False, logging_level=level)
+                # "local": a Ray of its own even where `ray start` runs a cluster on this machine.
+                ray.init(address="local", num_cpus=self.workers, include_dashboard=False,
+                         logging_level=level, log_to_driver=self.verbose)  # fmt: skip
             else:
-                ray.init(address=self.address, logging_level=level)
+                ray.init(address=self.address, logging_level=level, log_to_driver=self.verbose)
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
-            where = self.address or "a local Ray"
-            raise RayBatchError(f"cannot start or reach {where}: {e}") from e
+            if self.address is None:
+                raise RayBatchError(f"cannot start a local Ray: {e}") from e
+            raise RayBatchError(
+                f"cannot reach {self.address}: {e} (a cluster with token authentication also needs "
+                "RAY_AUTH_MODE=token here and its token in ~/.ray/auth_token)"
+            ) from e
         self._started = True
         logging.getLogger("ray.data").setLevel(level)
         return self
@@ -114,30 +128,56 @@ class RaySession:
         """Each path with its transcript or error, in input order, as the actors finish them."""
         if not paths:
             return
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False  # the CLI draws its own
-        items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
-        dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / BATCH_FILES))
-        results = dataset.map_batches(
-            TranscribeBatch,
-            fn_constructor_args=(build,),
-            batch_size=BATCH_FILES,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.workers),  # = concurrency=workers
-            num_cpus=1,
-        )
+        names = [str(p) for p in paths]
+        if ray.util.client.ray.is_connected():  # type: ignore[no-untyped-call]
+            # A Ray Client process is not a cluster node, and Ray Data's executor must run on one:
+            # a task on the cluster drives the dataset. Ray Client cannot stream a task's results,
+            # so the rows come back together at the end.
+            task = _drive_on_cluster.remote(names, build, self.workers, str(Path.cwd()))
+            done: list[tuple[int, bytes]] = ray.get(task)
+            rows: Iterable[tuple[int, bytes]] = done
+        else:
+            rows = _ordered_rows(names, build, self.workers, str(Path.cwd()))
         expected = 0
         try:
-            for row in results.iter_rows():
-                index = int(row["index"])
+            for index, blob in rows:
                 if index != expected:  # preserve_order guarantees it; a wrong row would mislabel
                     raise RayBatchError(f"Ray returned file {index} where {expected} was due")
                 expected += 1
-                outcome: Outcome = pickle.loads(row["outcome"])  # bytes of our own actors
+                outcome: Outcome = pickle.loads(blob)  # bytes of our own actors
                 yield paths[index], outcome
         except ray.exceptions.RayError as e:
             raise RayBatchError(f"the Ray batch failed: {_reason(e)}") from e
+
+
+def _ordered_rows(
+    paths: Sequence[str], build: PipelineFactory, workers: int, cwd: str
+) -> Iterator[tuple[int, bytes]]:
+    """`(index, pickled outcome)` per file, in input order; runs where Ray Data can execute: in a
+    process that is part of the cluster (this one, or the task of `_drive_on_cluster`). The actors
+    read relative paths from `cwd`, the caller's working directory."""
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # the CLI draws its own
+    items = [{"index": i, "path": p} for i, p in enumerate(paths)]
+    dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / BATCH_FILES))
+    results = dataset.map_batches(
+        TranscribeBatch,
+        fn_constructor_args=(build, cwd),
+        batch_size=BATCH_FILES,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),  # = concurrency=workers
+        num_cpus=1,
+    )
+    for row in results.iter_rows():
+        yield int(row["index"]), row["outcome"]
+
+
+@ray.remote(num_cpus=0)  # it only waits on the actors, which hold the CPUs
+def _drive_on_cluster(
+    paths: Sequence[str], build: PipelineFactory, workers: int, cwd: str
+) -> list[tuple[int, bytes]]:
+    return list(_ordered_rows(paths, build, workers, cwd))
 
 
 def _reason(error: BaseException) -> str:
