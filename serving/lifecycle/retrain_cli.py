@@ -66,7 +66,12 @@ def add_retrain_command(commands: "argparse._SubParsersAction[argparse.ArgumentP
     parser.add_argument("--out", type=Path, help="run folder (default: var/retrain/<time>)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: RetrainConfig.lr)",
+    )
     parser.add_argument(
         "--new-weight", type=float, default=None, help="weight of the labels against the replay "
         "(default: retrain_new_weight)"
@@ -135,10 +140,12 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     config = RetrainConfig(
         out_dir=out, labels=labels, golden=golden, replay=replay,
         new_weight=settings.retrain_new_weight if args.new_weight is None else args.new_weight,
-        held_out=args.held_out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        held_out=args.held_out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         freeze_layers=settings.retrain_freeze_layers if args.freeze_layers is None else args.freeze_layers,
         limits=limits,
     )  # fmt: skip
+    if args.lr is not None:
+        config = replace(config, lr=args.lr)
     report = retrain(
         config, open_registry(settings), log=lambda line: print(line, file=sys.stderr, flush=True)
     )

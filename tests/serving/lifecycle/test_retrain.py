@@ -89,6 +89,7 @@ def test_the_loop_registers_a_better_challenger(
     new_data = next(s for s in report["scores"] if s["name"] == NEW_DATA)
     assert new_data["challenger"]["overall"]["wer"] < new_data["champion"]["overall"]["wer"]
     assert len(report["datasets"]) == 4  # train split, held-out split, replay, golden set
+    assert json.loads((out / "train" / "config.json").read_text())["lr"] == 3e-3  # --lr over the default
 
     registry = Registry.embedded(setup / "mlflow", "voice-search")
     challenger = registry.get(CHALLENGER)
