@@ -300,6 +300,31 @@ class SQLEventStore(ABC):
         )
 
 
+WAL_SWITCH_TIMEOUT_S = 10.0
+
+
+def connect_wal(path: Path, busy_timeout_s: float = 5.0) -> sqlite3.Connection:
+    """A connection to the SQLite file `path` in WAL mode, in autocommit (explicit transactions),
+    usable from any thread (the caller serializes with its own lock).
+
+    Processes that open a new file at the same moment (replicas starting together, a retrain
+    beside the server) all ask to switch it to WAL. The switch needs the exclusive lock, and a
+    connection that already reads the file and wants that lock gets SQLITE_BUSY at once instead of
+    waiting in the busy handler (SQLite's deadlock avoidance), so the switch is retried here."""
+    db = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
+    deadline = time.monotonic() + WAL_SWITCH_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                db.close()
+                raise
+            time.sleep(0.02)
+        else:
+            return db
+
+
 class SQLiteEventStore(SQLEventStore):
     """An `EventStore` in one SQLite file (WAL). One connection, serialized by a lock."""
 
@@ -308,12 +333,10 @@ class SQLiteEventStore(SQLEventStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         with _store_errors(f"open the event store {self.path}"):
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = connect_wal(self.path)
             # NORMAL is durable against application crashes in WAL mode; only an OS crash can lose
             # the last transactions, and it costs far less per request than FULL.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
             self.migrate()
 
     @property

@@ -5,12 +5,13 @@ traffic, this is the operators' (and the automation's) actions. Rows are only ev
 """
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from monitoring.events import connect_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -39,8 +40,7 @@ class AuditEntry:
 class AuditLog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect_wal(path)
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 

@@ -15,7 +15,6 @@ are closed as expired.
 
 import json
 import shutil
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from asr.text import normalize_text
+from monitoring.events import connect_wal
 
 Automation = Literal["human_only", "shadow", "assist", "partial", "full"]
 AUTOMATION_LEVELS: tuple[Automation, ...] = ("human_only", "shadow", "assist", "partial", "full")
@@ -82,8 +82,7 @@ class ReviewQueue:
     def __init__(self, path: Path, labels_dir: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.labels_dir = labels_dir
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect_wal(path)
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
