@@ -15,7 +15,7 @@ import math
 import os
 import pickle
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -128,16 +128,15 @@ class RaySession:
         """Each path with its transcript or error, in input order, as the actors finish them."""
         if not paths:
             return
-        names = [str(p) for p in paths]
+        args = ([str(p) for p in paths], build, self.workers, str(Path.cwd()))
+        rows: list[tuple[int, bytes]] | Iterator[tuple[int, bytes]]
         if ray.util.client.ray.is_connected():  # type: ignore[no-untyped-call]
             # A Ray Client process is not a cluster node, and Ray Data's executor must run on one:
             # a task on the cluster drives the dataset. Ray Client cannot stream a task's results,
             # so the rows come back together at the end.
-            task = _drive_on_cluster.remote(names, build, self.workers, str(Path.cwd()))
-            done: list[tuple[int, bytes]] = ray.get(task)
-            rows: Iterable[tuple[int, bytes]] = done
+            rows = ray.get(_drive_on_cluster.remote(*args))
         else:
-            rows = _ordered_rows(names, build, self.workers, str(Path.cwd()))
+            rows = _ordered_rows(*args)
         expected = 0
         try:
             for index, blob in rows:

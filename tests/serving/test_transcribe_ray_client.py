@@ -57,8 +57,10 @@ def client_address(tmp_path_factory: pytest.TempPathFactory, token: Path) -> Ite
     temp = tmp_path_factory.mktemp("rayhead")
     client_port = _free_port()
     # Not RAY_AUTH_MODE=token here: with it set, Ray 2.60's client server fails to start the
-    # per-client server it forks; the token file alone turns authentication on.
-    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(token)}
+    # per-client server it forks; the token file alone turns authentication on. gRPC's fork
+    # handlers off: with them, that per-client server died at start in 1 of 3 runs ("epoll_wait
+    # error: Bad file descriptor" after "skipping fork() handlers"); without them 4 of 4 started.
+    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(token), "GRPC_ENABLE_FORK_SUPPORT": "0"}
     env.pop("RAY_AUTH_MODE", None)
     head = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", f"--port={_free_port()}",
