@@ -301,14 +301,21 @@ def write_processor(out: Path, feature_config: Path | None = None, attention_mas
     if feature_config is not None:
         features = Wav2Vec2FeatureExtractor.from_json_file(str(feature_config))
     else:
-        features = Wav2Vec2FeatureExtractor(
-            feature_size=1,
-            sampling_rate=SAMPLE_RATE_HZ,
-            padding_value=0.0,
-            do_normalize=True,
-            return_attention_mask=attention_mask,
-        )
+        features = default_feature_extractor(attention_mask)
     Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
+
+
+def default_feature_extractor(attention_mask: bool = True) -> Any:
+    """Raw 16 kHz samples, each clip normalized to zero mean and unit variance."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=SAMPLE_RATE_HZ,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=attention_mask,
+    )
 
 
 def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0) -> Path:

