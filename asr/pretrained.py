@@ -7,8 +7,8 @@ Two kinds need work before they train on our vocabulary:
 `adapt_checkpoint` writes a CTC folder over our vocabulary: the encoder as it was, a new CTC
 head, and for a CTC checkpoint the head's rows copied wherever its characters match ours
 (case-insensitively; its pad, delimiter and unknown tokens map to ours). LayerDrop is switched
-on; the caller freezes the feature encoder and uses the tri-stage schedule (the fine-tuning
-recipe of the wav2vec 2.0 paper).
+on (unless the checkpoint was trained with less); the caller freezes the feature encoder and
+uses the tri-stage schedule (the fine-tuning recipe of the wav2vec 2.0 paper).
 """
 
 import json
@@ -33,6 +33,7 @@ class AdaptedCheckpoint:
     directory: Path
     mapped_tokens: tuple[str, ...]
     """Our tokens whose CTC head row came from the source checkpoint (empty: a new head)."""
+    layerdrop: float
 
 
 def speaks_our_vocabulary(directory: Path) -> bool:
@@ -65,7 +66,8 @@ def adapt_checkpoint(source: Path, out: Path, seed: int = 0) -> AdaptedCheckpoin
             "pad_token_id": 0,
             "ctc_loss_reduction": "mean",
             "ctc_zero_infinity": True,
-            "layerdrop": FINE_TUNING_LAYERDROP,
+            # A checkpoint trained with less (the Whisper transplant: none) keeps its own.
+            "layerdrop": min(config.layerdrop, FINE_TUNING_LAYERDROP),
             "architectures": ["Wav2Vec2ForCTC"],
         }
     )
@@ -83,7 +85,7 @@ def adapt_checkpoint(source: Path, out: Path, seed: int = 0) -> AdaptedCheckpoin
     features = source / "preprocessor_config.json"
     write_processor(out, features if features.is_file() else None, config.feat_extract_norm == "layer")
     logger.info("adapted %s: new CTC head over %d tokens, %d rows mapped", source, len(tokens), len(mapped))
-    return AdaptedCheckpoint(out, mapped)
+    return AdaptedCheckpoint(out, mapped, config.layerdrop)
 
 
 @dataclass(frozen=True)

