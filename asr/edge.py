@@ -28,7 +28,15 @@ from scipy.special import log_softmax
 
 from asr.audio import SAMPLE_RATE_HZ, Samples
 from asr.errors import ModelError, ModelLoadError
-from asr.model import BLANK_TOKEN, WORD_DELIMITER, Emissions, Vocabulary, model_version
+from asr.model import (
+    BLANK_TOKEN,
+    WORD_DELIMITER,
+    Emissions,
+    Vocabulary,
+    at_least,
+    model_version,
+    receptive_field,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +253,7 @@ class OnnxRecognizer:
         self.vocab: Vocabulary = read_vocabulary(folder)
         self.version = model_version(folder)
         self.frame_s = float(np.prod(self._strides)) / SAMPLE_RATE_HZ
+        self._min_samples = receptive_field(self._kernels, self._strides)
 
     def _frames(self, samples: int) -> int:
         for kernel, stride in zip(self._kernels, self._strides, strict=True):
@@ -254,6 +263,7 @@ class OnnxRecognizer:
     def log_probs(self, clips: Sequence[Samples]) -> list[Emissions]:
         out = []
         for clip in clips:
+            clip = at_least(clip, self._min_samples)
             values = _model_input(clip, self._normalize)
             try:
                 logits = self._session.run(None, {"input_values": values})[0][0]

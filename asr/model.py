@@ -103,6 +103,9 @@ class Recognizer:
         self.version = version
         strides = getattr(model.config, "conv_stride", (5, 2, 2, 2, 2, 2, 2))
         self.frame_s = float(np.prod(strides)) / SAMPLE_RATE_HZ
+        self.min_samples = receptive_field(
+            getattr(model.config, "conv_kernel", (10, 3, 3, 3, 3, 2, 2)), strides
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: Device = "auto") -> "Recognizer":
@@ -138,8 +141,10 @@ class Recognizer:
     def _log_probs(self, clips: Sequence[Samples]) -> list[Emissions]:
         import torch
 
+        # A clip shorter than one frame's window gives the convolutions nothing to read (or, in a
+        # padded batch, a negative length): pad it with silence to one frame.
         inputs = self._features(
-            [np.asarray(c, dtype=np.float32) for c in clips],
+            [at_least(np.asarray(c, dtype=np.float32), self.min_samples) for c in clips],
             sampling_rate=SAMPLE_RATE_HZ,
             padding=True,
             return_tensors="pt",
@@ -153,11 +158,27 @@ class Recognizer:
         except RuntimeError as e:
             raise ModelError(f"the model failed on a batch of {len(clips)} clips: {e}") from e
         log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        lengths = self._model._get_feat_extract_output_lengths(torch.tensor([len(c) for c in clips]))
+        lengths = self._model._get_feat_extract_output_lengths(
+            torch.tensor([max(len(c), self.min_samples) for c in clips])
+        )
         return [
             Emissions(log_probs=lp[: int(n)], frame_s=self.frame_s)
             for lp, n in zip(log_probs, lengths, strict=True)
         ]
+
+
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Samples one output frame of a convolution stack reads."""
+    field, hop = 1, 1
+    for kernel, stride in zip(kernels, strides, strict=True):
+        field += (kernel - 1) * hop
+        hop *= stride
+    return field
+
+
+def at_least(samples: Samples, length: int) -> Samples:
+    """`samples`, padded with silence to `length` when shorter (a clip shorter than one frame's window)."""
+    return samples if len(samples) >= length else np.pad(samples, (0, length - len(samples)))
 
 
 def resolve_device(device: Device) -> str:

@@ -40,7 +40,7 @@ from asr.audio import Samples, load_audio
 from asr.dependencies import require
 from asr.errors import DataError, ModelLoadError
 from asr.evaluate import read_manifest
-from asr.model import default_feature_extractor
+from asr.model import default_feature_extractor, receptive_field
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +195,7 @@ class FrontEnd:
 
     @property
     def receptive_field(self) -> int:
-        field, hop = 1, 1
-        for kernel, stride in zip(self.conv_kernel, self.conv_stride, strict=True):
-            field += (kernel - 1) * hop
-            hop *= stride
-        return field
+        return receptive_field(self.conv_kernel, self.conv_stride)
 
     @property
     def hop(self) -> int:

@@ -66,6 +66,17 @@ def test_batching_with_padding_matches_single_clips(tiny_model_dir: Path) -> Non
     np.testing.assert_allclose(batched[0].log_probs, alone.log_probs, atol=1e-4)
 
 
+def test_a_clip_shorter_than_one_frames_window_gives_one_frame(tiny_model_dir: Path) -> None:
+    recognizer = Recognizer.from_pretrained(tiny_model_dir, device="cpu")
+    assert recognizer.min_samples == 165  # kernels 10, 8, 4 at strides 5, 8, 8
+    tiny = noise(0.005, seed=4)  # 80 samples: alone, the convolutions would have nothing to read
+    alone = recognizer.log_probs([tiny])[0]
+    batched = recognizer.log_probs([tiny, tone(seconds=1.0)])
+    assert alone.log_probs.shape[0] == batched[0].log_probs.shape[0] == 1  # not a padded batch's tail
+    np.testing.assert_allclose(batched[0].log_probs, alone.log_probs, atol=1e-4)
+    assert batched[1].log_probs.shape[0] == 50
+
+
 def test_base960h_layout_loads_and_spells_case_insensitively(tmp_path: Path) -> None:
     recognizer = Recognizer.from_pretrained(make_base960h_like(tmp_path / "b960"), device="cpu")
     assert recognizer.vocab.token_for_char("e") == "E"
