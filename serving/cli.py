@@ -401,6 +401,9 @@ def _parser() -> argparse.ArgumentParser:
         help="then steps fitting Whisper's output through its layers",
     )
     transplant.add_argument("--batch-size", type=int, default=8)
+    transplant.add_argument(
+        "--crop-s", type=float, default=2.0, help="seconds of each clip per step (a random window)"
+    )
     transplant.add_argument("--lr", type=float, default=1e-3)
     transplant.add_argument("--output-lr", type=float, default=3e-4)
     transplant.add_argument("--seed", type=int, default=0)
@@ -864,6 +867,7 @@ def _transplant(args: argparse.Namespace, settings: Settings) -> int:
         steps=args.steps,
         output_steps=args.output_steps,
         batch_size=args.batch_size,
+        crop_s=args.crop_s,
         lr=args.lr,
         output_lr=args.output_lr,
         seed=args.seed,
