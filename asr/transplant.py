@@ -204,7 +204,7 @@ class FrontEnd:
 
 def wav2vec2_config(shape: EncoderShape, front: FrontEnd) -> Any:
     transformers = require("transformers", FEATURE)
-    if front.conv_dim[-1] != shape.dim and front.hop != 320:
+    if front.conv_dim[-1] != shape.dim or front.hop != 320:
         raise DataError("the front end must end at Whisper's width and frame rate (320 samples)")
     return transformers.Wav2Vec2Config(
         hidden_size=shape.dim,

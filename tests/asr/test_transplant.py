@@ -168,3 +168,7 @@ def test_transplant_refuses_a_manifest_without_speech_and_a_bad_config(tmp_path:
         transplant(_config(tmp_path / "run", empty))
     with pytest.raises(DataError, match="steps"):
         _config(tmp_path / "run", empty, steps=0)
+    shape = EncoderShape(layers=4, dim=384, heads=6, ffn=1536, mels=80)
+    for front in (FrontEnd(conv_dim=(64, 128, 256, 256)), FrontEnd(conv_stride=(5, 4, 4, 2))):
+        with pytest.raises(DataError, match="Whisper's width and frame rate"):
+            wav2vec2_config(shape, front)
