@@ -13,7 +13,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from asr.model import MODEL_SHAPES, Recognizer
-from serving.settings import REPO_ROOT
+from serving.settings import DEFAULT_MODEL_DIR, REPO_ROOT
 from tests.signals import SAMPLES_DIR
 
 NOT_ON_THE_DEVICE = {
@@ -105,11 +105,13 @@ def test_the_prepared_device_call_runs_on_the_cpu(tmp_path: Path) -> None:
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)
     assert len(list((out / "b").glob("*.safetensors"))) == 2  # the medium shape, in 16 MB shards
+
+    def parameters(model: Path) -> int:
+        return sum(p.numel() for p in Recognizer.from_pretrained(model, device="cpu")._model.parameters())
+
     sizes = {}
     for run in ("a", "b"):
-        model = tmp_path / f"model-{run}"
-        script("unpack", "--files", str(out), "--out", str(model), "--run", run)
-        sizes[run] = sum(
-            p.numel() for p in Recognizer.from_pretrained(model, device="cpu")._model.parameters()
-        )
-    assert sizes == {"a": 5_438_174, "b": 11_390_366}  # the bundled shape fine-tuned; medium from scratch
+        script("unpack", "--files", str(out), "--out", str(tmp_path / f"model-{run}"), "--run", run)
+        sizes[run] = parameters(tmp_path / f"model-{run}")
+    bundled = parameters(DEFAULT_MODEL_DIR)
+    assert sizes == {"a": bundled, "b": 11_390_366}  # the bundled model fine-tuned; medium from scratch
