@@ -34,6 +34,7 @@ from asr.model import (
     Emissions,
     Vocabulary,
     at_least,
+    frame_count,
     model_version,
     receptive_field,
 )
@@ -255,11 +256,6 @@ class OnnxRecognizer:
         self.frame_s = float(np.prod(self._strides)) / SAMPLE_RATE_HZ
         self._min_samples = receptive_field(self._kernels, self._strides)
 
-    def _frames(self, samples: int) -> int:
-        for kernel, stride in zip(self._kernels, self._strides, strict=True):
-            samples = (samples - kernel) // stride + 1
-        return max(samples, 0)
-
     def log_probs(self, clips: Sequence[Samples]) -> list[Emissions]:
         out = []
         for clip in clips:
@@ -272,7 +268,10 @@ class OnnxRecognizer:
             log_probs = log_softmax(logits, axis=-1)
             out.append(
                 Emissions(
-                    log_probs=log_probs[: self._frames(len(clip))].astype(np.float32), frame_s=self.frame_s
+                    log_probs=log_probs[: frame_count(len(clip), self._kernels, self._strides)].astype(
+                        np.float32
+                    ),
+                    frame_s=self.frame_s,
                 )
             )
         return out

@@ -176,6 +176,13 @@ def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
     return field
 
 
+def frame_count(samples: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Output frames of a convolution stack without padding over `samples` (0 when too short)."""
+    for kernel, stride in zip(kernels, strides, strict=True):
+        samples = (samples - kernel) // stride + 1
+    return max(samples, 0)
+
+
 def at_least(samples: Samples, length: int) -> Samples:
     """`samples`, padded with silence to `length` when shorter (a clip shorter than one frame's window)."""
     return samples if len(samples) >= length else np.pad(samples, (0, length - len(samples)))

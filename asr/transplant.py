@@ -40,7 +40,7 @@ from asr.audio import Samples, load_audio
 from asr.dependencies import require
 from asr.errors import DataError, ModelLoadError
 from asr.evaluate import read_manifest
-from asr.model import default_feature_extractor, receptive_field
+from asr.model import default_feature_extractor, frame_count, receptive_field
 
 logger = logging.getLogger(__name__)
 
@@ -358,13 +358,6 @@ class _Targets:
         return teacher[below] * (1 - weight) + teacher[below + 1] * weight
 
 
-def _frame_count(samples: int, front: FrontEnd) -> int:
-    frames = samples
-    for kernel, stride in zip(front.conv_kernel, front.conv_stride, strict=True):
-        frames = (frames - kernel) // stride + 1
-    return max(0, frames)
-
-
 Targets = Callable[[Samples, int], torch.Tensor]
 
 
@@ -447,7 +440,11 @@ def _front_end_loss(
         hidden = model(waveforms, attention_mask=mask).last_hidden_state
     else:
         hidden = student_embed(model, waveforms)
-    rows = [(row, frames) for row, s in enumerate(batch) if (frames := _frame_count(len(s), front)) >= 2]
+    rows = [
+        (row, frames)
+        for row, s in enumerate(batch)
+        if (frames := frame_count(len(s), front.conv_kernel, front.conv_stride)) >= 2
+    ]
     loss, variance = hidden.sum() * 0, 0.0  # a batch of clips too short for two frames teaches nothing
     for row, frames in rows:
         target = targets(batch[row], frames)
@@ -463,7 +460,7 @@ def output_similarity(model: Any, targets: Targets, paths: Sequence[Path], confi
     similarities = []
     with torch.no_grad():
         for samples in _batch(paths, config, config.steps + config.output_steps):
-            frames = _frame_count(len(samples), config.front)
+            frames = frame_count(len(samples), config.front.conv_kernel, config.front.conv_stride)
             if frames < 2:
                 continue
             ours = model(torch.from_numpy(samples)[None]).last_hidden_state[0, :frames]
