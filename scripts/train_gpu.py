@@ -180,6 +180,7 @@ def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
         cache_audio_mb=args.cache_audio_mb,
         max_minutes=args.minutes,
         amp=not args.fp32,
+        freeze_feature_encoder=args.freeze_feature_encoder,
         seed=args.seed,
     )
     state = train(config, log=lambda line: print(line, flush=True))
@@ -267,6 +268,9 @@ def main() -> None:
     trainer.add_argument("--cache-audio-mb", type=int, default=8000)
     trainer.add_argument("--seed", type=int, default=0)
     trainer.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    trainer.add_argument(
+        "--freeze-feature-encoder", action="store_true", help="keep the conv stack (a transplant's front end)"
+    )
     trainer.add_argument("--prefetch", type=int, default=4, help="batches loaded ahead of the model")
 
     unpacker = commands.add_parser("unpack", help="returned shards -> a model folder here")
