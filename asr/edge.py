@@ -266,12 +266,6 @@ class OnnxRecognizer:
             except Exception as e:
                 raise ModelError(f"the edge model failed on a clip of {len(clip)} samples: {e}") from e
             log_probs = log_softmax(logits, axis=-1)
-            out.append(
-                Emissions(
-                    log_probs=log_probs[: frame_count(len(clip), self._kernels, self._strides)].astype(
-                        np.float32
-                    ),
-                    frame_s=self.frame_s,
-                )
-            )
+            frames = frame_count(len(clip), self._kernels, self._strides)
+            out.append(Emissions(log_probs=log_probs[:frames].astype(np.float32), frame_s=self.frame_s))
         return out

@@ -201,6 +201,9 @@ class FrontEnd:
     def hop(self) -> int:
         return int(np.prod(self.conv_stride))
 
+    def frames(self, samples: int) -> int:
+        return frame_count(samples, self.conv_kernel, self.conv_stride)
+
 
 def wav2vec2_config(shape: EncoderShape, front: FrontEnd) -> Any:
     transformers = require("transformers", FEATURE)
@@ -440,11 +443,7 @@ def _front_end_loss(
         hidden = model(waveforms, attention_mask=mask).last_hidden_state
     else:
         hidden = student_embed(model, waveforms)
-    rows = [
-        (row, frames)
-        for row, s in enumerate(batch)
-        if (frames := frame_count(len(s), front.conv_kernel, front.conv_stride)) >= 2
-    ]
+    rows = [(row, frames) for row, s in enumerate(batch) if (frames := front.frames(len(s))) >= 2]
     loss, variance = hidden.sum() * 0, 0.0  # a batch of clips too short for two frames teaches nothing
     for row, frames in rows:
         target = targets(batch[row], frames)
@@ -460,7 +459,7 @@ def output_similarity(model: Any, targets: Targets, paths: Sequence[Path], confi
     similarities = []
     with torch.no_grad():
         for samples in _batch(paths, config, config.steps + config.output_steps):
-            frames = frame_count(len(samples), config.front.conv_kernel, config.front.conv_stride)
+            frames = config.front.frames(len(samples))
             if frames < 2:
                 continue
             ours = model(torch.from_numpy(samples)[None]).last_hidden_state[0, :frames]
