@@ -408,6 +408,7 @@ def _train(
     state = TrainState()
     if source_dir == resume:
         saved = torch.load(resume / "state.pt", weights_only=False)
+        _check_same_optimizer(saved, config)
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         sampler.rng.bit_generator.state = saved["sampler"]
@@ -867,6 +868,24 @@ def save_model(model: Any, processor_dir: Path, out: Path, half: bool = False) -
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return out
+
+
+def _check_same_optimizer(saved: Mapping[str, Any], config: TrainConfig) -> None:
+    """Refuse to resume under a new `lr` or `weight_decay`: the optimizer and schedule states a
+    checkpoint restores carry the run's own, so the new values would be silently ignored (seen on a
+    GPU run resumed with twice the rate). Other settings take effect on resume as they read."""
+    group = saved["optimizer"]["param_groups"][0]
+    started = {"lr": saved["schedule"]["base_lrs"][0], "weight_decay": group["weight_decay"]}
+    asked = {"lr": config.lr, "weight_decay": config.weight_decay}
+    changed = [name for name in started if not math.isclose(started[name], asked[name], rel_tol=1e-9)]
+    if changed:
+        was = ", ".join(f"--{name.replace('_', '-')} {started[name]:g}" for name in changed)
+        now = ", ".join(f"{asked[name]:g}" for name in changed)
+        raise DataError(
+            f"{config.out_dir} was started with {was} (now {now}); a resumed run keeps its optimizer's "
+            "settings: resume with the same values, or train into a new --out (with --init to start "
+            "from this run's checkpoint)"
+        )
 
 
 def _save_checkpoint(

@@ -21,15 +21,19 @@ fi
 nvidia-smi -L 2>/dev/null
 T="$PYTHON scripts/train_gpu.py train --pack $PACK --batch-size $BS --steps 100000 --minutes $MIN \
    --loader-threads $LT --prefetch 4 --cache-audio-mb 20000 --checkpoint-every 2000 --fp32"
+# A run's folders are named by its rate: a second call on a still-warm machine resumes a run at
+# the same rate and starts afresh at a new one (a resume cannot change the rate; asr/train.py).
 for run in a b; do
     lr=LR_${run^^}
-    $T --out "$WORK/o$run" --run-dir "$WORK/r$run" --init data/models/voice-search-small --lr "${!lr}" \
-       --warmup-steps 100 --curriculum-steps 0 --max-clip-s 5 --freeze-feature-encoder > "$WORK/$run.log" 2>&1 &
+    $T --out "$WORK/o$run-${!lr}" --run-dir "$WORK/r$run-${!lr}" --init data/models/voice-search-small \
+       --lr "${!lr}" --warmup-steps 100 --curriculum-steps 0 --max-clip-s 5 --freeze-feature-encoder \
+       > "$WORK/$run.log" 2>&1 &
 done
 (sleep "$LOAD_AT"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv; top -bn1 | head -12) \
    > "$WORK/load.log" 2>&1 &
 wait
 mkdir -p "$OUT/a" "$OUT/b"
-cp "$WORK"/oa/model/*.safetensors "$OUT/a/"; cp "$WORK"/ob/model/*.safetensors "$OUT/b/"
-(cd "$WORK" && tar czf "$OUT/meta.tgz" --exclude='*.safetensors' oa ob a.log b.log load.log)
+cp "$WORK/oa-$LR_A"/model/*.safetensors "$OUT/a/"; cp "$WORK/ob-$LR_B"/model/*.safetensors "$OUT/b/"
+(cd "$WORK" && tar czf "$OUT/meta.tgz" --exclude='*.safetensors' --transform "s,^oa-$LR_A,oa," \
+    --transform "s,^ob-$LR_B,ob," "oa-$LR_A" "ob-$LR_B" a.log b.log load.log)
 grep -E "^step|stopped|Error" "$WORK/a.log" | tail -6; grep -E "^step|stopped|Error" "$WORK/b.log" | tail -6

@@ -55,6 +55,17 @@ def test_loss_falls_and_a_checkpoint_resumes(tmp_path: Path, tiny_set: Path) -> 
     assert {"loss", "lr", "dev_wer", "dev_cer", "dev_empty_ratio"} <= set(metrics[0])
 
 
+def test_a_resume_under_another_learning_rate_is_refused(tmp_path: Path, tiny_set: Path) -> None:
+    """The checkpoint's optimizer would keep the old rate: the new one would be silently ignored."""
+    train(config(tmp_path / "run", tiny_set, steps=10), log=lambda _: None)
+    with pytest.raises(DataError, match=r"started with --lr 0\.003 \(now 0\.001\)"):
+        train(replace(config(tmp_path / "run", tiny_set, steps=20), lr=1e-3), log=lambda _: None)
+    with pytest.raises(DataError, match=r"--weight-decay 0\.01 \(now 0\.1\)"):
+        train(replace(config(tmp_path / "run", tiny_set, steps=20), weight_decay=0.1), log=lambda _: None)
+    resumed = train(config(tmp_path / "run", tiny_set, steps=20), log=lambda _: None)
+    assert resumed.step == 20
+
+
 def test_same_seed_same_run(tmp_path: Path, tiny_set: Path) -> None:
     a = train(config(tmp_path / "a", tiny_set, steps=10), log=lambda _: None)
     b = train(config(tmp_path / "b", tiny_set, steps=10), log=lambda _: None)
