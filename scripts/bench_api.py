@@ -17,6 +17,7 @@ then drives it over HTTP with a bounded asyncio load generator:
    concurrency 4 in alternating order; the champion's p95 on each.
 
 Usage: python scripts/bench_api.py [--corpus corpus] [--duration-s 60] [--json .cache/bench_api.json]
+       python scripts/bench_api.py --sections api --model edge/int8   # serve the int8 export
        python scripts/bench_api.py --sections monitoring     # only the monitoring overhead
        python scripts/bench_api.py --sections shadow         # only the shadow overhead
 """
@@ -267,6 +268,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     queries = queries[: args.limit] if args.limit else queries
     clips = three_second_queries(queries, 20)
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "queries": len(queries)}
+    out["model"] = str(args.model)
     if "monitoring" in args.sections:
         out["monitoring_overhead"] = await monitoring_overhead(clips, args.latency_requests * 2)
         print(json.dumps(out["monitoring_overhead"]), flush=True)
@@ -275,7 +277,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(json.dumps(out["shadow_overhead"]), flush=True)
     if "api" not in args.sections:
         return out
-    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp)) as server:
+    model = {"model_dir": str(args.model)}
+    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp), **model) as server:
         out["search_success"] = await search_success(server, queries)
         print(json.dumps(out["search_success"]), flush=True)
         out["latency_c1_3s"] = await latency_at_concurrency_one(server, clips, args.latency_requests)
@@ -283,7 +286,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sustained = await load(server, clips, 16, args.duration_s)
         out["sustained_c16"] = sustained.summary() | {"events_recorded": count_events(server, "bench-load-")}
         print(json.dumps(out["sustained_c16"]), flush=True)
-    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp), **model) as server:
         overload = await load(server, clips, 64, args.overload_s)
         recovery = await latency_at_concurrency_one(server, clips, 10)
         out["overload_c64"] = overload.summary() | {
@@ -299,6 +302,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--corpus", type=Path, default=Path("corpus"))
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="the model the api section serves: a checkpoint or an edge folder (default: the bundled model)",
+    )
     parser.add_argument("--limit", type=int, help="at most N test queries for search success")
     parser.add_argument("--latency-requests", type=int, default=100)
     parser.add_argument("--duration-s", type=float, default=60.0)
