@@ -3,8 +3,10 @@
 # after `scripts/train_gpu.py pack` filled .gpu here (its docstring). Two runs share the one GPU
 # side by side, since these small models leave it mostly idle (docs/benchmarks.md, "The first GPU
 # runs"): both fine-tune the bundled model (the Whisper transplant) with its fitted conv stack
-# frozen, as its CPU fine-tune did, at two learning rates (LR_A, LR_B): batch 64 is 8 times the
-# CPU's batch of 8, whose best rate was 1e-4. In fp32 (bf16 went NaN there). What comes back stays
+# frozen, as its CPU fine-tune did, at two learning rates (LR_A, LR_B). The bundled model is the
+# second GPU session's run at 3e-4, which beat 1e-4 there (batch 64, 8 times the CPU's batch of
+# 8, whose best rate was 1e-4), so the next call continues at 3e-4 and tries 6e-4 beside it. In
+# fp32 (bf16 went NaN there). What comes back stays
 # within 8 files: each model's safetensors and one archive of the rest (configs, metrics, logs);
 # `train_gpu.py unpack --run a|b` reads them.
 # Knobs: MIN (minutes of training each), BS, LT (loader threads each), LOAD_AT (when to read
@@ -13,7 +15,7 @@
 set -u
 export PYTHONUNBUFFERED=1
 PACK=${PACK:-.gpu}; WORK=${WORK:-/tmp}; PYTHON=${PYTHON:-python3}
-MIN=${MIN:-8}; BS=${BS:-64}; LT=${LT:-7}; LOAD_AT=${LOAD_AT:-120}; LR_A=${LR_A:-1e-4}; LR_B=${LR_B:-3e-4}
+MIN=${MIN:-8}; BS=${BS:-64}; LT=${LT:-7}; LOAD_AT=${LOAD_AT:-120}; LR_A=${LR_A:-3e-4}; LR_B=${LR_B:-6e-4}
 if [ -d "$PACK/wheels" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$PACK"/wheels/*.whl || exit 1
     export PYTHONPATH="$WORK/site:."
