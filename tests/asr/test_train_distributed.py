@@ -31,6 +31,13 @@ results by about 1e-7 relative (measured); 1e-4 leaves room for a few Adam steps
 catches a wrong split or gradient scale, which move the loss by percents."""
 WEIGHT_ATOL = 1e-5
 """The same rounding reaches the weights through Adam (its update is about lr = 3e-3 in size)."""
+STRAY_SHARE = 1e-3
+"""Adam divides each gradient by its own running size, so an element whose gradient is at rounding
+level gets a step of up to the learning rate either way: on an AVX2-only host 1 element of 1,024
+(and 2 of 2,048) ended 2e-5 apart, with updates of 9e-3. So per tensor at most this share of the
+elements may pass `WEIGHT_ATOL`, and none by more than `STRAY_OF_MOVE` of the largest update; a
+wrong split or gradient moves most elements."""
+STRAY_OF_MOVE = 0.01
 
 
 @pytest.fixture
@@ -120,10 +127,13 @@ def test_two_processes_train_as_one_does(
     weights_two = load_file(str(two / "checkpoint" / "model.safetensors"))
     initial = load_file(str(model_without_dropout / "model.safetensors"))
     assert weights_two.keys() == weights_one.keys()
-    for name, tensor in weights_one.items():
-        torch.testing.assert_close(weights_two[name], tensor, rtol=0, atol=WEIGHT_ATOL, msg=name)
     moved = max(float((weights_one[k] - initial[k]).abs().max()) for k in initial)
     assert moved > 100 * WEIGHT_ATOL  # it trained: the comparison means something
+    for name, tensor in weights_one.items():
+        apart = (weights_two[name] - tensor).abs()
+        strays = int((apart > WEIGHT_ATOL).sum())
+        assert strays <= STRAY_SHARE * tensor.numel(), f"{name}: {strays} of {tensor.numel()} elements apart"
+        assert float(apart.max()) <= STRAY_OF_MOVE * moved, f"{name}: {float(apart.max()):.2e} apart"
 
 
 def test_a_batch_that_does_not_split_is_refused_before_anything_starts(
