@@ -136,6 +136,10 @@ class Rule:
         """What the rule watches: a metric name, or `drift:<feature>:<test>`."""
         return self.metric if self.metric else f"drift:{self.drift}:{self.test}"
 
+    def breached_by(self, value: float) -> bool:
+        """Whether a window's value passes the threshold (fires, given enough samples)."""
+        return _COMPARE[self.comparator](value, self.threshold)
+
 
 def load_rules(path: Path) -> list[Rule]:
     """Rules from a YAML file; raises ValueError naming the file and the bad rule."""
@@ -379,7 +383,7 @@ class AlarmEngine:
         if value.value is None or value.samples < rule.min_samples:
             state: State = "insufficient_data"
         else:
-            state = "firing" if _COMPARE[rule.comparator](value.value, rule.threshold) else "ok"
+            state = "firing" if rule.breached_by(value.value) else "ok"
         with self._lock:
             previous = self.states.get(rule.name)
             if state == "insufficient_data" and previous is not None and previous.state == "firing":

@@ -42,7 +42,7 @@ def noise(
             for s in starts
         ]
     )
-    passed = stats > rule.threshold if rule.comparator == ">" else stats < rule.threshold
+    passed = np.array([rule.breached_by(float(v)) for v in stats])
     p50, p95, p99 = np.percentile(stats, [50, 95, 99])
     return {
         "size": n,
