@@ -59,3 +59,13 @@ def test_small_windows_of_unshifted_traffic_pass_the_threshold_and_large_ones_do
     assert steady[400]["passed_share"] == 0.0 and steady[400]["p99"] < 0.2
     quiet = noise(tmp_path, store(tmp_path / "quiet.sqlite3", rng.normal(-40, 4, 1000)))
     assert quiet[400]["passed_share"] == 1.0 and quiet[8]["passed_share"] == 1.0
+
+
+def test_a_missing_event_store_is_a_clear_error_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such.sqlite3"
+    done = subprocess.run(
+        [sys.executable, "scripts/drift_noise.py", str(missing)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and f"no event store at {missing}" in done.stderr
+    assert not missing.exists()
