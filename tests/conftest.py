@@ -12,6 +12,18 @@ import pytest
 from asr.model import create_model_dir
 from serving.cluster.postgres import LocalPostgres
 
+RAY_MODULES = ("tests.serving.test_transcribe_ray", "tests.serving.test_transcribe_ray_client")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's `--dist loadgroup`: a module's tests run on one worker, so its
+    module-scoped server starts once; the two Ray modules share a worker, because a `ray start`
+    beside another worker's local Ray exited at start."""
+    for item in items:
+        module = item.module.__name__ if isinstance(item, pytest.Function) else item.nodeid
+        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> None:
