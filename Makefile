@@ -72,12 +72,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# Two workers, each module on one (tests/conftest.py groups them). Every worker, and every server
-# or command a test starts, uses one torch thread: two processes at torch's default of a thread
-# per core spin against each other on 2 cores, which slowed the replay test's requests past its
-# latency alarm.
+# Two workers, each test file on one (tests/conftest.py schedules them). Every worker, and every
+# server or command a test starts, uses one torch thread: two processes at torch's default of a
+# thread per core spin against each other on 2 cores, which slowed the replay test's requests
+# past its latency alarm.
 test: install lint typecheck
-	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2
 
 bench: install
 	$(BIN)/python scripts/bench_pipeline.py

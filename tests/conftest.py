@@ -8,21 +8,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
 
 from asr.model import create_model_dir
 from serving.cluster.postgres import LocalPostgres
 
-RAY_MODULES = ("tests.serving.test_transcribe_ray", "tests.serving.test_transcribe_ray_client")
+RAY_FILES = ("tests/serving/test_transcribe_ray.py", "tests/serving/test_transcribe_ray_client.py")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's `--dist loadgroup`: a module's tests run on one worker, so its
-    module-scoped server starts once; the two Ray modules share a worker, because a `ray start`
-    beside another worker's local Ray exited at start."""
-    for item in items:
-        module = item.module.__name__ if isinstance(item, pytest.Function) else item.nodeid
-        item.add_marker(pytest.mark.xdist_group("ray" if module in RAY_MODULES else module))
+class ModuleScheduling(LoadFileScheduling):  # type: ignore[misc]
+    """`make test`'s scheduling on pytest-xdist workers: each test file on one worker, so its
+    module-scoped server starts once, and both Ray files on the same one, one after the other:
+    the Ray Client test's head must not run beside the other file's local Ray starts (see its
+    docstring). (xdist's own `loadgroup` cannot say this under pytest 9.2: it renames node ids
+    in a way pytest no longer reads.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.split("::", 1)[0]
+        return "ray" if path in RAY_FILES else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> ModuleScheduling:
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,10 +7,12 @@ elsewhere in the suite would otherwise find this head and join it.
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +33,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for_port(port: int, head: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
+def _wait_for_port(port: int, head: subprocess.Popen[bytes], log: Path, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert head.poll() is None, "ray start exited before its client server listened"
+        assert head.poll() is None, (
+            f"ray start exited before its client server listened:\n{log.read_text()[-3000:]}"
+        )
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -54,7 +58,10 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client_address(tmp_path_factory: pytest.TempPathFactory, token: Path) -> Iterator[str]:
     """A one-node cluster with 2 CPUs and a Ray Client server; stopped with its `ray start`."""
-    temp = tmp_path_factory.mktemp("rayhead")
+    log = tmp_path_factory.mktemp("rayhead") / "ray-start.log"
+    # Ray's sockets live under its temp folder and a socket's path may not pass 107 bytes: pytest's
+    # own folders under xdist (/tmp/pytest-of-root/pytest-N/popen-gw0/...) were too deep.
+    temp = Path(tempfile.mkdtemp(prefix="rayhead-"))
     client_port = _free_port()
     # Not RAY_AUTH_MODE=token here: with it set, Ray 2.60's client server fails to start the
     # per-client server it forks; the token file alone turns authentication on. gRPC's fork
@@ -62,14 +69,15 @@ def client_address(tmp_path_factory: pytest.TempPathFactory, token: Path) -> Ite
     # error: Bad file descriptor" after "skipping fork() handlers"); without them 4 of 4 started.
     env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(token), "GRPC_ENABLE_FORK_SUPPORT": "0"}
     env.pop("RAY_AUTH_MODE", None)
-    head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", f"--port={_free_port()}",
-         f"--ray-client-server-port={client_port}", "--num-cpus=2", "--include-dashboard=false",
-         f"--temp-dir={temp}"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        head = subprocess.Popen(
+            [str(RAY), "start", "--head", "--block", f"--port={_free_port()}",
+             f"--ray-client-server-port={client_port}", "--num-cpus=2", "--include-dashboard=false",
+             f"--temp-dir={temp}"],
+            env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
-        _wait_for_port(client_port, head)
+        _wait_for_port(client_port, head, log)
         yield f"ray://127.0.0.1:{client_port}"
     finally:
         head.send_signal(signal.SIGTERM)  # `--block` stops every process it started
@@ -77,6 +85,7 @@ def client_address(tmp_path_factory: pytest.TempPathFactory, token: Path) -> Ite
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             head.kill()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _transcribe(argv: list[str], output: Path, token: Path) -> subprocess.CompletedProcess[str]:
