@@ -13,6 +13,11 @@ from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
 from asr.model import create_model_dir
 from serving.cluster.postgres import LocalPostgres
 
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
 RAY_FILES = ("tests/serving/test_transcribe_ray.py", "tests/serving/test_transcribe_ray_client.py")
 
 
@@ -24,7 +29,7 @@ class ModuleScheduling(LoadFileScheduling):  # type: ignore[misc]
     in a way pytest no longer reads.)"""
 
     def _split_scope(self, nodeid: str) -> str:
-        path = nodeid.split("::", 1)[0]
+        path = _file(nodeid)
         return "ray" if path in RAY_FILES else path
 
 
@@ -34,7 +39,7 @@ of after it (the replay, collected near the end, was the last 9 minutes of a 23-
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in SLOWEST_FILES)  # stable
+    items.sort(key=lambda item: _file(item.nodeid) not in SLOWEST_FILES)  # stable
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> ModuleScheduling:
