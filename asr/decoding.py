@@ -3,7 +3,8 @@
 Two decoders share one output type. `GreedyDecoder` takes the best token per frame. `BeamDecoder`
 runs flashlight-text's beam search (called directly: no torchaudio), optionally constrained to a
 lexicon, rescored by an n-gram LM (KenLM, ARPA or binary) and biased toward hotwords; this is how
-search steers recognition toward the catalog's words.
+search steers recognition toward the catalog's words. `SpottingDecoder` wraps either and adds the
+catalog phrases that fit the emissions best (`asr.spotting`), which search ranks by.
 
 Confidence is the geometric mean of the probabilities of the emitted characters at the frames
 that emitted them: 1.0 when the model was sure of every character, and 0.0 for an empty result.
@@ -13,7 +14,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ import numpy as np
 from asr.dependencies import require
 from asr.errors import DecoderConfigError
 from asr.model import Emissions, Vocabulary
+from asr.spotting import PhraseSpotter, Spot
 from asr.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class Hypothesis:
     text: str
     confidence: float
     words: tuple[WordSpan, ...] = ()
+    spots: tuple[Spot, ...] = ()
+    """Catalog phrases that fit the emissions best, when a `SpottingDecoder` decoded them."""
 
 
 class Decoder(Protocol):
@@ -108,6 +112,17 @@ class GreedyDecoder:
         changed = np.concatenate(([True], best[1:] != best[:-1]))
         frames = np.flatnonzero(changed & (best != self.vocab.blank_id))
         return hypothesis_from_path(best[frames].tolist(), frames.tolist(), emissions, self.vocab)
+
+
+class SpottingDecoder:
+    """Another decoder's hypothesis, plus the phrases a `PhraseSpotter` finds in the same emissions."""
+
+    def __init__(self, decoder: Decoder, spotter: PhraseSpotter) -> None:
+        self.decoder = decoder
+        self.spotter = spotter
+
+    def decode(self, emissions: Emissions) -> Hypothesis:
+        return replace(self.decoder.decode(emissions), spots=self.spotter.spot(emissions))
 
 
 @dataclass(frozen=True)
@@ -260,17 +275,12 @@ def _with_hotword_words(lexicon: tuple[str, ...] | None, hotwords: tuple[str, ..
     return tuple(dict.fromkeys([w for entry in lexicon for w in entry.split()] + list(extra)))
 
 
-def _spell(word: str, vocab: Vocabulary) -> list[str] | None:
-    tokens = [vocab.token_for_char(c) for c in word]
-    return None if any(t is None for t in tokens) else [t for t in tokens if t is not None]
-
-
 def _write_lexicon(words: Iterable[str], vocab: Vocabulary, folder: Path) -> Path:
     """Write flashlight's lexicon format: `word t o k e n s |` per line, in the model's tokens."""
     delimiter = vocab.tokens[vocab.delimiter_id]
     lines, skipped = [], []
     for word in words:
-        spelling = _spell(word, vocab)
+        spelling = vocab.spell(word)
         if spelling is None:
             skipped.append(word)
         else:
@@ -355,7 +365,7 @@ def _hotword_lm(vocab: Vocabulary, options: BeamOptions, lexicon_file: Path | No
 def _build_trie(hotwords: Sequence[str], vocab: Vocabulary) -> _TrieNode:
     root = _TrieNode()
     for phrase in hotwords:
-        spelling = _spell(phrase, vocab)
+        spelling = vocab.spell(phrase)
         if spelling is None:
             raise DecoderConfigError(f"hotword {phrase!r} uses characters the model lacks")
         node = root

@@ -72,6 +72,11 @@ class Vocabulary:
     def index(self, token: str) -> int:
         return self._index[token]
 
+    def spell(self, text: str) -> list[str] | None:
+        """The tokens spelling `text` (spaces -> the delimiter); None if a character is missing."""
+        tokens = [self.token_for_char(c) for c in text]
+        return None if any(t is None for t in tokens) else [t for t in tokens if t is not None]
+
 
 @dataclass(frozen=True)
 class Emissions:

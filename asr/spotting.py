@@ -1,0 +1,163 @@
+"""Phrase spotting: how well each phrase of a fixed list fits somewhere in a clip's CTC output.
+
+A closed catalog lets search ask the acoustic model a narrower question than "what was said":
+"where, and how well, could each catalog name have been said?". A weak model's best path for
+"hotels in salvador" may read "hotels in saha", yet its per-frame probabilities still hold most of
+"salvador". For each phrase the spotter finds the CTC alignment of its characters to the stretch
+of frames that fits them best, scoring every frame against that frame's most likely token: a
+log-likelihood ratio, 0 where the best path spells the phrase and negative elsewhere. Frames
+outside the stretch are free, so the carrier words around a name ("hotels in") cost nothing and
+no query grammar is assumed.
+
+A short phrase fits some stretch of almost any clip, so ranking adds `char_bonus` per character
+of the phrase: the log-ratio a character may cost before a longer phrase stops being preferred.
+On the places catalog's 207 dev queries (held-out synthetic voices, bundled model) 3.0 gave the
+most right first hits of 1.0-4.0; see docs/benchmarks.md, "Spotting catalog names".
+"""
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from asr.errors import DecoderConfigError
+from asr.model import Emissions, Vocabulary
+
+logger = logging.getLogger(__name__)
+
+_NEVER = np.float32(-1e9)
+"""Log score of an alignment state that cannot be reached (finite, so sums stay finite)."""
+
+_BUCKET = 128
+"""Phrases aligned together, grouped by length so padding stays short."""
+
+
+@dataclass(frozen=True)
+class SpotOptions:
+    phrases: tuple[str, ...]
+    """Normalized phrases (the catalog's names); ones the model's alphabet cannot spell are skipped."""
+    char_bonus: float = 3.0
+    keep: int = 20
+    """Best phrases kept per clip: search needs the top few, events and memory need them bounded."""
+
+    def __post_init__(self) -> None:
+        if self.char_bonus < 0 or self.keep < 1:
+            raise DecoderConfigError("spotting needs char_bonus >= 0 and keep >= 1")
+
+
+@dataclass(frozen=True)
+class Spot:
+    phrase: str
+    score: float
+    """Ranking score: the phrase's best log-likelihood ratio plus `char_bonus` per character."""
+    match: float
+    """Per-character likelihood ratio against the best path, in (0, 1]: 1.0 when the best path
+    spells the phrase, about 0.37 when each character costs one nat."""
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """Phrases aligned together. Each row's states are: a free start, then CTC's blank, c1, blank,
+    c2, ..., blank, then a free end (and padding). The free states score every frame 0 (the
+    frame-wise best), so an alignment may begin and end on any frame, and after the last frame
+    the free end holds the phrase's best fit."""
+
+    states: np.ndarray
+    """(phrases, states) token ids, or `free` (one past the vocabulary) for the free states."""
+    skip_cost: np.ndarray
+    """(phrases, states) 0 where a state may be entered from two states back (passing over a
+    blank), `_NEVER` where not."""
+    ends: np.ndarray
+    """(phrases,) index of each phrase's free end state."""
+
+
+class PhraseSpotter:
+    """Scores a fixed phrase list against emissions. Thread-safe (read-only after construction)."""
+
+    def __init__(self, vocab: Vocabulary, options: SpotOptions) -> None:
+        self.vocab = vocab
+        self.options = options
+        spelled = [(vocab.spell(p), p) for p in dict.fromkeys(options.phrases) if p]
+        if unspellable := [p for tokens, p in spelled if tokens is None]:
+            logger.warning("spotting skips %d unspellable phrases: %s", len(unspellable), unspellable[:5])
+        usable = sorted(
+            ((tuple(map(vocab.index, tokens)), p) for tokens, p in spelled if tokens is not None),
+            key=lambda pair: (len(pair[0]), pair[1]),
+        )
+        free = len(vocab.tokens)  # the extra column `spot` adds for the free states
+        self._buckets = [
+            _bucket(usable[i : i + _BUCKET], vocab.blank_id, free) for i in range(0, len(usable), _BUCKET)
+        ]
+        self.phrases = tuple(p for _, p in usable)
+        self._chars = np.array([len(ids) for ids, _ in usable])
+
+    def spot(self, emissions: Emissions) -> tuple[Spot, ...]:
+        """The `keep` best phrases for one clip, best first; () for a clip with no frames."""
+        log_probs = emissions.log_probs
+        if not self.phrases or len(log_probs) == 0:
+            return ()
+        # One extra column scores the free states (0 on every frame), and one extra frame where
+        # only they can be reached lets a phrase that ends on the last frame step into its end.
+        ratios = np.zeros((len(log_probs) + 1, log_probs.shape[1] + 1), dtype=np.float32)
+        ratios[:-1, :-1] = log_probs - log_probs.max(axis=1, keepdims=True)
+        ratios[-1, :-1] = _NEVER
+        fits = np.concatenate([_best_fit(ratios, bucket) for bucket in self._buckets])
+        scores = fits + self.options.char_bonus * self._chars
+        best = np.argsort(-scores, kind="stable")[: self.options.keep]
+        return tuple(
+            Spot(self.phrases[i], round(float(scores[i]), 4), round(math.exp(fits[i] / self._chars[i]), 4))
+            for i in best
+        )
+
+
+def best_spots(groups: Sequence[Sequence[Spot]]) -> tuple[Spot, ...]:
+    """Merge the spots of several segments of one input: each phrase's best, best first."""
+    best: dict[str, Spot] = {}
+    for spots in groups:
+        for spot in spots:
+            if spot.phrase not in best or spot.score > best[spot.phrase].score:
+                best[spot.phrase] = spot
+    return tuple(sorted(best.values(), key=lambda s: -s.score))
+
+
+def _bucket(group: Sequence[tuple[tuple[int, ...], str]], blank: int, free: int) -> _Bucket:
+    width = 2 * max(len(ids) for ids, _ in group) + 3
+    states = np.full((len(group), width), free, dtype=np.int64)
+    skip_cost = np.full((len(group), width), _NEVER, dtype=np.float32)
+    for row, (ids, _) in enumerate(group):
+        end = 2 * len(ids) + 2  # the first free end state
+        states[row, 1:end] = blank
+        states[row, 2:end:2] = ids
+        # A character may follow the previous one without a blank unless it repeats it (CTC
+        # needs a blank between the "n" and "n" of "tallinn"); the first character may start the
+        # alignment and the last may end it.
+        for k, token in enumerate(ids):
+            if k == 0 or token != ids[k - 1]:
+                skip_cost[row, 2 * k + 2] = 0.0
+        skip_cost[row, end] = 0.0
+    return _Bucket(
+        states=states,
+        skip_cost=skip_cost,
+        ends=np.array([2 * len(ids) + 2 for ids, _ in group]),
+    )
+
+
+def _best_fit(ratios: np.ndarray, bucket: _Bucket) -> np.ndarray:
+    """Each phrase's best log-ratio over any stretch of frames (Viterbi with free start and end).
+
+    `ratios` has one extra, all-zero column for the free states."""
+    count, width = bucket.states.shape
+    alpha = np.full((count, width), _NEVER, dtype=np.float32)
+    alpha[:, 0] = 0.0
+    entered = np.empty_like(alpha)
+    skipped = np.empty((count, width - 2), dtype=np.float32)
+    for frame in ratios[:, bucket.states]:  # (phrases, states) per frame
+        entered[:, 0] = alpha[:, 0]
+        np.maximum(alpha[:, 1:], alpha[:, :-1], out=entered[:, 1:])
+        np.add(alpha[:, :-2], bucket.skip_cost[:, 2:], out=skipped)
+        np.maximum(entered[:, 2:], skipped, out=entered[:, 2:])
+        np.add(entered, frame, out=alpha)
+    fits: np.ndarray = alpha[np.arange(count), bucket.ends]
+    return fits
