@@ -10,14 +10,23 @@ file's length. Times in the result are on the caller's timeline (seconds from th
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from asr.audio import AudioLimits, Samples, load_audio
-from asr.decoding import BeamDecoder, BeamOptions, Decoder, GreedyDecoder, Hypothesis, WordSpan
+from asr.decoding import (
+    BeamDecoder,
+    BeamOptions,
+    Decoder,
+    GreedyDecoder,
+    Hypothesis,
+    SpottingDecoder,
+    WordSpan,
+)
 from asr.errors import AudioError
 from asr.model import AcousticModel, Device, Recognizer
 from asr.preprocess import ClipStats, Preprocessed, PreprocessOptions, preprocess
+from asr.spotting import PhraseSpotter, Spot, SpotOptions, best_spots
 from asr.vad import SileroVAD, SpeechSegment, VADOptions, VoiceActivityDetector, WholeClipVAD
 
 _Work = tuple[Samples, SpeechSegment]
@@ -78,6 +87,8 @@ class Transcript:
     timings_s: dict[str, float]
     source_sample_rate_hz: int
     """The input's own sample rate, before resampling to 16 kHz."""
+    spots: tuple[Spot, ...] = ()
+    """Catalog phrases spotted in the speech, best first (empty unless the pipeline spots)."""
 
 
 class _StageClock:
@@ -212,11 +223,13 @@ class Pipeline:
                 results.append(item)
                 continue
             clip, spans, rate, clock = item.clip, item.spans, item.source_rate_hz, item.clock
-            placed = (_place(span, next(hypotheses), clip.offset_s) for span in spans)
+            hyps = [next(hypotheses) for _ in spans]
+            placed = (_place(span, hyp, clip.offset_s) for span, hyp in zip(spans, hyps, strict=True))
             segments = tuple(s for s in placed if s.text)
             for stage in ("asr", "decoding"):
                 clock.totals[stage] = shared.totals[stage]
-            results.append(_assemble(segments, clip.stats, self.recognizer.version, clock.totals, rate))
+            transcript = _assemble(segments, clip.stats, self.recognizer.version, clock.totals, rate)
+            results.append(replace(transcript, spots=best_spots([h.spots for h in hyps])))
         return results
 
     def _recognize(self, work: Sequence[_Work], clock: _StageClock) -> list[Hypothesis]:
@@ -299,12 +312,16 @@ def build_pipeline(
     options: PipelineOptions | None = None,
     vad_options: VADOptions | None = None,
     threads: int | None = None,
+    spotting: SpotOptions | None = None,
 ) -> Pipeline:
-    """Assemble the standard pipeline: a local checkpoint, greedy or beam decoding, Silero or no VAD."""
+    """Assemble the standard pipeline: a local checkpoint, greedy or beam decoding, Silero or no VAD,
+    and with `spotting` the catalog phrases found in each input."""
     recognizer = load_recognizer(Path(model_dir), device, threads)
     decoder: Decoder = (
         GreedyDecoder(recognizer.vocab) if beam is None else BeamDecoder(recognizer.vocab, beam)
     )
+    if spotting is not None:
+        decoder = SpottingDecoder(decoder, PhraseSpotter(recognizer.vocab, spotting))
     return Pipeline(recognizer, decoder, _vad(use_vad, vad_options), options)
 
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse
@@ -25,6 +25,7 @@ from asr.corpus.domain import DomainPack
 from asr.decoding import BeamOptions
 from asr.errors import AudioError
 from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_pipeline
+from asr.spotting import SpotOptions
 from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, default_notifiers, load_rules
 from monitoring.drift import ReferenceProfile
@@ -145,17 +146,13 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
 
         torch.set_num_threads(settings.torch_threads)
     pack = DomainPack.load(settings.domain_dir)
-    beam = pack.bias(settings.beam_size, settings.hotword_weight) if settings.bias_decoding else None
-    options = PipelineOptions(
-        limits=AudioLimits(max_clip_s=settings.api_max_clip_s), batch_size=settings.micro_batch_size
-    )
-    pipeline = build_pipeline(settings.model_dir, device=settings.device, beam=beam, options=options)
+    decoding = _decoding(settings, pack)
+    pipeline = build_pipeline(settings.model_dir, device=settings.device, **decoding)
     store = settings.open_event_store()
     faults = Faults()
     batcher = _batcher(settings, pipeline, faults)
-    index = CatalogIndex(
-        pack, SearchOptions(limit=settings.search_limit, min_score=settings.search_min_score)
-    )
+    limits = (settings.search_limit, settings.search_min_score)
+    index = CatalogIndex(pack, SearchOptions(*limits, min_match=settings.search_min_match))
     version = pipeline.recognizer.version
     monitor = _monitor(settings, store, batcher, routes, version) if settings.monitoring else None
     load_s = time.perf_counter() - started
@@ -166,7 +163,7 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     rollout = RolloutPlan(settings.rollout_mode, settings.canary_share, settings.canary_auto)  # type: ignore[arg-type]
 
     def load_challenger(model_dir: Path, registry_version: int | None = None) -> ModelSlot:
-        return _challenger(settings, beam, options, model_dir, registry_version)
+        return _challenger(settings, decoding, model_dir, registry_version)
 
     challenger = load_challenger(Path(settings.challenger_dir)) if settings.challenger_dir else None
     state = ServiceState(settings, batcher, index, store, version, pack.name, monitor, faults)
@@ -184,15 +181,29 @@ def _ramp(settings: Settings) -> RampPolicy:
     return RampPolicy(settings.ramp_steps, settings.canary_hold_s, settings.canary_window_s, gates)
 
 
+class _Decoding(TypedDict):
+    beam: BeamOptions | None
+    spotting: SpotOptions | None
+    options: PipelineOptions
+
+
+def _decoding(settings: Settings, pack: DomainPack) -> _Decoding:
+    """How every model this process serves decodes: catalog-biased beam search and name spotting
+    as configured, within the API's limits."""
+    return _Decoding(
+        beam=pack.bias(settings.beam_size, settings.hotword_weight) if settings.bias_decoding else None,
+        spotting=pack.spotting(settings.spot_char_bonus) if settings.spot_catalog else None,
+        options=PipelineOptions(
+            limits=AudioLimits(max_clip_s=settings.api_max_clip_s), batch_size=settings.micro_batch_size
+        ),
+    )
+
+
 def _challenger(
-    settings: Settings,
-    beam: BeamOptions | None,
-    options: PipelineOptions,
-    model_dir: Path,
-    registry_version: int | None = None,
+    settings: Settings, decoding: _Decoding, model_dir: Path, registry_version: int | None = None
 ) -> ModelSlot:
     """A second model, with the same decoding and limits as the champion, on its own batcher."""
-    pipeline = build_pipeline(model_dir, device=settings.device, beam=beam, options=options)
+    pipeline = build_pipeline(model_dir, device=settings.device, **decoding)
     batcher = _batcher(settings, pipeline)
     logger.info("loaded the challenger %s", pipeline.recognizer.version)
     return ModelSlot(CHALLENGER_SLOT, batcher, pipeline.recognizer.version, registry_version, model_dir)

@@ -910,8 +910,9 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
 
     paths = expand_inputs(args.paths)
     if args.mode == "edge":
-        pipeline = build_pipeline(args.model or settings.model_dir, device="cpu")
         pack = DomainPack.load(args.domain or settings.domain_dir)
+        spotting = pack.spotting(settings.spot_char_bonus) if settings.spot_catalog else None
+        pipeline = build_pipeline(args.model or settings.model_dir, device="cpu", spotting=spotting)
         searcher: EdgeClient | CloudClient = EdgeClient(pipeline, CatalogIndex(pack))
     else:
         searcher = CloudClient(args.url, build_frontend())

@@ -56,7 +56,7 @@ class EdgeClient:
         started = time.perf_counter()
         transcript = self.pipeline.transcribe(audio)
         searched = time.perf_counter()
-        result = self.index.search(transcript.text) if transcript.text else None
+        result = self.index.search_spoken(transcript.text, transcript.spots) if transcript.text else None
         timings = {stage: _ms(s) for stage, s in transcript.timings_s.items()}
         timings["search"] = _ms(time.perf_counter() - searched)
         timings["total"] = _ms(time.perf_counter() - started)

@@ -16,6 +16,7 @@ import numpy as np
 
 from asr.decoding import BeamOptions
 from asr.errors import DataError
+from asr.spotting import SpotOptions
 from asr.text import normalize_text
 
 _SLOT = re.compile(r"\{(\w+)\}")
@@ -120,6 +121,10 @@ class DomainPack:
             hotwords=self.phrases(),
             hotword_weight=hotword_weight,
         )
+
+    def spotting(self, char_bonus: float = 3.0) -> SpotOptions:
+        """Spot the catalog's names in each query's emissions, for search to rank by."""
+        return SpotOptions(self.phrases(), char_bonus=char_bonus)
 
     def phrases(self) -> tuple[str, ...]:
         """Normalized catalog names: the hotwords that bias recognition toward the catalog."""

@@ -41,7 +41,7 @@ async def voice_search(
     event["slot"] = slot.name
     transcript = await slot.batcher.submit(upload.audio)
     note_transcript(request, transcript)
-    result = await _search(request, service, transcript.text) if not transcript.no_speech else None
+    result = await _search(request, service, transcript) if not transcript.no_speech else None
     if service.shadow is not None:  # runs after the response is sent
         job = ShadowJob(upload.audio, request.state.request_id, session_id, request.state.started_at)
         background.add_task(service.shadow.offer, job)
@@ -86,9 +86,13 @@ async def text_search(
     return _response(request, service, result, None)
 
 
-async def _search(request: Request, service: ServiceState, text: str) -> SearchResult:
+async def _search(request: Request, service: ServiceState, query: str | Transcript) -> SearchResult:
+    """Typed text by its words; a transcript by the catalog names spotted in its audio, if any."""
     started = time.perf_counter()
-    result = await run_in_threadpool(service.index.search, text)
+    if isinstance(query, Transcript):
+        result = await run_in_threadpool(service.index.search_spoken, query.text, query.spots)
+    else:
+        result = await run_in_threadpool(service.index.search, query)
     event = event_of(request)
     event.setdefault("timings_s", {})["search"] = time.perf_counter() - started
     event["hits"] = tuple(_recorded(h) for h in result.hits)

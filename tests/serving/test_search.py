@@ -3,6 +3,7 @@
 import pytest
 
 from asr.corpus.domain import DomainPack
+from asr.spotting import Spot
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import DEFAULT_DOMAIN_DIR
 
@@ -53,3 +54,23 @@ def test_the_threshold_is_a_setting(index: CatalogIndex) -> None:
     strict = CatalogIndex(index.pack, SearchOptions(min_score=0.99))
     assert strict.search("weather in pariss").hits == ()
     assert strict.search("weather in paris").hits[0].entry.title == "Paris"
+
+
+def test_spoken_queries_rank_by_the_names_spotted_in_the_audio(index: CatalogIndex) -> None:
+    spots = (Spot("salvador", 20.0, 0.44), Spot("hong kong", 12.0, 0.3), Spot("davao", 10.0, 0.9))
+    result = index.search_spoken("hotels in caledo", spots)
+    assert result.query == "hotels in caledo"  # the user still sees what was heard
+    assert [h.entry.title for h in result.hits][:2] == ["Salvador", "Hong Kong"]
+    assert result.hits[0].matched == "salvador" and result.hits[0].score == 0.44
+    # A name two entries share (the city and the region) finds both, each once.
+    assert len({h.entry.id for h in result.hits}) == len(result.hits)
+    assert sum(h.matched == "hong kong" for h in result.hits) == 2
+
+
+def test_spots_below_the_match_floor_are_not_found_and_no_spots_means_the_transcript(
+    index: CatalogIndex,
+) -> None:
+    assert not index.search_spoken("weather in paris", (Spot("lima", 9.0, 0.1),)).found
+    assert index.search_spoken("weather in paris", ()).hits[0].entry.title == "Paris"
+    strict = CatalogIndex(index.pack, SearchOptions(min_match=0.5))
+    assert [h.entry.title for h in strict.search_spoken("", (Spot("paris", 9.0, 0.4),)).hits] == []
