@@ -99,15 +99,17 @@ class CatalogIndex:
         return SearchResult(query, self._rank(name_scores, limit or self.options.limit))
 
     def search_spoken(self, text: str, spots: Sequence[Spot], limit: int | None = None) -> SearchResult:
-        """Rank by the names spotted in the audio (best first); by `text` when nothing was spotted.
-        The result's query is still the transcript: it is what the user is shown."""
+        """Rank by the names spotted in the audio (best first), down to the first below `min_match`;
+        by `text` when nothing was spotted. The query is still the transcript: the user sees it."""
         if not spots:
             return self.search(text, limit)
         limit = limit or self.options.limit
         best: dict[int, SearchHit] = {}
         for spot in spots:
+            # Hits are a prefix of the ranking: a weak spot ends it, or a short name that fits
+            # well lower down would turn almost any speech into a hit.
             if spot.match < self.options.min_match:
-                continue
+                break
             for owner in self._owners_of.get(spot.phrase, ()):
                 if owner not in best and len(best) < limit:
                     best[owner] = SearchHit(self.pack.catalog[owner], spot.match, spot.phrase)

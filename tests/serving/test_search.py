@@ -71,6 +71,9 @@ def test_spots_below_the_match_floor_are_not_found_and_no_spots_means_the_transc
     index: CatalogIndex,
 ) -> None:
     assert not index.search_spoken("weather in paris", (Spot("lima", 9.0, 0.1),)).found
+    # Hits are a prefix of the ranking: a weak spot ends the list even if a better match follows.
+    cut = index.search_spoken("", (Spot("paris", 20.0, 0.5), Spot("lima", 9.0, 0.1), Spot("rome", 8.0, 0.9)))
+    assert [h.entry.title for h in cut.hits] == ["Paris"]
     assert index.search_spoken("weather in paris", ()).hits[0].entry.title == "Paris"
     strict = CatalogIndex(index.pack, SearchOptions(min_match=0.5))
     assert [h.entry.title for h in strict.search_spoken("", (Spot("paris", 9.0, 0.4),)).hits] == []
