@@ -61,7 +61,7 @@ class Settings:
     hotword_weight: float = 1.0
     spot_catalog: bool = True
     """Rank voice queries by the catalog names spotted in their audio (`asr.spotting`, about
-    16 ms of CPU per 3 s query); false ranks them by the transcript alone, like typed queries."""
+    8 ms of CPU per 3 s query); false ranks them by the transcript alone, like typed queries."""
     spot_char_bonus: float = 3.0
     micro_batch_size: int = 8
     """Concurrent requests recognized in one model call; 1 turns micro-batching off."""

@@ -8,7 +8,7 @@ import pytest
 
 from asr.errors import DecoderConfigError
 from asr.model import Emissions, Vocabulary
-from asr.spotting import PhraseSpotter, Spot, SpotOptions, best_spots
+from asr.spotting import PhraseSpotter, Spot, SpotOptions, _without_sure_blanks, best_spots
 
 VOCAB = Vocabulary(("<pad>", "|", "a", "b", "l", "n", "t", "i"), blank_id=0, delimiter_id=1)
 
@@ -51,6 +51,17 @@ def test_the_best_fit_equals_brute_force_over_every_stretch_and_alignment() -> N
         (spot,) = spotter.spot(Emissions(log_probs, 0.02))
         assert spot.score == pytest.approx(expected, abs=1e-3), phrase
         assert spot.match == pytest.approx(math.exp(expected / len(phrase)), abs=1e-3)
+
+
+def test_long_runs_of_sure_blanks_change_no_fit() -> None:
+    # At p 0.999 a blank is "sure": all but the first frame of each run are dropped before aligning.
+    phrases = ("bat", "tall", "ant")
+    short = fits(phrases, emissions_for("-bat-tal-l-", sure=0.999))
+    padded = fits(phrases, emissions_for("-----bat-----tal-l-----", sure=0.999))
+    assert short == pytest.approx(padded, abs=1e-3)
+    assert short["tall"] == pytest.approx(0.0, abs=1e-2)  # the kept blank still splits the "ll"
+    dropped = _without_sure_blanks(emissions_for("-----bat-----tal-l-----", sure=0.999).log_probs, 0)
+    assert len(dropped) == len("-bat-tal-l-")
 
 
 def test_ranking_adds_the_char_bonus_and_keeps_the_best() -> None:
