@@ -24,7 +24,7 @@ import numpy as np
 
 from asr.evaluate import ManifestEntry, read_manifest
 from asr.text import normalize_text
-from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, REPO_ROOT
+from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, REPO_ROOT, Settings
 
 STAGES = ("vad", "encode", "upload", "asr", "decoding", "search")
 
@@ -59,8 +59,11 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     entries = clips(args)
     results = []
     if kind == "edge":
-        pipeline = build_pipeline(args.model, device="cpu", threads=args.threads)
-        client: Any = EdgeClient(pipeline, CatalogIndex(DomainPack.load(DEFAULT_DOMAIN_DIR)))
+        pack = DomainPack.load(DEFAULT_DOMAIN_DIR)
+        # Spot the catalog's names as the server does, so both sides pay for the same search.
+        spotting = pack.spotting() if Settings().spot_catalog else None
+        pipeline = build_pipeline(args.model, device="cpu", threads=args.threads, spotting=spotting)
+        client: Any = EdgeClient(pipeline, CatalogIndex(pack))
         context = None
     else:
         context = shaped(args.url, PROFILES[detail])
