@@ -716,6 +716,8 @@ def transcript_to_dict(result: Transcript) -> dict[str, Any]:
     """The JSON shape of a transcript, shared by the CLI's JSONL and (later) the API."""
     row = asdict(result)
     row["confidence"] = round(result.confidence, 4)
+    if not result.spots:  # only a catalog-spotting pipeline (the server's) fills them
+        del row["spots"]
     return row
 
 

@@ -34,7 +34,7 @@ class SearchOptions:
     """Share of the score from spelling; the rest comes from sound (Metaphone)."""
     min_match: float = 0.15
     """A spotted name below this per-character likelihood ratio (`Spot.match`) counts as not
-    found. Chosen on dev clips with the bundled model: 0.15 kept 35.7% of 207 queries' intended
+    found. Chosen on dev clips with the bundled model: 0.15 kept 35.3% of 207 queries' intended
     entries first (36.7% with no floor) and left 59% of 122 out-of-domain sentences with a hit
     (0.12: 79%; typed-style search of their transcripts: 75%)."""
 
