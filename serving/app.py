@@ -151,8 +151,10 @@ def _load(settings: Settings, routes: Sequence[str] = ()) -> ServiceState:
     store = settings.open_event_store()
     faults = Faults()
     batcher = _batcher(settings, pipeline, faults)
-    limits = (settings.search_limit, settings.search_min_score)
-    index = CatalogIndex(pack, SearchOptions(*limits, min_match=settings.search_min_match))
+    search = SearchOptions(
+        limit=settings.search_limit, min_score=settings.search_min_score, min_match=settings.search_min_match
+    )
+    index = CatalogIndex(pack, search)
     version = pipeline.recognizer.version
     monitor = _monitor(settings, store, batcher, routes, version) if settings.monitoring else None
     load_s = time.perf_counter() - started

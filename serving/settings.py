@@ -63,6 +63,7 @@ class Settings:
     """Rank voice queries by the catalog names spotted in their audio (`asr.spotting`, about
     8 ms of CPU per 3 s query); false ranks them by the transcript alone, like typed queries."""
     spot_char_bonus: float = 3.0
+    """Log-ratio a character of a name may cost before a longer name stops ranking higher."""
     micro_batch_size: int = 8
     """Concurrent requests recognized in one model call; 1 turns micro-batching off."""
     micro_batch_wait_ms: float = 5.0
@@ -79,6 +80,7 @@ class Settings:
     search_limit: int = 5
     search_min_score: float = 0.72
     search_min_match: float = 0.15
+    """Spotted names rank down to the first below this per-character match (`SearchOptions`)."""
     retain_audio: bool = False
     """Keep request audio for retraining. Recordings are personal data: off unless enabled."""
     audio_retention_days: float = 30.0

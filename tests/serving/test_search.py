@@ -5,7 +5,7 @@ import pytest
 from asr.corpus.domain import DomainPack
 from asr.spotting import Spot
 from serving.search import CatalogIndex, SearchOptions
-from serving.settings import DEFAULT_DOMAIN_DIR
+from serving.settings import DEFAULT_DOMAIN_DIR, Settings
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,11 @@ def test_spots_below_the_match_floor_are_not_found_and_no_spots_means_the_transc
     assert index.search_spoken("weather in paris", ()).hits[0].entry.title == "Paris"
     strict = CatalogIndex(index.pack, SearchOptions(min_match=0.5))
     assert [h.entry.title for h in strict.search_spoken("", (Spot("paris", 9.0, 0.4),)).hits] == []
+
+
+@pytest.mark.parametrize(
+    "bad", [{"spot_char_bonus": -1.0}, {"search_min_match": 1.5}, {"search_min_score": -0.1}]
+)
+def test_bad_search_settings_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Settings(**bad)  # type: ignore[arg-type]
