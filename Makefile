@@ -17,7 +17,7 @@ PIP_TOOLS_VERSION := 7.6.2
 # tests start their own PostgreSQL server in a temporary folder).
 SYSTEM_PACKAGES := python3-venv espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium prometheus postgresql nginx
 
-.PHONY: install system-deps lock doctor run serve serve-cluster test lint typecheck bench bench-api bench-edge eval clean
+.PHONY: install system-deps lock doctor run serve serve-cluster test lint typecheck bench bench-api bench-spotting bench-edge eval clean
 
 install: system-deps $(STAMP)
 
@@ -85,6 +85,10 @@ bench: install
 # The API under load on localhost (search success, latency, throughput, overload); needs corpus/.
 bench-api: install
 	$(BIN)/python scripts/bench_api.py --json .cache/bench_api.json
+
+# Voice search by spotted catalog names vs by the transcript, on the test split; needs corpus/.
+bench-spotting: install
+	$(BIN)/python scripts/bench_spotting.py --split test --json .cache/bench_spotting.json
 
 # Edge (int8, 1 and 2 threads) vs cloud (the server through wifi/4G/3G profiles): table and plots
 # in .cache/edge-cloud/ (corpus/ test clips when built, else the bundled samples).
