@@ -10,7 +10,7 @@ file's length. Times in the result are on the caller's timeline (seconds from th
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from asr.audio import AudioLimits, Samples, load_audio
@@ -228,8 +228,9 @@ class Pipeline:
             segments = tuple(s for s in placed if s.text)
             for stage in ("asr", "decoding"):
                 clock.totals[stage] = shared.totals[stage]
-            transcript = _assemble(segments, clip.stats, self.recognizer.version, clock.totals, rate)
-            results.append(replace(transcript, spots=best_spots([h.spots for h in hyps])))
+            spots = best_spots([h.spots for h in hyps])
+            version = self.recognizer.version
+            results.append(_assemble(segments, spots, clip.stats, version, clock.totals, rate))
         return results
 
     def _recognize(self, work: Sequence[_Work], clock: _StageClock) -> list[Hypothesis]:
@@ -271,6 +272,7 @@ def _place(span: SpeechSegment, hyp: Hypothesis, offset_s: float) -> Segment:
 
 def _assemble(
     segments: tuple[Segment, ...],
+    spots: tuple[Spot, ...],
     stats: ClipStats,
     model_version: str,
     timings_s: dict[str, float],
@@ -290,6 +292,7 @@ def _assemble(
         model_version=model_version,
         timings_s=dict(timings_s),
         source_sample_rate_hz=source_sample_rate_hz,
+        spots=spots,
     )
 
 

@@ -122,7 +122,7 @@ class DomainPack:
             hotword_weight=hotword_weight,
         )
 
-    def spotting(self, char_bonus: float = 3.0) -> SpotOptions:
+    def spotting(self, char_bonus: float = SpotOptions.char_bonus) -> SpotOptions:
         """Spot the catalog's names in each query's emissions, for search to rank by."""
         return SpotOptions(self.phrases(), char_bonus=char_bonus)
 
