@@ -41,8 +41,8 @@ MIN_SAMPLES = 60
 RATE_RPS = 4.0
 SHIFT_S = 30.0
 SLOW_SHIFT_S = 10.0
-"""The slow model's shift is shorter: each of its requests sleeps 1.5 s, so 30 s of it was 3 of the
-test's 8 minutes, and the latency rule is judged from 20 events (40 slow ones here)."""
+"""The slow model's shift is shorter: each of its requests sleeps 1.5 s, so 30 s of it took 3.7 of the
+test's 8.5 minutes alone, and the latency rule is judged from 20 events (40 slow ones here)."""
 CONCURRENCY = 2
 """Requests in flight. The latency alarm (p95 > 1 s) judges wall time: at 3 in flight, a machine
 busy with other work (a training run beside the tests) queued requests past 1 s and fired it
