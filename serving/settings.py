@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, get_args
 
 from asr.model import Device
+from asr.spotting import SpotOptions
 from monitoring.events import EventStore, open_event_store
 from serving.lifecycle.review import AUTOMATION_LEVELS, SENDS_TO_PEOPLE
 from serving.lifecycle.rollout import ROLLOUT_MODES
+from serving.search import SearchOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "data" / "models" / "voice-search-small"
@@ -62,7 +64,7 @@ class Settings:
     spot_catalog: bool = True
     """Rank voice queries by the catalog names spotted in their audio (`asr.spotting`, about
     8 ms of CPU per 3 s query); false ranks them by the transcript alone, like typed queries."""
-    spot_char_bonus: float = 3.0
+    spot_char_bonus: float = SpotOptions.char_bonus
     """Log-ratio a character of a name may cost before a longer name stops ranking higher."""
     micro_batch_size: int = 8
     """Concurrent requests recognized in one model call; 1 turns micro-batching off."""
@@ -77,9 +79,9 @@ class Settings:
     """How long the first request of a batch waits for company."""
     max_queue: int = 32
     """Requests waiting for the model beyond this are answered 503 with Retry-After."""
-    search_limit: int = 5
-    search_min_score: float = 0.72
-    search_min_match: float = 0.15
+    search_limit: int = SearchOptions.limit
+    search_min_score: float = SearchOptions.min_score
+    search_min_match: float = SearchOptions.min_match
     """Spotted names rank down to the first below this per-character match (`SearchOptions`)."""
     retain_audio: bool = False
     """Keep request audio for retraining. Recordings are personal data: off unless enabled."""
