@@ -34,7 +34,7 @@ from asr.model import (
     Emissions,
     Vocabulary,
     at_least,
-    frame_count,
+    conv_stack,
     model_version,
     receptive_field,
 )
@@ -65,12 +65,13 @@ def export_edge(
     """Write an edge folder for the checkpoint in `model_dir`; int8 needs calibration clips
     (float32 mono 16 kHz, a few dozen typical queries)."""
     import torch
-    from transformers import AutoModelForCTC
+
+    from asr.model import load_ctc_model
 
     if precision == "int8" and not calibration:
         raise ModelError("int8 export needs calibration clips to measure activation ranges")
     try:
-        model = AutoModelForCTC.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
+        model = load_ctc_model(model_dir).eval()
         normalize = _normalizes(model_dir)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelLoadError(f"cannot load a CTC model from {model_dir}: {e}") from e
@@ -241,7 +242,7 @@ class OnnxRecognizer:
 
         try:
             config = _read_json(folder / "config.json")
-            self._kernels, self._strides = list(config["conv_kernel"]), list(config["conv_stride"])
+            self._kernels, self._strides = conv_stack(config)
             self._normalize = _normalizes(folder)
             options = ort.SessionOptions()
             if threads:
@@ -265,7 +266,7 @@ class OnnxRecognizer:
                 logits = self._session.run(None, {"input_values": values})[0][0]
             except Exception as e:
                 raise ModelError(f"the edge model failed on a clip of {len(clip)} samples: {e}") from e
+            # One clip alone: every output frame is the clip's (no padding to cut off).
             log_probs = log_softmax(logits, axis=-1)
-            frames = frame_count(len(clip), self._kernels, self._strides)
-            out.append(Emissions(log_probs=log_probs[:frames].astype(np.float32), frame_s=self.frame_s))
+            out.append(Emissions(log_probs=log_probs.astype(np.float32), frame_s=self.frame_s))
         return out

@@ -124,9 +124,9 @@ class Recognizer:
         resolved = resolve_device(device)
         dtype = torch.float16 if resolved == "cuda" else torch.float32
         try:
+            model = load_ctc_model(path, dtype)  # first: it registers our families with the Auto classes
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
             features = transformers.AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
-            model = transformers.AutoModelForCTC.from_pretrained(path, local_files_only=True, dtype=dtype)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ModelLoadError(f"cannot load a CTC model from {path}: {e}") from e
         model.to(resolved).eval()
@@ -170,6 +170,35 @@ class Recognizer:
             Emissions(log_probs=lp[: int(n)], frame_s=self.frame_s)
             for lp, n in zip(log_probs, lengths, strict=True)
         ]
+
+
+def load_ctc_model(path: Path, dtype: Any = None) -> Any:
+    """`AutoModelForCTC.from_pretrained` on a local folder, with this project's own model families
+    registered: wav2vec2 (transformers' own) and the Whisper-front-end CTC model."""
+    torch = require("torch", "loading a CTC model")
+    transformers = require("transformers", "loading a CTC model")
+    from asr import whisper_ctc
+
+    whisper_ctc.register()
+    return transformers.AutoModelForCTC.from_pretrained(
+        path, local_files_only=True, dtype=torch.float32 if dtype is None else dtype
+    )
+
+
+WHISPER_FRONT_END = ((400, 3, 3), (160, 1, 2))
+"""The Whisper-front-end family's front end as a convolution stack (kernels and strides, in input
+steps): the log-mel's 400-sample window every 160 samples, then Whisper's two convolutions; 20 ms
+frames that read 1,040 samples. Its config answers `conv_kernel` and `conv_stride` with these."""
+
+
+def conv_stack(config: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """Kernels and strides of a checkpoint's front end, from its config.json's contents."""
+    if config.get("model_type") == "whisper_ctc":
+        return list(WHISPER_FRONT_END[0]), list(WHISPER_FRONT_END[1])
+    try:
+        return list(config["conv_kernel"]), list(config["conv_stride"])
+    except KeyError as e:
+        raise ModelLoadError(f"the model config has no {e}: not a CTC model this project knows") from e
 
 
 def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
@@ -316,8 +345,11 @@ def default_tokens() -> tuple[str, ...]:
     return (BLANK_TOKEN, "<unk>", WORD_DELIMITER, *DEFAULT_ALPHABET)
 
 
-def write_processor(out: Path, feature_config: Path | None = None, attention_mask: bool = True) -> None:
-    """Write our tokenizer and a feature extractor (`feature_config`'s, or the default) into `out`."""
+def write_processor(
+    out: Path, feature_config: Path | None = None, attention_mask: bool = True, raw_samples: bool = False
+) -> None:
+    """Write our tokenizer and a feature extractor (`feature_config`'s, or the default) into `out`.
+    With `raw_samples` the extractor passes samples as they are (a model that makes its own log-mel)."""
     from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
     vocab_file = out / "vocab.json"
@@ -334,36 +366,56 @@ def write_processor(out: Path, feature_config: Path | None = None, attention_mas
     if feature_config is not None:
         features = Wav2Vec2FeatureExtractor.from_json_file(str(feature_config))
     else:
-        features = default_feature_extractor(attention_mask)
+        features = default_feature_extractor(attention_mask, normalize=not raw_samples)
     Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(out)
 
 
-def default_feature_extractor(attention_mask: bool = True) -> Any:
-    """Raw 16 kHz samples, each clip normalized to zero mean and unit variance."""
+def default_feature_extractor(attention_mask: bool = True, normalize: bool = True) -> Any:
+    """Raw 16 kHz samples, each clip normalized to zero mean and unit variance (unless not `normalize`)."""
     from transformers import Wav2Vec2FeatureExtractor
 
     return Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=SAMPLE_RATE_HZ,
         padding_value=0.0,
-        do_normalize=True,
+        do_normalize=normalize,
         return_attention_mask=attention_mask,
     )
 
 
-def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0) -> Path:
-    """Write a randomly initialised wav2vec2 CTC checkpoint (model, tokenizer, feature extractor).
+WHISPER_SHAPES: dict[str, dict[str, Any]] = {
+    # The Whisper-front-end family at test size (random, ~60k parameters above the log-mel).
+    "whisper-tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+}
+"""Named shapes of the Whisper-front-end family built from random weights; its real start is
+Whisper tiny.en's own (`voice-search train --init whisper:`)."""
 
-    Uses the layer-norm feature encoder (`feat_extract_norm="layer"`, stable layer norm): the
-    variant that trains from scratch without stalling, and that takes an attention mask.
+
+def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0) -> Path:
+    """Write a randomly initialised CTC checkpoint (model, tokenizer, feature extractor).
+
+    A wav2vec2 shape uses the layer-norm feature encoder (`feat_extract_norm="layer"`, stable
+    layer norm): the variant that trains from scratch without stalling, and that takes an
+    attention mask. A `WHISPER_SHAPES` name builds the Whisper-front-end family.
     """
     import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-    if shape not in MODEL_SHAPES:
-        raise ValueError(f"unknown model shape {shape!r}; choose from {sorted(MODEL_SHAPES)}")
+    if shape not in MODEL_SHAPES and shape not in WHISPER_SHAPES:
+        raise ValueError(
+            f"unknown model shape {shape!r}; choose from {sorted([*MODEL_SHAPES, *WHISPER_SHAPES])}"
+        )
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    if shape in WHISPER_SHAPES:
+        from asr.whisper_ctc import WhisperCTCConfig, WhisperCTCForCTC
+
+        whisper = WhisperCTCConfig(vocab_size=len(default_tokens()), **WHISPER_SHAPES[shape])
+        WhisperCTCForCTC(whisper).save_pretrained(out)
+        write_processor(out, raw_samples=True)
+        return out
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
     config = Wav2Vec2Config(
         vocab_size=len(default_tokens()),
         pad_token_id=0,
@@ -373,7 +425,6 @@ def create_model_dir(directory: str | Path, shape: str = "small", seed: int = 0)
         do_stable_layer_norm=True,
         **MODEL_SHAPES[shape],
     )
-    torch.manual_seed(seed)
     Wav2Vec2ForCTC(config).save_pretrained(out)
     write_processor(out)
     return out

@@ -49,6 +49,7 @@ from asr.model import (
     Recognizer,
     Vocabulary,
     create_model_dir,
+    load_ctc_model,
     model_version,
     resolve_device,
     vocabulary_from_tokenizer,
@@ -97,7 +98,9 @@ def _is_number(text: str) -> bool:
 class TrainConfig:
     out_dir: Path
     init: str
-    """A checkpoint folder, or `scratch:SHAPE` (see `asr.model.MODEL_SHAPES`)."""
+    """A checkpoint folder, `scratch:SHAPE` (see `asr.model.MODEL_SHAPES`), or `whisper:` (Whisper
+    tiny.en's encoder under a new CTC head, `asr.whisper_ctc`; `whisper:DIR` reads another
+    CTranslate2 Whisper folder)."""
     train: tuple[DataSource, ...]
     dev: Path | None = None
     steps: int = 4000
@@ -128,7 +131,11 @@ class TrainConfig:
     """wav2vec2's SpecAugment time masking while training. Off by default: transformers' masking
     always hides at least `mask_time_min_masks` (2) spans of 10 frames, 400 ms per clip however
     short, which on one-word clips often hides the whole word and pins a model trained from scratch
-    to CTC's all-blank plateau. Worth 0.05 when fine-tuning a working model on longer clips."""
+    to CTC's all-blank plateau. Worth 0.05 when fine-tuning a working model on longer clips.
+    On the Whisper-front-end family it masks log-mel frames (10 ms) and has no minimum count."""
+    mask_feature_prob: float = 0.0
+    """SpecAugment's frequency masking: the share of mel bins (Whisper family) or hidden channels
+    (wav2vec2) hidden in spans while training."""
     seed: int = 0
     device: Device = "auto"
     shared_data: Path | None = None
@@ -159,6 +166,13 @@ class TrainConfig:
     """Also keep the model (fp16) at every multiple of this many steps, under `steps/step-N`: the
     snapshots that `average_models` averages at the end of a run (0: keep only `checkpoint` and
     `best`)."""
+    head_lr: float | None = None
+    """The CTC head's peak learning rate, when it differs from `lr` (a new head over a pretrained
+    encoder learns at 2e-3 while the encoder moves at 1e-4: the Whisper-family recipe)."""
+    length_buckets: int = 1
+    """1: each batch's clips drawn at random. N: N batches' clips drawn at once and grouped by
+    length, so that a batch of sentences and one-word clips does not pad every clip to the
+    longest (about 3x less computed padding on the real sets' mix)."""
     nproc: int = 1
     """Data-parallel processes (started by torchrun; `voice-search train --nproc`). The global
     batch stays `batch_size`: each process takes `batch_size / nproc` of its clips."""
@@ -178,6 +192,10 @@ class TrainConfig:
             raise DataError("the frozen layer count must be >= 0")
         if self.keep_every < 0:
             raise DataError("the snapshot interval must be >= 0")
+        if self.head_lr is not None and self.head_lr <= 0:
+            raise DataError("the head's learning rate must be positive")
+        if self.length_buckets < 1:
+            raise DataError("the length buckets must be >= 1")
         split_batch(self.batch_size, self.nproc)
 
 
@@ -277,22 +295,56 @@ class _Sampler:
         return self._views[max_clip_s]
 
     def batch(self, size: int, max_clip_s: float | None) -> list[_Example]:
+        return self._draw(self.rng, size, max_clip_s)
+
+    def _draw(self, rng: np.random.Generator, size: int, max_clip_s: float | None) -> list[_Example]:
         pools, weights = self._view(max_clip_s)
         out = []
         for _ in range(size):
-            pool = pools[int(self.rng.choice(len(pools), p=weights))]
-            out.append(pool[int(self.rng.integers(len(pool)))])
+            pool = pools[int(rng.choice(len(pools), p=weights))]
+            out.append(pool[int(rng.integers(len(pool)))])
         return out
+
+    def bucketed(
+        self, size: int, max_clip_s: float | None, step: int, buckets: int, seed: int
+    ) -> list[_Example]:
+        """Step `step`'s batch when `buckets` batches' clips are drawn at once and grouped by
+        length: a padded batch then holds clips of about one length, and computes little padding.
+        The group is drawn from the seed and `step // buckets` alone, so a resumed run needs no
+        saved state to hear what an uninterrupted one would."""
+        group = step // buckets
+        rng = np.random.default_rng([seed, group])
+        drawn = sorted(self._draw(rng, size * buckets, max_clip_s), key=lambda e: e.duration_s)
+        order = rng.permutation(buckets)  # long and short batches interleaved, not in length order
+        start = int(order[step % buckets]) * size
+        return drawn[start : start + size]
+
+
+WHISPER_START = "whisper:"
+"""`--init whisper:` starts from Whisper tiny.en's encoder (`whisper:DIR`: a CTranslate2 folder)."""
+
+
+def is_built_start(init: str) -> bool:
+    """True when `init` names a start this project builds (`scratch:SHAPE`, `whisper:`), not a folder."""
+    return init.startswith(("scratch:", WHISPER_START))
 
 
 def adapts_checkpoint(config: TrainConfig) -> bool:
     """True when `init` is a checkpoint over another vocabulary, or one without a CTC head."""
-    return not config.init.startswith("scratch:") and not speaks_our_vocabulary(Path(config.init))
+    return not is_built_start(config.init) and not speaks_our_vocabulary(Path(config.init))
 
 
 def _initial_model_dir(config: TrainConfig, log: Callable[[str], None]) -> Path:
     if config.init.startswith("scratch:"):
         return create_model_dir(config.out_dir / "init", shape=config.init.split(":", 1)[1], seed=config.seed)
+    if config.init.startswith(WHISPER_START):
+        from asr.transplant import read_ctranslate2, whisper_weights_dir
+        from asr.whisper_ctc import write_whisper_ctc
+
+        folder = config.init.removeprefix(WHISPER_START)
+        weights = read_ctranslate2(whisper_weights_dir(Path(folder) if folder else None) / "model.bin")
+        log("Whisper's encoder (log-mel, convolutions, positions, layers) under a new CTC head")
+        return write_whisper_ctc(config.out_dir / "init", weights, seed=config.seed)
     if adapts_checkpoint(config):
         adapted = adapt_checkpoint(Path(config.init), config.out_dir / "init", seed=config.seed)
         log(
@@ -368,7 +420,7 @@ def _train(
     log: Callable[[str], None],
     on_record: Callable[[dict[str, Any]], None] | None,
 ) -> TrainState:
-    from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
+    from transformers import AutoFeatureExtractor, AutoTokenizer
 
     # Each rank its own dropout and SpecAugment draws (transformers draws wav2vec2's SpecAugment
     # masks from numpy's global generator); rank 0, like a single process, is seeded with `seed`.
@@ -376,7 +428,7 @@ def _train(
     np.random.seed(config.seed + ranks.rank)
     resume = config.out_dir / CHECKPOINT
     source_dir = made_on_main(lambda: _source_dir(config, log), ranks)
-    model = AutoModelForCTC.from_pretrained(source_dir, local_files_only=True, dtype=torch.float32).to(device)
+    model = load_ctc_model(source_dir).to(device)
     features = AutoFeatureExtractor.from_pretrained(source_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(source_dir, local_files_only=True)
     recognizer = Recognizer(model, features, vocabulary_from_tokenizer(tokenizer), device, version="training")
@@ -384,17 +436,16 @@ def _train(
         model.freeze_feature_encoder()
     if config.freeze_layers:
         freeze_lower_layers(model, config.freeze_layers)
-    _set_spec_augment(model, config.mask_time_prob)
+    _set_spec_augment(model, config.mask_time_prob, config.mask_feature_prob)
 
     if ranks.is_main:
         check_training_data(config)
     sources = [_load_examples(s, recognizer.vocab, config.max_clip_s) for s in config.train]
     sampler = _Sampler(sources, [s.weight for s in config.train], config.seed)
     distiller = _Distiller(config, model, device, ranks) if config.distill_weight else None
-    trained = [p for p in model.parameters() if p.requires_grad]
-    if distiller is not None:
-        trained += list(distiller.projection.parameters())
-    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        _parameter_groups(model, distiller, config), weight_decay=config.weight_decay
+    )
     clock_started = time.perf_counter()
 
     def clock_share() -> float:
@@ -437,7 +488,11 @@ def _train(
 
     def draw(step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         limit = config.curriculum_clip_s if step < config.curriculum_steps else None
-        return loader(sampler.batch(config.batch_size, limit), share)
+        if config.length_buckets > 1:
+            batch = sampler.bucketed(config.batch_size, limit, step, config.length_buckets, config.seed)
+        else:
+            batch = sampler.batch(config.batch_size, limit)
+        return loader(batch, share)
 
     with _Batches(draw, sampler, state.step, config.prefetch_batches) as batches:
         while state.step < config.steps:
@@ -530,6 +585,20 @@ def _train(
     return state
 
 
+def _parameter_groups(model: Any, distiller: Any, config: TrainConfig) -> list[dict[str, Any]]:
+    """The trained parameters at `lr`, and the CTC head at `head_lr` when that is set."""
+    head = {id(p) for p in model.lm_head.parameters()} if config.head_lr is not None else set()
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+    if distiller is not None:
+        body += list(distiller.projection.parameters())
+    groups = [{"params": body, "lr": config.lr}]
+    if head:
+        groups.append(
+            {"params": [p for p in model.lm_head.parameters() if p.requires_grad], "lr": config.head_lr}
+        )
+    return groups
+
+
 def _generators() -> dict[str, Any]:
     """This process's torch and numpy global generator states (dropout, SpecAugment masks)."""
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
@@ -554,6 +623,11 @@ def _restore_generators(saved: dict[str, Any], ranks: Ranks, log: Callable[[str]
 def freeze_lower_layers(model: Any, layers: int) -> None:
     """Stop gradients below transformer layer `layers`; the layers above, the CTC head and (with the
     stable layer norm, where it follows the layers) the final layer norm keep training."""
+    if hasattr(model, "freeze_lower_layers"):  # the Whisper-front-end family knows its own layers
+        if layers > len(model.layers):
+            raise DataError(f"cannot freeze {layers} layers: the model has {len(model.layers)}")
+        model.freeze_lower_layers(layers)
+        return
     encoder = model.wav2vec2.encoder
     if layers > len(encoder.layers):
         raise DataError(f"cannot freeze {layers} layers: the model has {len(encoder.layers)}")
@@ -565,17 +639,20 @@ def freeze_lower_layers(model: Any, layers: int) -> None:
         module.requires_grad_(True)
 
 
-def _set_spec_augment(model: Any, mask_time_prob: float) -> None:
-    """Turn SpecAugment time masking on or off for training, without changing the parameters:
-    transformers only creates the mask embedding when the config asks for masking, so changing
+def _set_spec_augment(model: Any, mask_time_prob: float, mask_feature_prob: float = 0.0) -> None:
+    """Turn SpecAugment on or off for training, without changing the parameters: transformers
+    only creates wav2vec2's mask embedding when the config asks for masking, so changing
     `mask_time_prob` itself would make a checkpoint reload with different parameters."""
-    model.config.apply_spec_augment = mask_time_prob > 0
-    if mask_time_prob > 0:
-        if getattr(model.wav2vec2, "masked_spec_embed", None) is None:
-            raise DataError(
-                "this model was built without a SpecAugment mask embedding; train without masking"
-            )
+    masks = mask_time_prob > 0 or mask_feature_prob > 0
+    model.config.apply_spec_augment = masks
+    needs_embedding = (
+        hasattr(model, "wav2vec2") and mask_time_prob > 0
+    )  # the Whisper family masks its log-mel
+    if needs_embedding and getattr(model.wav2vec2, "masked_spec_embed", None) is None:
+        raise DataError("this model was built without a SpecAugment mask embedding; train without masking")
+    if masks:
         model.config.mask_time_prob = mask_time_prob
+        model.config.mask_feature_prob = mask_feature_prob
 
 
 @dataclass(frozen=True)
@@ -963,9 +1040,7 @@ def average_models(sources: Sequence[Path], out: Path) -> Path:
 
 def export_model(source: Path, out: Path, card: str | None = None) -> Path:
     """Export a trained folder as the bundled format: fp16 safetensors plus a model card."""
-    from transformers import AutoModelForCTC
-
-    model = AutoModelForCTC.from_pretrained(source, local_files_only=True, dtype=torch.float32)
+    model = load_ctc_model(source)
     save_model(model, source, out, half=True)
     (out / "state.pt").unlink(missing_ok=True)
     if card:

@@ -185,9 +185,9 @@ def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
     )
     state = train(config, log=lambda line: print(line, flush=True))
     trained = run_dir / (BEST if (run_dir / BEST).is_dir() else CHECKPOINT)
-    from transformers import AutoModelForCTC
+    from asr.model import load_ctc_model
 
-    model = AutoModelForCTC.from_pretrained(trained, local_files_only=True, dtype=torch.float32).half()
+    model = load_ctc_model(trained).half()
     model.save_pretrained(args.out / "model", max_shard_size=SHARD)
     shutil.copy(run_dir / METRICS, args.out / METRICS)
     summary = {

@@ -253,10 +253,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     trainer.add_argument(
         "--init",
-        metavar="DIR|scratch:SHAPE",
+        metavar="DIR|scratch:SHAPE|whisper:",
         help=(
             "start model: ours, any local wav2vec2 checkpoint (self-supervised only, or CTC over "
-            "another vocabulary: a new CTC head is fitted), or scratch (default: the bundled model)"
+            "another vocabulary: a new CTC head is fitted), scratch, or whisper: (Whisper tiny.en's "
+            "encoder under a new CTC head; whisper:DIR for another CTranslate2 Whisper folder) "
+            "(default: the bundled model)"
         ),
     )
     trainer.add_argument(
@@ -296,6 +298,17 @@ def _parser() -> argparse.ArgumentParser:
     trainer.add_argument(
         "--mask-time-prob", type=float, default=0.0, help="SpecAugment time masking (default: off)"
     )
+    trainer.add_argument(
+        "--head-lr", type=float, metavar="LR", help="the CTC head's learning rate (default: --lr)"
+    )
+    trainer.add_argument(
+        "--length-buckets", type=int, default=1, metavar="N",
+        help="draw N batches' clips at once and group them by length (less padding; default 1: off)",
+    )  # fmt: skip
+    trainer.add_argument(
+        "--mask-feature-prob", type=float, default=0.0,
+        help="SpecAugment frequency masking: mel bins, or wav2vec2's channels (default: off)",
+    )  # fmt: skip
     trainer.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     trainer.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     trainer.add_argument("--seed", type=int, default=0)
@@ -953,13 +966,15 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
     from asr.distributed import Ranks
-    from asr.train import DataSource, TrainConfig, check_training_data, export_model, train
+    from asr.train import DataSource, TrainConfig, check_training_data, export_model, is_built_start, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     init = args.init or str(settings.model_dir)
-    if not init.startswith("scratch:") and not Path(init).is_dir():
-        raise UsageError(f"no model folder at {init}; pass --init DIR or --init scratch:small")
+    if not is_built_start(init) and not Path(init).is_dir():
+        raise UsageError(
+            f"no model folder at {init}; pass --init DIR, --init whisper: or --init scratch:small"
+        )
     if args.domain:
         if args.nproc > 1:
             raise UsageError("--domain trains in one process; drop --nproc")
@@ -982,6 +997,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         freeze_feature_encoder=args.freeze_feature_encoder,
         freeze_layers=args.freeze_layers,
         mask_time_prob=args.mask_time_prob,
+        mask_feature_prob=args.mask_feature_prob,
+        length_buckets=args.length_buckets,
+        head_lr=args.head_lr,
         seed=args.seed,
         device=args.device,
         shared_data=args.shared_data if args.shared_data.is_dir() else None,
@@ -1061,7 +1079,7 @@ def _adapt_domain(args: argparse.Namespace, init: str) -> int:
     """Build the pack's corpus, measure the start model on its held-out test split, fine-tune on
     its training split (plus any --train manifests, to keep general skills), measure again."""
     from asr.corpus.build import CorpusConfig, build_corpus
-    from asr.train import DataSource, TrainConfig, train
+    from asr.train import DataSource, TrainConfig, is_built_start, train
 
     corpus_dir = args.out / "corpus"
     counts = build_corpus(
@@ -1080,7 +1098,7 @@ def _adapt_domain(args: argparse.Namespace, init: str) -> int:
     if not counts["test"]:
         raise UsageError("the domain corpus has no test clips; raise --domain-queries")
     dev = corpus_dir / "dev.jsonl" if counts["dev"] else None
-    before = _score_manifest(Path(init), test, args.device) if not init.startswith("scratch:") else None
+    before = _score_manifest(Path(init), test, args.device) if not is_built_start(init) else None
     config = TrainConfig(
         out_dir=args.out,
         init=init,

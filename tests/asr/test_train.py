@@ -14,7 +14,16 @@ import torch
 
 from asr.errors import DataError
 from asr.model import Recognizer
-from asr.train import DataSource, TrainConfig, _Student, encode_labels, export_model, train
+from asr.train import (
+    DataSource,
+    TrainConfig,
+    _Example,
+    _Sampler,
+    _Student,
+    encode_labels,
+    export_model,
+    train,
+)
 from tests.signals import SAMPLES_DIR
 
 
@@ -123,6 +132,26 @@ def test_curriculum_draws_only_short_clips_and_refuses_when_none_exist(
     only_long = replace(mixed, out_dir=tmp_path / "long", train=(DataSource(long_only),))
     with pytest.raises(DataError, match=r"no training clip is at most 2\.0 s"):
         train(only_long, log=lambda _: None)
+
+
+def test_length_buckets_group_clips_by_length_and_depend_only_on_the_step() -> None:
+    clips = [_Example(Path(f"{i}.flac"), [3], duration_s=float(i % 20) / 2 + 0.5) for i in range(400)]
+    sampler = _Sampler([clips], [1.0], seed=0)
+    steps = [sampler.bucketed(8, None, step, buckets=6, seed=7) for step in range(12)]
+    spread = [max(e.duration_s for e in b) - min(e.duration_s for e in b) for b in steps]
+    random_spread = [
+        max(e.duration_s for e in b) - min(e.duration_s for e in b)
+        for b in (sampler.batch(8, None) for _ in range(12))
+    ]
+    assert np.mean(spread) < 0.5 * np.mean(random_spread)
+    again = _Sampler([clips], [1.0], seed=0)  # as a resumed run, with no saved bucket
+    assert [e.path for e in again.bucketed(8, None, 9, buckets=6, seed=7)] == [e.path for e in steps[9]]
+    group = sorted(
+        (e.path for b in steps[:6] for e in b), key=str
+    )  # one group: 6 batches of 8 distinct draws
+    assert len(group) == 48
+    with pytest.raises(DataError, match="length buckets"):
+        TrainConfig(out_dir=Path("x"), init="scratch:tiny", train=(DataSource(Path("a")),), length_buckets=0)
 
 
 class _InterruptedError(Exception):
