@@ -166,6 +166,9 @@ class TrainConfig:
     """Also keep the model (fp16) at every multiple of this many steps, under `steps/step-N`: the
     snapshots that `average_models` averages at the end of a run (0: keep only `checkpoint` and
     `best`)."""
+    augment_on_device: bool = False
+    """Run `augment` on the training device, batched (speed, gain, noise: `asr.device_augment`),
+    with the loader only reading cached clips: for a GPU, which the CPU path left mostly idle."""
     head_lr: float | None = None
     """The CTC head's peak learning rate, when it differs from `lr` (a new head over a pretrained
     encoder learns at 2e-3 while the encoder moves at 1e-4: the Whisper-family recipe)."""
@@ -192,6 +195,10 @@ class TrainConfig:
             raise DataError("the frozen layer count must be >= 0")
         if self.keep_every < 0:
             raise DataError("the snapshot interval must be >= 0")
+        if self.augment_on_device and self.distill_weight:
+            raise DataError(
+                "distillation aligns the teacher to the CPU augmentation: drop --augment-on-device"
+            )
         if self.head_lr is not None and self.head_lr <= 0:
             raise DataError("the head's learning rate must be positive")
         if self.length_buckets < 1:
@@ -471,8 +478,10 @@ def _train(
         log(f"resumed at step {state.step}")
     # After the checkpoint is loaded: DDP starts every rank from rank 0's parameters.
     forward = data_parallel(_Student(model, distiller, ranks), ranks)
-    augmenter = _Augmenter(config, sampler.rng) if config.augment else None
-    loader = _Loader(config, features, device, augmenter, distiller)
+    on_device = bool(config.augment) and config.augment_on_device
+    augmenter = _Augmenter(config, sampler.rng) if config.augment and not on_device else None
+    device_augmenter = _device_augmenter(config, device) if on_device else None
+    loader = _Loader(config, features, device, augmenter, distiller, sampler.rng if on_device else None)
     share = ranks.share(config.batch_size)
     dev = _dev_entries(config) if ranks.is_main else []
     dev_pipeline = Pipeline(recognizer, GreedyDecoder(recognizer.vocab), SileroVAD.load()) if dev else None
@@ -499,6 +508,10 @@ def _train(
             model.train()
             drawn = batches.next()
             inputs, labels = drawn.inputs, drawn.labels
+            if device_augmenter is not None:
+                inputs = device_augmenter.apply(
+                    inputs, normalize=bool(getattr(features, "do_normalize", False))
+                )
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss, distill_loss = forward(inputs, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -851,13 +864,31 @@ class _Batches:
         return item
 
 
+def _device_augmenter(config: TrainConfig, device: str) -> Any:
+    from asr.corpus.build import load_noise_bank
+    from asr.device_augment import DeviceAugmenter
+
+    noise = config.shared_data / "speech_commands_dev" / "manifest.jsonl" if config.shared_data else None
+    bank = load_noise_bank(noise if noise and noise.is_file() else None, "train")
+    return DeviceAugmenter(config.augment, [bank[name] for name in sorted(bank)], device)
+
+
 class _Loader:
-    """Reads (from memory when cached), augments and pads a batch; threads for fast devices."""
+    """Reads (from memory when cached), augments and pads a batch; threads for fast devices. With
+    `batch_seeds` (augmentation on the device) it only reads and pads, and hands the device one
+    seed per batch, drawn in step order."""
 
     def __init__(
-        self, config: TrainConfig, features: Any, device: str, augment: _Augmenter | None, distiller: Any
+        self,
+        config: TrainConfig,
+        features: Any,
+        device: str,
+        augment: _Augmenter | None,
+        distiller: Any,
+        batch_seeds: np.random.Generator | None = None,
     ) -> None:
         self.features, self.device, self.augment, self.distiller = features, device, augment, distiller
+        self.batch_seeds = batch_seeds
         self.pool = ThreadPoolExecutor(config.loader_threads) if config.loader_threads > 1 else None
         self.cache: dict[Path, Samples] = {}
         self.cache_bytes_left = config.cache_audio_mb * 1_000_000
@@ -894,6 +925,8 @@ class _Loader:
         for row, example in enumerate(batch):
             labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
         tensors = {k: v.to(self.device) for k, v in inputs.items()}
+        if self.batch_seeds is not None:
+            tensors["augment_seed"] = torch.tensor(int(self.batch_seeds.integers(0, 2**62)))
         if self.distiller is not None:
             targets, mask = self.distiller.targets(batch, heard, max(len(c) for c in clips))
             tensors |= {"teacher_targets": targets.to(self.device), "teacher_mask": mask.to(self.device)}

@@ -92,11 +92,20 @@ class WhisperCTCConfig(PreTrainedConfig):
 
 @cache
 def _mel_filters(mels: int) -> np.ndarray:
-    """Whisper's filterbank: librosa.filters.mel(sr=16000, n_fft=400, n_mels=mels), Slaney."""
-    import librosa
+    """Whisper's filterbank (mels, 201): librosa.filters.mel(sr=16000, n_fft=400, n_mels=mels),
+    Slaney scale and norm, as transformers computes it (a lent GPU's image has no librosa)."""
+    from transformers.audio_utils import mel_filter_bank
 
-    filters: np.ndarray = librosa.filters.mel(sr=SAMPLE_RATE_HZ, n_fft=N_FFT, n_mels=mels)
-    return filters.astype(np.float32)
+    filters = mel_filter_bank(
+        num_frequency_bins=FREQUENCY_BINS,
+        num_mel_filters=mels,
+        min_frequency=0.0,
+        max_frequency=SAMPLE_RATE_HZ / 2,
+        sampling_rate=SAMPLE_RATE_HZ,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return np.ascontiguousarray(filters.T, dtype=np.float32)
 
 
 @cache

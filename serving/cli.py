@@ -299,6 +299,10 @@ def _parser() -> argparse.ArgumentParser:
         "--mask-time-prob", type=float, default=0.0, help="SpecAugment time masking (default: off)"
     )
     trainer.add_argument(
+        "--augment-on-device", action="store_true",
+        help="run the augmentation batched on the training device (a GPU), not per clip in the loader",
+    )  # fmt: skip
+    trainer.add_argument(
         "--head-lr", type=float, metavar="LR", help="the CTC head's learning rate (default: --lr)"
     )
     trainer.add_argument(
@@ -1000,6 +1004,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         mask_feature_prob=args.mask_feature_prob,
         length_buckets=args.length_buckets,
         head_lr=args.head_lr,
+        augment_on_device=args.augment_on_device,
         seed=args.seed,
         device=args.device,
         shared_data=args.shared_data if args.shared_data.is_dir() else None,
