@@ -5,9 +5,10 @@ so everything it needs is packed here first, and what comes back (at most 8 file
 is unpacked here:
 
     # here: real speech whole, then synthetic until the budget, as Opus in one zip, plus the
-    # wheels the device image lacks; the tree and the pack must travel in 64 MiB together
-    .venv/bin/python scripts/train_gpu.py pack --out .gpu --budget-mib 42 --level 0.98 \
-      --source corpus/real_train.jsonl:1 --source corpus/train.jsonl:0.5
+    # wheels the device image lacks and (--init) the start model in fp16; the tree and the pack
+    # must travel in 64 MiB together
+    .venv/bin/python scripts/train_gpu.py pack --out .gpu --budget-mib 30 --level 0.98 \
+      --source corpus/real_train.jsonl:1 --source corpus/train.jsonl:0.5 --init runs/wctc-b/best
     # there: one device `run` with carry [".gpu"]: `bash scripts/gpu_run.sh` (two runs side by
     # side, then `unpack --run a|b` here), or one run:
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl \
@@ -182,6 +183,11 @@ def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
         amp=not args.fp32,
         freeze_feature_encoder=args.freeze_feature_encoder,
         seed=args.seed,
+        augment_on_device=args.augment_on_device,
+        head_lr=args.head_lr,
+        length_buckets=args.length_buckets,
+        mask_time_prob=args.mask_time_prob,
+        mask_feature_prob=args.mask_feature_prob,
     )
     state = train(config, log=lambda line: print(line, flush=True))
     trained = run_dir / (BEST if (run_dir / BEST).is_dir() else CHECKPOINT)
@@ -209,6 +215,7 @@ def unpack(files: Path, out: Path, run: str | None = None) -> Path:
     import tarfile
 
     from asr.model import Recognizer, write_processor
+    from asr.whisper_ctc import MODEL_TYPE
 
     shutil.rmtree(out, ignore_errors=True)
     if run is None:
@@ -224,7 +231,9 @@ def unpack(files: Path, out: Path, run: str | None = None) -> Path:
                     (out / Path(member.name).name).write_bytes(source.read())
         for weights in (files / run).glob("*.safetensors"):
             shutil.copy(weights, out / weights.name)
-    write_processor(out)
+    # The Whisper family reads raw samples (it makes its own log-mel); wav2vec2 normalized ones.
+    family = json.loads((out / "config.json").read_text()).get("model_type")
+    write_processor(out, raw_samples=family == MODEL_TYPE)
     Recognizer.from_pretrained(out, device="cpu")  # proves it loads
     return out
 
@@ -248,6 +257,7 @@ def main() -> None:
         "--level", type=float, default=OPUS_COMPRESSION, help="libsndfile Opus level (0.98: about 13 kbit/s)"
     )
     packer.add_argument("--no-wheels", action="store_true", help="skip downloading the device wheels")
+    packer.add_argument("--init", type=Path, help="a start model, packed as fp16 into init/ (gpu_run.sh's)")
 
     trainer = commands.add_parser("train", help="train from a pack (on the device; CPU works too)")
     trainer.add_argument("--pack", type=Path, default=Path(".gpu"))
@@ -272,6 +282,13 @@ def main() -> None:
         "--freeze-feature-encoder", action="store_true", help="keep the conv stack (a transplant's front end)"
     )
     trainer.add_argument("--prefetch", type=int, default=4, help="batches loaded ahead of the model")
+    trainer.add_argument(
+        "--augment-on-device", action="store_true", help="augment batched on the GPU; the loader only reads"
+    )
+    trainer.add_argument("--head-lr", type=float, help="the CTC head's learning rate (default: --lr)")
+    trainer.add_argument("--length-buckets", type=int, default=1, help="batches grouped by clip length")
+    trainer.add_argument("--mask-time-prob", type=float, default=0.0, help="SpecAugment time masking")
+    trainer.add_argument("--mask-feature-prob", type=float, default=0.0, help="SpecAugment frequency masking")
 
     unpacker = commands.add_parser("unpack", help="returned shards -> a model folder here")
     unpacker.add_argument("--files", type=Path, required=True, help="the device call's files_at folder")
@@ -290,6 +307,13 @@ def main() -> None:
             wheels=not args.no_wheels,
             level=args.level,
         )
+        if args.init:
+            from asr.train import export_model
+
+            export_model(args.init, args.out / "init")
+            report["init_mib"] = round(
+                sum(f.stat().st_size for f in (args.out / "init").iterdir()) / 2**20, 1
+            )
         print(json.dumps(report, indent=1))
     elif args.command == "train":
         args.out.mkdir(parents=True, exist_ok=True)

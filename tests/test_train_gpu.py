@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from asr.model import MODEL_SHAPES, Recognizer
-from serving.settings import DEFAULT_MODEL_DIR, REPO_ROOT
+from asr.model import MODEL_SHAPES, Recognizer, create_model_dir
+from serving.settings import REPO_ROOT
 from tests.signals import SAMPLES_DIR
 
 NOT_ON_THE_DEVICE = {
@@ -88,32 +88,33 @@ def test_the_gpu_shape_fits_the_bundle_and_returns_in_16_mib_shards(tmp_path: Pa
 
 
 def test_the_prepared_device_call_runs_on_the_cpu(tmp_path: Path) -> None:
-    """scripts/gpu_run.sh as the device would run it, on a tiny pack: both fine-tunes train, what
-    comes back fits the device's limits, and each unpacks into a model that loads."""
+    """scripts/gpu_run.sh as the device would run it, on a tiny pack with a tiny Whisper-family
+    start model: it trains with the augmentation on the device, what comes back fits the device's
+    limits, the utilization line is printed, and the run unpacks into a model that loads."""
     manifest = tmp_path / "tiny.jsonl"
     clips = (("fsdd_7_george_0.flac", "seven", 0.6), ("speech_commands_yes_022cd682.flac", "yes", 1.0))
     rows = [{"audio": str(SAMPLES_DIR / name), "text": text, "duration_s": s} for name, text, s in clips]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    start = create_model_dir(tmp_path / "start", shape="whisper-tiny")
     pack, work, out = tmp_path / "pack", tmp_path / "work", tmp_path / "out"
-    script("pack", "--source", f"{manifest}:1", "--out", str(pack), "--no-wheels")
+    packed = script(
+        "pack", "--source", f"{manifest}:1", "--out", str(pack), "--no-wheels", "--init", str(start)
+    )
+    assert json.loads(packed.stdout.split("MODULES")[0])["init_mib"] > 0
     work.mkdir()
     knobs = {"PACK": str(pack), "WORK": str(work), "OUT": str(out), "PYTHON": sys.executable,
-             "MIN": "0.02", "BS": "2", "LT": "1", "LOAD_AT": "0"}  # fmt: skip
+             "MIN": "0.05", "BS": "2", "LT": "1"}  # fmt: skip
     done = subprocess.run(["bash", "scripts/gpu_run.sh"], cwd=REPO_ROOT, env=os.environ | knobs,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("GPU busy:")
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)
-    assert all(len(list((out / run).glob("*.safetensors"))) == 2 for run in "ab")  # 21 MB in 16 MB shards
+    assert len(list((out / "a").glob("*.safetensors"))) == 1
 
-    def weights(model: Path) -> dict[str, torch.Tensor]:
-        return dict(Recognizer.from_pretrained(model, device="cpu")._model.state_dict())
-
-    bundled = weights(DEFAULT_MODEL_DIR)
-    for run in ("a", "b"):
-        script("unpack", "--files", str(out), "--out", str(tmp_path / f"model-{run}"), "--run", run)
-        tuned = weights(tmp_path / f"model-{run}")
-        # The bundled model fine-tuned (its shape), at two learning rates.
-        assert {n: w.shape for n, w in tuned.items()} == {n: w.shape for n, w in bundled.items()}
-        moved = {name for name, w in tuned.items() if not torch.equal(w, bundled[name])}
-        assert moved and not any(".feature_extractor." in name for name in moved)  # the conv stack frozen
+    script("unpack", "--files", str(out), "--out", str(tmp_path / "model"), "--run", "a")
+    tuned = Recognizer.from_pretrained(tmp_path / "model", device="cpu")._model
+    begun = Recognizer.from_pretrained(start, device="cpu")._model
+    assert tuned.config.model_type == "whisper_ctc"
+    before = begun.state_dict()
+    assert any(not torch.equal(w, before[name]) for name, w in tuned.state_dict().items())
