@@ -8,7 +8,7 @@ import pytest
 
 from asr.edge import ONNX_FILE, OnnxRecognizer, activation_products, export_edge, read_vocabulary
 from asr.errors import ModelLoadError
-from asr.model import Recognizer, vocabulary_from_tokenizer
+from asr.model import Recognizer, create_model_dir, vocabulary_from_tokenizer
 from asr.pipeline import build_pipeline, load_recognizer
 from serving.cli import main
 from serving.settings import DEFAULT_MODEL_DIR
@@ -33,6 +33,39 @@ def test_fp32_export_matches_torch(tiny_model_dir: Path, tmp_path: Path) -> None
     np.testing.assert_allclose(
         edge.log_probs([tiny])[0].log_probs, reference.log_probs([tiny])[0].log_probs, atol=1e-3
     )
+
+
+def test_the_whisper_family_exports_and_runs_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The log-mel is inside the graph: the fp32 export matches torch on any length, past Whisper's
+    30 s too (positions are computed, not sliced from a table), and the CLI takes the folders."""
+    model = create_model_dir(tmp_path / "whisper", shape="whisper-tiny")
+    assert (
+        main(
+            [
+                "export",
+                "--edge",
+                "--precision",
+                "fp32",
+                "--model",
+                str(model),
+                "--out",
+                str(tmp_path / "edge"),
+            ]
+        )
+        == 0
+    )
+    edge, reference = load_recognizer(tmp_path / "edge"), Recognizer.from_pretrained(model, "cpu")
+    clip, _ = speech()
+    for samples in (clip, clip[:700], np.tile(clip, 10)):
+        ours, theirs = edge.log_probs([samples])[0], reference.log_probs([samples])[0]
+        assert ours.log_probs.shape == theirs.log_probs.shape and ours.frame_s == theirs.frame_s == 0.02
+        np.testing.assert_allclose(ours.log_probs, theirs.log_probs, atol=1e-3)
+    sample = str(Path(__file__).resolve().parents[2] / "data" / "samples" / "arctic_a0001.flac")
+    for folder in (model, tmp_path / "edge"):
+        assert main(["transcribe", "--model", str(folder), "--format", "jsonl", sample]) == 0
+        assert "text" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
