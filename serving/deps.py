@@ -102,6 +102,11 @@ class ServiceState:
         step on the event loop (no request sees half a swap). Returns the new champion's version."""
         if self.challenger is None:
             raise ConflictError("nothing to swap with: no challenger is loaded")
+        if self.challenger.failed_gates is not None:
+            raise ConflictError(
+                f"{self.challenger.model_version} failed its canary gates ({self.challenger.failed_gates}) "
+                "and never serves as the champion: load another challenger (POST /v1/admin/challenger)"
+            )
         old = ModelSlot(
             self.challenger.name,
             self.batcher,

@@ -7,6 +7,13 @@ every gate has passed for `hold_s` at the current share, the share moves to the 
 ramp; after the last step held, the challenger is promoted: it becomes the champion, and the old
 champion stays loaded beside it as the standby (a blue-green pair), so a rollback is instant.
 Time is the monitors' clock (event time in a replay), so a replay ramps as production would.
+
+A canary judges only its own evidence: the voice searches of the challenger version it loaded,
+since its own start (a previous challenger's events in the same slot do not count). At the last
+step the champion answers no session, so its live window empties; the gates then compare the
+challenger with the champion's window from before that step (`reference`), which is what
+completes a ramp. A rolled-back challenger is marked as failed, here and in the registry, so that
+no swap or rollback can make it the champion.
 """
 
 import asyncio
@@ -18,10 +25,10 @@ from typing import Any
 
 from monitoring.alarms import Notifier, Transition, default_notifiers
 from monitoring.events import Event, EventStoreError
-from monitoring.gates import GateResult, RampPolicy, judge, slot_window
+from monitoring.gates import GateResult, RampPolicy, SlotWindow, judge, slot_window
 from serving.deps import ServiceState
 from serving.lifecycle.audit import AuditEntry
-from serving.lifecycle.registry import sync_registry
+from serving.lifecycle.registry import mark_failed, sync_registry
 from serving.lifecycle.rollout import RolloutPlan
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,11 @@ class CanaryController:
     notifiers: list[Notifier] = field(default_factory=list)
     passing_since: float | None = None
     last_results: list[GateResult] = field(default_factory=list)
+    started_at: float | None = None
+    """When this canary (of `version`) began: the challenger's events before it are not its own."""
+    version: str | None = None
+    reference: SlotWindow | None = None
+    """The champion's last full window, kept at each advance: the last step's comparison."""
 
     @classmethod
     def for_service(cls, service: ServiceState, policy: RampPolicy) -> "CanaryController":
@@ -58,11 +70,16 @@ class CanaryController:
         service = self.service
         plan = service.rollout
         if not self.active() or service.challenger is None:
-            self.passing_since = None
+            self.passing_since = self.started_at = self.version = self.reference = None
             return None
+        if self.version != service.challenger.model_version or self.started_at is None:
+            self.version, self.started_at, self.reference = service.challenger.model_version, at, None
+            self.passing_since = None
         redo_s = service.settings.redo_window_s
         champion = slot_window(events, service.settings.slot, redo_s)
-        challenger = slot_window(events, service.challenger.name, redo_s)
+        if champion.voice_searches < self.policy.gates.min_samples and self.reference is not None:
+            champion = self.reference
+        challenger = slot_window(self._own(events), service.challenger.name, redo_s)
         self.last_results = results = judge(champion, challenger, self.policy.gates)
         failed = [r for r in results if r.passed is False]
         if failed:
@@ -76,6 +93,8 @@ class CanaryController:
             return None
         later = [s for s in self.policy.steps if s > plan.canary_share]
         self.passing_since = None
+        if champion.voice_searches >= self.policy.gates.min_samples:
+            self.reference = champion
         if later:
             self._set(
                 RolloutPlan("canary", later[0], auto=True),
@@ -87,8 +106,25 @@ class CanaryController:
         self._promote(results)
         return "promote"
 
+    def _own(self, events: Sequence[Event]) -> list[Event]:
+        """`events` without the challenger slot's searches that are not this canary's: another
+        version's, or from before it began."""
+        slot = self.service.challenger.name if self.service.challenger else None
+        start = self.started_at if self.started_at is not None else -float("inf")
+        return [
+            e for e in events
+            if e.slot != slot or (e.model_version == self.version and e.created_at >= start)
+        ]  # fmt: skip
+
     def _rollback(self, at: float, results: list[GateResult], failed: list[GateResult]) -> None:
         reason = "gate failed: " + ", ".join(f"{r.name} {r.challenger} vs {r.champion}" for r in failed)
+        challenger = self.service.challenger
+        if challenger is not None:
+            challenger.failed_gates = reason
+            if challenger.registry_version is not None:
+                asyncio.get_running_loop().run_in_executor(
+                    None, mark_failed, self.service, challenger.registry_version, reason
+                )
         self._set(RolloutPlan("off"), "rollback", reason, results)
         first = failed[0]
         alarm = Transition(

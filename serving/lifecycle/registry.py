@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+FAILED_GATES = "failed_gates"
+"""The tag of a version whose canary was rolled back: never champion or previous again."""
 ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
 EXPERIMENT = "voice-search"
 MODEL_ARTIFACT = "model"
@@ -162,18 +164,21 @@ class Registry:
             return None
 
     def model_dir(self, ref: str | int) -> Path:
-        """A local folder of a version's model files, named `<registered name>-v<version>` so that
-        the id the service records (`asr.model.model_version`) says which version it is."""
+        """A local folder of a version's model files, `v<version>/<the registered folder's name>`,
+        so that the id the service records (`asr.model.model_version`: the folder's name and a
+        hash of its files) is the one the registry lists: one model, one name everywhere."""
         import mlflow.artifacts
 
         found = self.get(ref)
-        served = self._served_root / f"{self.name}-v{found.version}"
+        name = found.model_version.rpartition("@")[0] or f"{self.name}-v{found.version}"
+        served = self._served_root / f"v{found.version}" / name
         if not (served / "config.json").is_file():
             path = mlflow.artifacts.download_artifacts(
                 run_id=found.run_id, artifact_path=MODEL_ARTIFACT, tracking_uri=self.tracking_uri
             )
             tmp = served.with_name(served.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
+            served.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(path, tmp)
             shutil.rmtree(served, ignore_errors=True)
             tmp.replace(served)
@@ -220,9 +225,29 @@ class Registry:
         if self.alias(alias) is not None:
             self.client.delete_registered_model_alias(self.name, alias)
 
-    def promote(self, ref: str | int) -> RegisteredModel:
-        """`ref` becomes champion; the champion it replaces becomes `previous`."""
+    def mark_failed(self, ref: str | int, reason: str) -> RegisteredModel:
+        """Tag `ref` as having failed its canary gates: it can no longer become champion or
+        `previous`, and loses the aliases it had (other than champion, which it never got)."""
         target = self.get(ref)
+        self.client.set_model_version_tag(self.name, str(target.version), FAILED_GATES, reason[:500])
+        for alias in (CHALLENGER, PREVIOUS):
+            if alias in target.aliases:
+                self.clear_alias(alias)
+        return self.get(target.version)
+
+    def _refuse_failed(self, target: RegisteredModel, action: str) -> None:
+        reason = target.tags.get(FAILED_GATES)
+        if reason:
+            raise RegistryError(
+                f"version {target.version} ({target.model_version}) failed its canary gates ({reason}); "
+                f"it cannot {action}"
+            )
+
+    def promote(self, ref: str | int) -> RegisteredModel:
+        """`ref` becomes champion; the champion it replaces becomes `previous`. A version that
+        failed its canary gates is refused."""
+        target = self.get(ref)
+        self._refuse_failed(target, "become champion")
         champion = self.alias(CHAMPION)
         if champion is not None and champion.version == target.version:
             return target
@@ -237,6 +262,7 @@ class Registry:
         previous = self.alias(PREVIOUS)
         if previous is None:
             raise RegistryError("nothing to roll back to: no version has the alias 'previous'")
+        self._refuse_failed(previous, "become champion again")
         champion = self.alias(CHAMPION)
         self.set_alias(CHAMPION, previous.version)
         if champion is not None:
@@ -302,6 +328,14 @@ def sync_registry(service: "ServiceState") -> None:
         open_server_registry(service.settings).promote(version)
     except RegistryError:
         logger.exception("the service promoted version %s, but the registry could not follow", version)
+
+
+def mark_failed(service: "ServiceState", version: int, reason: str) -> None:
+    """Record in the registry that `version` failed its canary gates (blocking; logged on failure)."""
+    try:
+        open_server_registry(service.settings).mark_failed(version, reason)
+    except RegistryError:
+        logger.exception("version %s failed its gates, but the registry could not record it", version)
 
 
 def registry_for(tracking_uri: str, folder: Path, name: str) -> Registry:

@@ -74,6 +74,8 @@ class ModelSlot:
     """The registered version it was loaded from, if any: a promotion moves the registry's aliases."""
     model_dir: Path | None = None
     """The folder it was loaded from: what replicas compare to follow one another."""
+    failed_gates: str | None = None
+    """Why its canary was rolled back, if it was: such a model never answers as the champion."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from serving.deps import Admin, Service, ServiceState
 from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.audit import AuditEntry
-from serving.lifecycle.registry import RegistryError, open_server_registry, sync_registry
+from serving.lifecycle.registry import FAILED_GATES, RegistryError, open_server_registry, sync_registry
 from serving.lifecycle.rollout import ModelSlot, RolloutPlan
 from serving.routes.common import Limit
 
@@ -78,6 +78,14 @@ def _load(service: ServiceState, body: ChallengerLoad) -> ModelSlot:
     registry = open_server_registry(service.settings)
     try:
         version = registry.get(str(body.version))
+    except RegistryError as e:
+        raise NotFoundError(str(e)) from e
+    if version.tags.get(FAILED_GATES):
+        raise ConflictError(
+            f"version {version.version} ({version.model_version}) failed its canary gates "
+            f"({version.tags[FAILED_GATES]}); register a new version to try again"
+        )
+    try:
         folder = registry.model_dir(version.version)
     except RegistryError as e:
         raise NotFoundError(str(e)) from e

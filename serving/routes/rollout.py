@@ -41,7 +41,7 @@ async def rollout(service: Service, window: Annotated[str, duration("10m")] = "1
         "auto": service.rollout.auto,
         "gates": [asdict(r) for r in service.canary.last_results] if service.canary else [],
         "window_s": span_s,
-        "slots": [asdict(slot_window(events, slot, redo_s)) for slot in slots],
+        "slots": [slot_window(events, slot, redo_s).summary() for slot in slots],
         "history": [{"at": e.at, "actor": e.actor, "action": e.action, "reason": e.reason} for e in history],
     }
 

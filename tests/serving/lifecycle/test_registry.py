@@ -51,6 +51,35 @@ def test_promote_and_rollback_move_the_aliases(registry: Registry, tiny_model_di
     assert [v.version for v in registry.versions()] == [2, 1]
 
 
+def test_a_version_that_failed_its_gates_never_becomes_champion_or_previous(
+    registry: Registry, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    registry.ensure_champion(DEFAULT_MODEL_DIR)
+    drill = registry.register(shutil.copytree(tiny_model_dir, tmp_path / "silent-drill"))
+    registry.set_alias("challenger", drill.version)
+    failed = registry.mark_failed(drill.version, "gate failed: null_transcripts 1.0 vs 0.0")
+    assert failed.aliases == () and failed.tags["failed_gates"].startswith("gate failed")
+    with pytest.raises(RegistryError, match=r"failed its canary gates .* cannot become champion"):
+        registry.promote(drill.version)
+    good = registry.register(shutil.copytree(tiny_model_dir, tmp_path / "good"))
+    registry.promote(good.version)  # the bundled model becomes previous, the drill stays nothing
+    assert registry.get(PREVIOUS).version == 1
+    registry.set_alias(PREVIOUS, drill.version)  # by hand: a rollback still refuses it
+    with pytest.raises(RegistryError, match="cannot become champion again"):
+        registry.rollback()
+    assert registry.get(CHAMPION).version == good.version
+
+
+def test_one_model_one_name_in_the_registry_and_where_it_is_served(
+    registry: Registry, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    candidate = shutil.copytree(tiny_model_dir, tmp_path / "candidate2")
+    registered = registry.register(candidate)
+    assert registered.model_version == model_version(candidate)
+    assert registered.model_version.startswith("candidate2@")
+    assert model_version(registry.model_dir(registered.version)) == registered.model_version
+
+
 def test_registry_errors_are_clear(registry: Registry, tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="no version '7'"):
         registry.get(7)
