@@ -12,6 +12,7 @@ The bundled model is registered as the first champion the first time any of thes
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from asr.corpus.datasets import dataset_digest
@@ -144,7 +145,17 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rollback(args: argparse.Namespace, settings: Settings) -> int:
-    print(_line(open_registry(settings).rollback()))
+    registry = open_registry(settings)
+    champion = registry.rollback()
+    print(_line(champion))
+    previous = registry.alias("previous")
+    # Rollback swaps champion and previous: say so, so that a second one does not flip back silently.
+    then = f"version {previous.version} ({previous.model_version})" if previous else "nothing"
+    print(
+        f"now serving (once servers follow): version {champion.version} ({champion.model_version}); "
+        f"previous is {then}, and another rollback would make it champion again",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

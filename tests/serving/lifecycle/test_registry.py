@@ -115,7 +115,9 @@ def test_models_commands(
     assert run(capsys, "models", "promote", "2")[0] == 0
     code, out, _ = run(capsys, "models", "list", "--json")
     assert {v["version"]: v["aliases"] for v in json.loads(out)} == {2: ["champion"], 1: ["previous"]}
-    assert run(capsys, "models", "rollback")[0] == 0
+    code, _, err = run(capsys, "models", "rollback")
+    assert code == 0 and "another rollback would make it champion again" in err
+    assert "previous is version 2" in err  # two rollbacks in a row flip back: it says so
     assert json.loads(run(capsys, "models", "show", "champion")[1])["version"] == 1
     code, _, err = run(capsys, "models", "show", "42")
     assert code == 2 and "no version '42'" in err
