@@ -30,8 +30,9 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 TOKEN = "walk-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Actor": "walker"}
 YES = SAMPLES_DIR / "speech_commands_yes_022cd682.flac"
-FAST = {"canary_min_samples": "8", "canary_hold_s": "2", "canary_window_s": "30", "canary_step_s": "0.3"}
-"""The defaults' ramp (5/25/50/100%) with short holds and windows, so the walk takes minutes."""
+FAST = {"canary_min_samples": "5", "canary_hold_s": "20", "canary_window_s": "20", "canary_step_s": "0.5"}
+"""The defaults' ramp (5/25/50/100%) and proportions (hold = window: at 100% the champion's live
+window empties before the hold ends, as at the defaults' 120 s), scaled down to minutes."""
 
 
 def admin(server: Server, route: str, body: dict[str, Any]) -> httpx.Response:
@@ -50,7 +51,7 @@ def voice_search(server: Server, session: str) -> dict[str, Any]:
 
 
 def traffic_until(server: Server, done: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
-    """Voice searches from 3 users at a time, each session a search and often a second one, as
+    """Voice searches from 4 users at a time, each session a search and often a second one, as
     people search (a new session after it), until `done(/v1/rollout)` holds."""
     stop = threading.Event()
     sent = [0]
@@ -65,8 +66,8 @@ def traffic_until(server: Server, done: Callable[[dict[str, Any]], bool], timeou
             session += 1
 
     deadline = time.monotonic() + timeout_s
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(user, w) for w in range(3)]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(user, w) for w in range(4)]
         try:
             while time.monotonic() < deadline:
                 state: dict[str, Any] = httpx.get(server.url + "/v1/rollout", timeout=10).json()
