@@ -802,10 +802,30 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if not settings.model_dir.is_dir():
         raise UsageError(f"no model folder at {settings.model_dir}")
+    print(_banner(settings), flush=True)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
     )
     return EXIT_OK
+
+
+def _banner(settings: Settings) -> str:
+    """Where the server listens, what it serves, and the pages a person opens first."""
+    from asr.model import model_version
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"http://{host}:{settings.port}"
+    return "\n".join(
+        (
+            f"voice-search: listening on {settings.host}:{settings.port}",
+            f"  model   {model_version(settings.model_dir)} ({settings.model_dir})",
+            f"  domain  {settings.domain_dir.name} ({settings.domain_dir})",
+            f"  demo    {url}/",
+            f"  dashboard {url}/dashboard",
+            f"  API docs  {url}/docs",
+            "  (the model loads next; /readyz answers 200 once it is ready; Ctrl-C stops)",
+        )
+    )
 
 
 def _cluster(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -264,6 +265,29 @@ def test_console_script_runs_as_a_process(tiny_model_dir: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["duration_s"] == pytest.approx(3.296, abs=0.01)
     assert "Loading weights" not in done.stderr  # library progress bars are silenced
+
+
+def test_serve_says_where_it_listens_and_what_it_serves(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from asr.model import model_version
+    from serving.launch import free_port
+
+    exe, port = Path(sys.executable).with_name("voice-search"), free_port()
+    env = os.environ | {"VOICE_SEARCH_DB_PATH": str(tmp_path / "events.sqlite3")}
+    process = subprocess.Popen(
+        [str(exe), "serve", "--model", str(tiny_model_dir), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(7)]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    banner = "".join(lines)
+    assert f"listening on 127.0.0.1:{port}" in banner
+    assert model_version(tiny_model_dir) in banner and "domain " in banner
+    for page in ("/", "/dashboard", "/docs"):
+        assert f"http://127.0.0.1:{port}{page}\n" in banner
 
 
 def test_expand_inputs_keeps_order_dedupes_and_keeps_missing(audio_dir: Path) -> None:

@@ -123,7 +123,11 @@ def test_the_readme_deployment_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert admin(server, "rollout", body).status_code == 200
         state = traffic_until(server, lambda s: s["mode"] == "off", timeout_s=600)
         actions = [e["action"] for e in audit(server)]
-        assert actions[-1] == "promote", (actions, audit(server)[-1]["reason"], audit(server)[-1]["details"]["gates"])
+        assert actions[-1] == "promote", (
+            actions,
+            audit(server)[-1]["reason"],
+            audit(server)[-1]["details"]["gates"],
+        )
         assert [e["details"]["after"]["canary_share"] for e in audit(server) if e["action"] == "advance"] == [
             0.25, 0.5, 1.0,
         ]  # fmt: skip
