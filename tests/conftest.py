@@ -53,6 +53,24 @@ def _mlflow_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> No
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every command and server a test starts keeps its state (events, audio, reviews, labels,
+    audit) in a temporary folder, never the checkout's var/: a checkout whose product was used
+    must pass as a fresh one does, and the suite must leave that state as it found it."""
+    state = Path(__file__).resolve().parents[1] / "var"
+    before = _files(state)
+    os.environ.setdefault("VOICE_SEARCH_DB_PATH", str(tmp_path_factory.mktemp("state") / "events.sqlite3"))
+    yield
+    after = _files(state)
+    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    assert not changed, f"the tests touched the checkout's var/: {changed[:10]}"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised ~36k-parameter model in Hugging Face format (outputs are noise)."""

@@ -100,6 +100,9 @@ class LabelExport:
     labels: int
     by_source: dict[str, int]
     check: CheckReport
+    voice_searches: int = 0
+    """Voice searches in the window, and how many of them still have their audio: a label needs it."""
+    kept_audio: int = 0
 
 
 def reviewed_labels(reviews: Path, since: float) -> list[Label]:
@@ -145,4 +148,6 @@ def export_labels(
     for label in chosen:
         by_source[label.source] = by_source.get(label.source, 0) + 1
     check = check_labels(manifest) if rows else CheckReport(rows=0)
-    return LabelExport(manifest, len(rows), by_source, check)
+    searches = [e for e in events if e.kind == "voice_search"]
+    kept = sum(1 for e in searches if e.audio_path and Path(e.audio_path).is_file())
+    return LabelExport(manifest, len(rows), by_source, check, len(searches), kept)

@@ -3,7 +3,7 @@
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from monitoring.alarms import parse_duration
@@ -35,6 +35,8 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as e:
         print(f"voice-search: error: --since: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if args.db:  # everything an export reads belongs to the store it names, reviews included
+        settings = replace(settings, db_path=args.db, event_store_url="")
     store = SQLiteEventStore(args.db) if args.db else settings.open_event_store()
     try:
         reviews = settings.labels_dir / REVIEW_LABELS
@@ -53,4 +55,12 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
             indent=1,
         )
     )
+    if not report.labels and report.voice_searches and not report.kept_audio:
+        print(
+            f"voice-search: no labels: none of the {report.voice_searches} voice searches of the last "
+            f"{args.since} kept its audio, and a label needs the audio it labels. Set "
+            "VOICE_SEARCH_RETAIN_AUDIO=true on the server (audio is then kept for "
+            "VOICE_SEARCH_AUDIO_RETENTION_DAYS).",
+            file=sys.stderr,
+        )
     return EXIT_OK if not check.errors else EXIT_CHECK_FAILED

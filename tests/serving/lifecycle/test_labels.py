@@ -93,3 +93,44 @@ def test_labels_export_command(
     printed = json.loads(capsys.readouterr().out)
     assert printed["labels"] == 1 and printed["by_source"] == {"correction": 1}  # strong only, by default
     assert main(["labels", "export", "--db", str(db), "--out", str(tmp_path / "y"), "--since", "soon"]) == 2
+
+
+def test_an_export_reads_only_the_store_it_names(
+    store: SQLiteEventStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another deployment's accepted reviews (the default state folder of a used checkout) stay out."""
+    elsewhere = tmp_path / "other-deployment"
+    (elsewhere / "labels").mkdir(parents=True)
+    clip = shutil.copy(SAMPLES_DIR / "fsdd_7_george_0.flac", elsewhere / "seven.flac")
+    row = {"request_id": "r1", "audio": str(clip), "text": "seven", "labelled_at": NOW, "session_id": "x"}
+    (elsewhere / "labels" / "reviews.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv("VOICE_SEARCH_DB_PATH", str(elsewhere / "events.sqlite3"))
+    db = tmp_path / "events.sqlite3"
+    assert main(["labels", "export", "--db", str(db), "--out", str(tmp_path / "x"), "--since", "3650d"]) == 0
+    assert json.loads(capsys.readouterr().out)["by_source"] == {"correction": 1}  # no "review"
+    # Its own reviews, beside the store it names, do count.
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "reviews.jsonl").write_text(json.dumps(row) + "\n")
+    assert main(["labels", "export", "--db", str(db), "--out", str(tmp_path / "y"), "--since", "3650d"]) == 0
+    assert json.loads(capsys.readouterr().out)["by_source"] == {"correction": 1, "review": 1}
+
+
+def test_an_export_without_kept_audio_says_why_it_is_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = SQLiteEventStore(tmp_path / "events.sqlite3")
+    unkept = Event(request_id="a", created_at=NOW, kind="voice_search", route="/v1/search", status_code=200,
+                   outcome="ok", session_id="s1", transcript="garbled")  # fmt: skip
+    db.record(unkept)
+    db.record(feedback("fa", "a", NOW + 5, corrected_text="Weather in Paris"))
+    db.close()
+    out = tmp_path / "x"
+    code = main(
+        ["labels", "export", "--db", str(tmp_path / "events.sqlite3"), "--out", str(out), "--since", "3650d"]
+    )
+    printed = capsys.readouterr()
+    assert code == 0 and json.loads(printed.out)["labels"] == 0
+    assert "none of the 1 voice searches" in printed.err and "VOICE_SEARCH_RETAIN_AUDIO=true" in printed.err
