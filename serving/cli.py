@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except ValueError as e:
-        print(f"voice-search: error: invalid VOICE_SEARCH_* setting: {e}", file=sys.stderr)
+        print(f"voice-search: error: {e}", file=sys.stderr)  # the message names the setting
         return EXIT_USAGE
     _configure_logging("INFO" if args.verbose else settings.log_level)
     if getattr(args, "inference", False):
@@ -521,6 +521,10 @@ def _configure_logging(level: str) -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # MLflow logs its own start-up ("Creating initial MLflow database tables...") at INFO when it is
+    # imported, later and lazily; its variable is read then.
+    if level.upper() != "DEBUG" and level.upper() != "INFO":
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 def _pipeline(args: argparse.Namespace, settings: Settings) -> Pipeline:

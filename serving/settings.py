@@ -278,7 +278,9 @@ class Settings:
             try:
                 values[f.name] = _parse(raw, f.default)
             except ValueError as e:
-                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {e}") from e
+                raise ValueError(
+                    f"invalid {ENV_PREFIX}* setting: {ENV_PREFIX}{f.name.upper()}={raw!r}: {e}"
+                ) from e
         if "mlflow_tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI"):
             values["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
         try:

@@ -312,3 +312,15 @@ def test_an_lm_brings_its_tuned_word_bonus_unless_one_is_given(tmp_path: Path) -
     with_lm = options("--lm", str(lm))
     assert (with_lm.lm_weight, with_lm.word_score) == (LM_WEIGHT, WORD_SCORE)
     assert options("--lm", str(lm), "--word-score", "0.5", "--lm-weight", "2").word_score == 0.5
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("VOICE_SEARCH_PORT", "abc"), ("VOICE_SEARCH_CANARY_STEPS", "7")]
+)
+def test_a_bad_setting_is_named_once(
+    name: str, value: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert main(["transcribe", str(SPEECH_SAMPLE)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("invalid VOICE_SEARCH_* setting") == 1 and value in err

@@ -2,7 +2,10 @@
 errors, the `voice-search models` commands, and training runs logged to MLflow."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +161,12 @@ def test_training_is_logged_to_mlflow_and_registered_with_its_lineage(
     assert version.run_id == run_id
     assert version.lineage["training_run"] == run_id
     assert version.lineage[f"manifest:{data}"]
+
+
+def test_a_first_models_list_prints_only_the_list(tmp_path: Path) -> None:
+    """MLflow's own start-up lines ("Creating initial MLflow database tables...") are not ours to print."""
+    exe = Path(sys.executable).with_name("voice-search")
+    env = os.environ | {"VOICE_SEARCH_MLFLOW_DIR": str(tmp_path / "mlflow")}
+    done = subprocess.run([str(exe), "models", "list"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert " champion " in done.stdout and "MLflow" not in done.stderr, done.stderr
