@@ -53,7 +53,8 @@ doctor: install
 	$(BIN)/voice-search doctor
 
 run: install
-	$(BIN)/voice-search transcribe data/samples --format jsonl
+	$(BIN)/voice-search transcribe data/samples --format table --quiet
+	@echo "(as JSONL with word timings and input statistics: $(BIN)/voice-search transcribe data/samples --format jsonl)"
 
 # The voice-search API and demo page on http://127.0.0.1:8000 (VOICE_SEARCH_* settings apply).
 serve: install

@@ -37,6 +37,7 @@ from asr.evaluate import EvaluationReport, Scores, read_manifest, run_entry, sel
 from asr.lm import LM_WEIGHT, WORD_SCORE
 from asr.model import Device
 from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_frontend, build_pipeline
+from asr.text import normalize_text
 from monitoring.events import EventStoreError
 from serving.lifecycle.labels_cli import add_label_commands
 from serving.lifecycle.models_cli import add_model_commands
@@ -115,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
         help="audio files, folders (searched recursively), globs, or .jsonl manifests ('audio' rows)",
     )
     transcribe.add_argument(
-        "--format", choices=("text", "jsonl", "csv"), default="text", help="output format (default: text)"
+        "--format",
+        choices=("text", "jsonl", "csv", "table"),
+        default="text",
+        help="output format (default: text; table: file, seconds, confidence, transcript, and the expected "
+        "text when a manifest.jsonl beside the audio has it)",
     )
     transcribe.add_argument("--output", type=Path, help="write results to FILE instead of stdout")
     transcribe.add_argument(
@@ -688,6 +693,13 @@ class _NoClose:
         self.stream.flush()
 
 
+TABLE_ROW = "{:<34}  {:>7}  {:>5}  {}"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 CSV_COLUMNS = ("path", "text", "confidence", "duration_s", "no_speech", "missing_audio", "error")
 
 
@@ -699,6 +711,9 @@ class _ResultWriter:
         self.csv = csv.writer(out) if fmt == "csv" else None
         if self.csv:
             self.csv.writerow(CSV_COLUMNS)
+        self.expected: dict[Path, dict[str, str]] = {}
+        if fmt == "table":
+            self._line(TABLE_ROW.format("file", "seconds", "conf.", "transcript  (expected)"))
 
     def write(self, path: Path, result: Transcript) -> None:
         if self.fmt == "jsonl":
@@ -715,9 +730,29 @@ class _ResultWriter:
                     "",
                 ]
             )
+        elif self.fmt == "table":
+            expected = self._expected(path)
+            heard = f"{result.text or '(no speech)'}" + (f"  ({expected})" if expected else "")
+            self._line(
+                TABLE_ROW.format(
+                    _clip(path.name, 34), f"{result.duration_s:.1f}", f"{result.confidence:.2f}", heard
+                )
+            )
         else:
             self._line(result.text if self.single else f"{path}\t{result.text}")
         self.out.flush()
+
+    def _expected(self, path: Path) -> str:
+        """The reference text of `path` in a manifest.jsonl beside it, normalized; "" if none."""
+        folder = path.parent
+        if folder not in self.expected:
+            manifest = folder / "manifest.jsonl"
+            try:
+                entries = read_manifest(manifest) if manifest.is_file() else []
+            except (DataError, ManifestError):
+                entries = []
+            self.expected[folder] = {e.audio.name: normalize_text(e.text) for e in entries}
+        return self.expected[folder].get(path.name, "")
 
     def write_error(self, path: Path, error: Exception) -> None:
         if self.fmt == "jsonl":
@@ -728,6 +763,8 @@ class _ResultWriter:
             )
         elif self.csv:
             self.csv.writerow([path, "", "", "", "", "", f"{type(error).__name__}: {error}"])
+        elif self.fmt == "table":
+            self._line(TABLE_ROW.format(_clip(path.name, 34), "", "", f"error: {type(error).__name__}"))
 
     def _line(self, text: str) -> None:
         self.out.write(text + "\n")

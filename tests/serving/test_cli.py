@@ -324,3 +324,17 @@ def test_a_bad_setting_is_named_once(
     assert main(["transcribe", str(SPEECH_SAMPLE)]) == 2
     err = capsys.readouterr().err
     assert err.count("invalid VOICE_SEARCH_* setting") == 1 and value in err
+
+
+def test_the_table_format_shows_the_expected_text_from_a_manifest_beside_the_audio(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path
+) -> None:
+    code = main(
+        ["transcribe", str(SAMPLES_DIR), "--format", "table", "--quiet", "--model", str(tiny_model_dir)]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[0].split() == ["file", "seconds", "conf.", "transcript", "(expected)"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {p.name for p in SAMPLES_DIR.glob("*.flac")}
+    assert rows["arctic_a0031.flac"].endswith("(they were three hundred yards apart)")
+    assert " 1.0 " in rows["speech_commands_yes_022cd682.flac"]
