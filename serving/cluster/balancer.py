@@ -10,6 +10,7 @@ Why these directives:
 - keep-alive to the replicas, so the balancer adds no connection set-up per request.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ http {{
     fastcgi_temp_path {temp}/fastcgi;
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
-    client_max_body_size {max_body_bytes + 1024 * 1024};
+    client_max_body_size {_body_limit(max_body_bytes)};
     upstream voice_search {{
         least_conn;
 {servers}
@@ -53,6 +54,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
+{_json_errors(max_body_bytes)}
         location / {{
             proxy_pass http://voice_search;
             proxy_http_version 1.1;
@@ -66,6 +68,30 @@ http {{
     }}
 }}
 """
+
+
+NGINX_ERRORS = {
+    413: ("payload_too_large", "the upload is larger than {limit} bytes"),
+    502: ("bad_gateway", "no replica could answer; retry in a moment"),
+    504: ("gateway_timeout", "the replica took too long to answer"),
+}
+"""The errors nginx makes itself (not the replicas' own, which pass through as they are), in the
+shape every route answers with (`serving/errors.py`): {"error": {"type", "message", "request_id"}}."""
+
+
+def _body_limit(max_body_bytes: int) -> int:
+    """The app's own limit plus room for the multipart envelope: the app answers the exact limit."""
+    return max_body_bytes + 1024 * 1024
+
+
+def _json_errors(max_body_bytes: int) -> str:
+    lines = []
+    for status, (kind, message) in NGINX_ERRORS.items():
+        text = message.format(limit=_body_limit(max_body_bytes))
+        body = json.dumps({"error": {"type": kind, "message": text, "request_id": "$request_id"}})
+        location = f"location @error_{status} {{ default_type application/json; return {status} '{body}'; }}"
+        lines += [f"        error_page {status} = @error_{status};", f"        {location}"]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -225,4 +225,13 @@ def test_nginx_starts_from_a_relative_state_folder(tmp_path: Path, monkeypatch: 
     with running_nginx(Path("var/cluster/nginx"), free_port(), ["127.0.0.1:9"], 1024) as balancer:
         answer = httpx.get(balancer.url + "/healthz", timeout=10)
         assert answer.status_code == 502  # nginx answers; the upstream it names is not there
+        # nginx's own errors answer in the API's JSON shape, not as nginx's HTML pages.
+        assert answer.headers["content-type"] == "application/json"
+        assert (
+            answer.json()["error"]["type"] == "bad_gateway"
+            and len(answer.json()["error"]["request_id"]) == 32
+        )
+        too_big = httpx.post(balancer.url + "/v1/search", content=b"x" * (2 * 1024 * 1024 + 1024), timeout=10)
+        assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "payload_too_large"
+        assert str(1024 + 1024 * 1024) in too_big.json()["error"]["message"]
     assert (tmp_path / "var/cluster/nginx/nginx.conf").is_file()
