@@ -7,6 +7,7 @@ after the response is built. Errors become responses in `serving.errors` only.
 """
 
 import asyncio
+import importlib.util
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from asr.audio import AudioLimits
@@ -118,11 +119,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Offline voice search: speak a query, get catalog results. Every request is recorded.",
         lifespan=lifespan,
         responses=CLIENT_ERRORS,
+        docs_url=None,  # served below from the swagger-ui-py package, not a CDN
     )
     app.middleware("http")(_record_events)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    _self_hosted_docs(app)
 
     @app.get("/", include_in_schema=False)
     async def demo_page() -> FileResponse:
@@ -130,6 +133,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _self_hosted_docs(app: FastAPI) -> None:
+    """`/docs` from swagger-ui's dist in the swagger-ui-py package: the page works offline
+    (FastAPI's default loads swagger-ui from a CDN, and the page stays blank without one)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    # Only the package's files: importing it would load its handlers for other frameworks.
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is missing: run `make install`")
+    assets = Path(next(iter(spec.submodule_search_locations))) / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 def create_app_from_env() -> FastAPI:

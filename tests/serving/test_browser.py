@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, Route, sync_playwright
 
 from serving.launch import Server
 from tests.serving.events import event, rows
@@ -94,3 +94,26 @@ def test_a_bad_upload_shows_the_error(page: Page, tmp_path: Path) -> None:
     page.set_input_files("#file", str(bad))
     page.wait_for_selector("#status[data-state=error]")
     assert "undecodable_audio" in (page.text_content("#error") or "")
+
+
+def test_the_api_docs_render_offline(server: Server) -> None:
+    """/docs with every request off this machine refused: swagger-ui comes from the package."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page()
+        outside: list[str] = []
+
+        def local_only(route: Route) -> None:
+            if route.request.url.startswith(server.url):
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", local_only)
+        page.goto(server.url + "/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+        paths = page.locator(".opblock-summary-path").all_text_contents()
+        browser.close()
+    assert any("/v1/search" in path for path in paths), paths
+    assert outside == []
