@@ -177,6 +177,9 @@ def test_dashboard_draws_every_chart_and_fills_the_tables(server: Server, page: 
     drift_features = page.locator("#drift tbody tr[data-feature]")
     assert drift_features.count() >= 5
     assert page.locator('#drift tr[data-feature="rms_dbfs"]').count() == 1
+    # No canary ever ran here: the rollout tables say so instead of standing as bare headers.
+    assert page.locator("#gates tbody td.empty").text_content().startswith("no canary yet")
+    assert page.locator("#rollout-history tbody td.empty").text_content().startswith("no rollout change yet")
     assert problems == [], "console errors or requests leaving the server"
 
 
