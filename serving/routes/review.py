@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from serving.deps import Admin, Service, ServiceState
-from serving.errors import ConflictError, NotFoundError
+from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.review import ReviewError, ReviewQueue
 from serving.routes.common import Limit, duration
 from serving.routes.monitoring import span_seconds
@@ -84,6 +84,8 @@ async def accept(
     item_id: ItemId, body: Review, request: Request, service: Service, reviewer: Admin
 ) -> dict[str, Any]:
     queue = _queue(service)
+    if body.item_id is not None and body.item_id not in {entry.id for entry in service.index.pack.catalog}:
+        raise BadRequestError(f"no catalog item {body.item_id!r} in the domain {service.domain!r}")
     at = request.state.started_at  # the request's event time (a replay's, when trusted)
     try:
         done = await run_in_threadpool(queue.resolve, item_id, reviewer, body.transcript, body.item_id, at)

@@ -51,6 +51,12 @@ def test_partial_sends_low_confidence_requests_to_review_and_a_review_becomes_a_
     audio = httpx.get(partial.url + item["audio_url"], headers=AUTH, timeout=10)
     assert audio.status_code == 200 and audio.content == SPEECH_SAMPLE.read_bytes()
 
+    unknown = httpx.post(partial.url + f"/v1/review/{item['id']}", headers=AUTH, timeout=10,
+                         json={"transcript": "x", "item_id": "does-not-exist"})  # fmt: skip
+    assert (
+        unknown.status_code == 422
+        and "no catalog item 'does-not-exist'" in unknown.json()["error"]["message"]
+    )
     accepted = httpx.post(partial.url + f"/v1/review/{item['id']}", headers=AUTH, timeout=10,
                           json={"transcript": "Author of the danger trail, Philip Steels, etc."})  # fmt: skip
     assert accepted.status_code == 200 and accepted.json()["status"] == "done"
