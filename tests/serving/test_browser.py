@@ -74,6 +74,8 @@ def test_typed_search_then_clicking_a_result_records_the_click(page: Page, serve
     page.fill("#text", "weather in pariss")
     page.click("#text-form button")
     search_id = wait_done(page)
+    timing = page.text_content("#timing") or ""
+    assert " ms · model " in timing and not timing.startswith("·")  # typed: no confidence before it
     first = page.locator("#results button").first
     assert "Paris" in (first.text_content() or "")
     clicked_id = first.get_attribute("data-id")
@@ -89,11 +91,17 @@ def test_typed_search_then_clicking_a_result_records_the_click(page: Page, serve
 
 
 def test_a_bad_upload_shows_the_error(page: Page, tmp_path: Path) -> None:
+    page.fill("#text", "weather in paris")  # an answer first: the error must replace it, not sit under it
+    page.click("#text-form button")
+    wait_done(page)
+    assert page.locator("#results button").count() >= 1
     bad = tmp_path / "notes.wav"
     bad.write_text("definitely not audio")
     page.set_input_files("#file", str(bad))
     page.wait_for_selector("#status[data-state=error]")
     assert "undecodable_audio" in (page.text_content("#error") or "")
+    assert page.locator("#results li").count() == 0 and not page.text_content("#transcript")
+    assert not page.text_content("#timing")
 
 
 def test_the_api_docs_render_offline(server: Server) -> None:
