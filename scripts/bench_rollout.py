@@ -5,7 +5,10 @@
    traffic time (replayed faster than real time through `X-Event-Time`, each session searching
    three times). Reported: traffic seconds until the rollback, and the share of sessions that
    ever heard the challenger;
-2. blue-green: 10 voice searches per second (open loop, wall clock) for `--bluegreen-s`, the
+2. healthy canary at the default ramp (5% -> 25% -> 50% -> 100%, 120 s holds and windows, 20
+   searches a slot): a copy of the bundled model under the same traffic. Reported: traffic
+   seconds until it is promoted (the README's "then promoted", at default settings);
+3. blue-green: 10 voice searches per second (open loop, wall clock) for `--bluegreen-s`, the
    standby swapped in halfway. Reported: failed requests, and events recorded vs requests sent.
 
     .venv/bin/python scripts/bench_rollout.py [--json .cache/bench_rollout.json]
@@ -89,6 +92,42 @@ async def degraded_canary(rate_per_s: float, max_traffic_s: float) -> dict[str, 
     }
 
 
+async def healthy_canary(rate_per_s: float, max_traffic_s: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        good = shutil.copytree(DEFAULT_MODEL_DIR, Path(tmp) / "candidate")
+        settings = {
+            "challenger_dir": str(good), "rollout_mode": "canary", "canary_share": "0.05",
+            "canary_auto": "true", "canary_step_s": "0.2", "trust_client_time": "true", "admin_token": TOKEN,
+        }  # fmt: skip
+        (Path(tmp) / "state").mkdir()
+        with running_server(Path(tmp) / "state", **settings) as server:
+            start = time.time() - 7200  # event time: two hours ago, stepping forward at the rate
+            async with httpx.AsyncClient(timeout=60) as client:
+                sent, ended_at, shares = 0, None, []
+                while sent / rate_per_s < max_traffic_s:
+                    at = start + sent / rate_per_s
+                    await post(client, server, f"user-{sent // 3}", at)
+                    sent += 1
+                    if sent % 5 == 0:
+                        state = (await client.get(server.url + "/v1/rollout")).json()
+                        if state["mode"] == "canary" and (
+                            not shares or shares[-1][1] != state["canary_share"]
+                        ):
+                            shares.append((round(at - start, 1), state["canary_share"]))
+                        if state["mode"] == "off":
+                            ended_at = at - start
+                            break
+                audit = (await client.get(server.url + "/v1/admin/audit", headers=AUTH)).json()["entries"]
+    return {
+        "rate_per_s": rate_per_s,
+        "requests": sent,
+        "ended_after_traffic_s": ended_at,
+        "outcome": audit[0]["action"] if audit else None,
+        "reason": audit[0]["reason"] if audit else None,
+        "share_reached_at_traffic_s": shares,
+    }
+
+
 async def blue_green(rate_per_s: float, duration_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         standby = shutil.copytree(DEFAULT_MODEL_DIR, Path(tmp) / "standby")
@@ -131,6 +170,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M")}
     out["degraded_canary"] = await degraded_canary(5.0, args.max_traffic_s)
     print(json.dumps(out["degraded_canary"]), flush=True)
+    out["healthy_canary"] = await healthy_canary(5.0, args.max_promote_s)
+    print(json.dumps(out["healthy_canary"]), flush=True)
     out["blue_green"] = await blue_green(10.0, args.bluegreen_s)
     print(json.dumps(out["blue_green"]), flush=True)
     return out
@@ -141,6 +182,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--max-traffic-s", type=float, default=600.0)
+    parser.add_argument(
+        "--max-promote-s", type=float, default=1800.0, help="traffic time to wait for promotion"
+    )
     parser.add_argument("--bluegreen-s", type=float, default=30.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
