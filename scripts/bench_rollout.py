@@ -103,7 +103,8 @@ async def healthy_canary(rate_per_s: float, max_traffic_s: float) -> dict[str, A
         with running_server(Path(tmp) / "state", **settings) as server:
             start = time.time() - 7200  # event time: two hours ago, stepping forward at the rate
             async with httpx.AsyncClient(timeout=60) as client:
-                sent, ended_at, shares = 0, None, []
+                sent, ended_at = 0, None
+                shares: list[tuple[float, float]] = []
                 while sent / rate_per_s < max_traffic_s:
                     at = start + sent / rate_per_s
                     await post(client, server, f"user-{sent // 3}", at)
