@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import sqlite3
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -69,16 +70,18 @@ def scenario_path(name: str) -> Path:
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from serving.cli import UsageError
 
+    out = args.out or settings.db_path.parent / "simulations"
     try:
-        summary = simulate(
-            scenario_path(args.scenario),
-            args.out or settings.db_path.parent / "simulations",
-            _overrides(args.set),
-            args.seed,
-        )
+        path = scenario_path(args.scenario)
+        summary = simulate(path, out, _overrides(args.set), args.seed)
     except ValueError as e:
         raise UsageError(str(e)) from e
     print(json.dumps(asdict(summary), indent=1))
+    from serving.simulation import Scenario
+
+    name = Scenario.load(path).name
+    written = ", ".join(str(out / f"{name}.{kind}") for kind in ("png", "html", "json"))
+    print(f"voice-search: the plot, the page and the record: {written}", file=sys.stderr)
     return EXIT_OK if summary.events == summary.requests else EXIT_LOST_EVENTS
 
 

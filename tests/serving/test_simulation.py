@@ -36,6 +36,7 @@ def test_the_story_shock_alarm_retrain_and_a_rolled_back_bad_deploy(
     started = next(m for m in record["markers"] if m["label"].startswith("retrain_started"))
     assert "alarm new_vocabulary firing" in started["label"]
     assert (tmp_path / "story.png").stat().st_size > 10_000
+    assert str(tmp_path / "story.png") in err and str(tmp_path / "story.json") in err  # says where
     page = (tmp_path / "story.html").read_text()
     assert page.count("<svg") == 5 and "retrain_started" in page
 
