@@ -99,6 +99,15 @@ def code_commit(repo: Path) -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def sqlite_artifact_root(tracking_uri: str) -> Path | None:
+    """For a SQLite tracking store, an `artifacts` folder beside its database: MLflow's default
+    would be `./mlruns` in whatever folder the command ran from (a checkout, say)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    return Path(tracking_uri.removeprefix(prefix)).resolve().parent / "artifacts"
+
+
 class Registry:
     """Registered versions of one model name and their aliases, through an MLflow client."""
 
@@ -108,7 +117,7 @@ class Registry:
         self.tracking_uri = tracking_uri
         self.name = name
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        self._artifact_root = artifact_root
+        self._artifact_root = artifact_root or sqlite_artifact_root(tracking_uri)
 
     @classmethod
     def embedded(cls, folder: Path, name: str) -> "Registry":

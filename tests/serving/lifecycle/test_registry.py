@@ -170,3 +170,16 @@ def test_a_first_models_list_prints_only_the_list(tmp_path: Path) -> None:
     done = subprocess.run([str(exe), "models", "list"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert " champion " in done.stdout and "MLflow" not in done.stderr, done.stderr
+
+
+def test_a_sqlite_tracking_uri_keeps_its_artifacts_beside_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    """Not in a `mlruns/` folder of whatever directory the command ran from."""
+    store = tmp_path / "elsewhere" / "mlflow.db"
+    store.parent.mkdir()
+    monkeypatch.chdir(tmp_path)
+    registry = Registry(f"sqlite:///{store}", "voice-search")
+    registry.register(tiny_model_dir)
+    assert not (tmp_path / "mlruns").exists()
+    assert any((tmp_path / "elsewhere" / "artifacts").rglob("model.safetensors"))
