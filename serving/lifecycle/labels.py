@@ -113,8 +113,10 @@ def reviewed_labels(reviews: Path, since: float) -> list[Label]:
     for line in reviews.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         if row["labelled_at"] >= since and Path(row["audio"]).is_file():
-            labels.append(Label(row["request_id"], Path(row["audio"]), row["text"], "strong", "review",
-                                row["labelled_at"], row.get("session_id")))  # fmt: skip
+            labels.append(Label(
+                row["request_id"], Path(row["audio"]), row["text"], "strong", "review", row["labelled_at"],
+                row.get("session_id"), row.get("model_version"),
+            ))  # fmt: skip
     return [label for label in labels if normalize_text(label.text)]
 
 

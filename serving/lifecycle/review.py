@@ -44,9 +44,12 @@ CREATE TABLE IF NOT EXISTS reviews (
     reviewer TEXT,
     reviewed_text TEXT,
     reviewed_item TEXT,
-    reviewed_at REAL
+    reviewed_at REAL,
+    model_version TEXT
 );
 """
+MODEL_VERSION_COLUMN = "ALTER TABLE reviews ADD COLUMN model_version TEXT"
+"""Queues made before reviews recorded which model tried first gain the column (null for old rows)."""
 
 
 def routes_to_people(level: str, confidence: float, no_speech: bool, threshold: float) -> bool:
@@ -72,6 +75,8 @@ class ReviewItem:
     reviewed_text: str | None = None
     reviewed_item: str | None = None
     reviewed_at: float | None = None
+    model_version: str | None = None
+    """The model whose attempt the reviewer saw (its label is about that model's audio)."""
 
 
 class ReviewError(Exception):
@@ -84,6 +89,8 @@ class ReviewQueue:
         self.labels_dir = labels_dir
         self._db = connect_wal(path)
         self._db.executescript(SCHEMA)
+        if "model_version" not in {row[1] for row in self._db.execute("PRAGMA table_info(reviews)")}:
+            self._db.execute(MODEL_VERSION_COLUMN)
         self._lock = threading.Lock()
 
     def add(
@@ -95,11 +102,12 @@ class ReviewQueue:
         confidence: float | None,
         hits: list[dict[str, Any]],
         created_at: float,
+        model_version: str | None = None,
     ) -> int:
         with self._lock:
             cursor = self._db.execute(
                 "INSERT INTO reviews (request_id, session_id, created_at, audio_path, model_transcript,"
-                " confidence, hits) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " confidence, hits, model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     session_id,
@@ -108,6 +116,7 @@ class ReviewQueue:
                     model_transcript,
                     confidence,
                     json.dumps(hits),
+                    model_version,
                 ),
             )
         return int(cursor.lastrowid or 0)
@@ -191,7 +200,7 @@ class ReviewQueue:
         row = {
             "audio": str(kept), "text": text, "strength": "strong", "label_source": "review",
             "request_id": item.request_id, "session_id": item.session_id, "reviewer": reviewer,
-            "labelled_at": at,
+            "labelled_at": at, "model_version": item.model_version,
         }  # fmt: skip
         with self._lock, (self.labels_dir / REVIEW_LABELS).open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -210,4 +219,5 @@ def _item(row: tuple[Any, ...]) -> ReviewItem:
         id=row[0], request_id=row[1], session_id=row[2], created_at=row[3], audio_path=row[4],
         model_transcript=row[5], confidence=row[6], hits=json.loads(row[7]), status=row[8],
         reviewer=row[9], reviewed_text=row[10], reviewed_item=row[11], reviewed_at=row[12],
+        model_version=row[13],
     )  # fmt: skip

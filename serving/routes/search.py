@@ -60,6 +60,7 @@ async def voice_search(
             transcript.confidence,
             [h.model_dump() for h in answer.hits],
             request.state.started_at,
+            slot.model_version,
         )
         response.status_code = 202  # accepted: a person answers (the model's attempt is kept for them)
         hidden: dict[str, Any] = {"transcript": None, "query": "", "hits": [], "confidence": None}

@@ -60,6 +60,7 @@ def test_partial_sends_low_confidence_requests_to_review_and_a_review_becomes_a_
     accepted = httpx.post(partial.url + f"/v1/review/{item['id']}", headers=AUTH, timeout=10,
                           json={"transcript": "Author of the danger trail, Philip Steels, etc."})  # fmt: skip
     assert accepted.status_code == 200 and accepted.json()["status"] == "done"
+    assert accepted.json()["model_version"] == body["model_version"]  # the model whose attempt was reviewed
     assert accepted.json()["reviewer"] == "carol"
     assert not Path(item["audio_path"]).exists()  # reviewed: gone from the retention area
     again = httpx.post(
@@ -154,3 +155,21 @@ def test_a_method_the_path_does_not_take_is_a_405(partial: Server) -> None:
     assert response.status_code == 405, response.text
     assert set(response.json()["error"]) >= {"type", "message"}
     assert httpx.get(partial.url + "/v1/review/stats", headers=AUTH, timeout=10).status_code == 200
+
+
+def test_a_queue_made_before_model_versions_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from serving.lifecycle.review import SCHEMA, ReviewQueue
+
+    old_schema = SCHEMA.replace(",\n    model_version TEXT", "")
+    assert "model_version" not in old_schema
+    with sqlite3.connect(tmp_path / "review.sqlite3") as db:
+        db.executescript(old_schema)
+        db.execute(
+            "INSERT INTO reviews (request_id, created_at, audio_path, hits) VALUES ('old', 1.0, '/x', '[]')"
+        )
+    queue = ReviewQueue(tmp_path / "review.sqlite3", tmp_path / "labels")
+    assert queue.items()[0].model_version is None
+    queue.add("new", None, "/y", "hello", 0.4, [], 2.0, "m@1")
+    assert [i.model_version for i in queue.items()] == [None, "m@1"]
