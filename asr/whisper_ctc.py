@@ -145,7 +145,7 @@ def _reflect_each(waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     half = N_FFT // 2
     position = torch.arange(waveforms.shape[1] + N_FFT, device=waveforms.device) - half
     last = (lengths - 1).clamp(min=0)[:, None]
-    index = position.abs()[None, :].expand(len(waveforms), -1)
+    index = position.abs()[None, :].expand(waveforms.shape[0], -1)
     index = torch.where(index > last, 2 * last - index, index)
     inside = (position[None, :] < lengths[:, None] + half) & (index >= 0)
     gathered = waveforms.gather(1, index.clamp(0, waveforms.shape[1] - 1))
@@ -305,7 +305,7 @@ class WhisperCTCForCTC(PreTrainedModel):
         waveforms = input_values.float()
         if attention_mask is None:
             lengths = torch.full(
-                (len(waveforms),), waveforms.shape[1], dtype=torch.long, device=waveforms.device
+                (waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device
             )
         else:
             lengths = attention_mask.sum(dim=-1).long()

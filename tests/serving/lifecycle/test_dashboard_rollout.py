@@ -52,5 +52,7 @@ def test_rollout_panel_shows_both_slots_the_gates_and_the_history(server: Server
         "rollout",
         "half of the sessions",
     ]
-    assert len(page.query_selector_all("#gates tbody tr")) == 0  # no automatic ramp: no gates judged
+    # No automatic ramp: no gate judged, and the table says so in one row.
+    assert len(page.query_selector_all("#gates tbody tr td:not(.empty)")) == 0
+    assert (page.text_content("#gates tbody td.empty") or "").startswith("no canary yet")
     assert errors == []
