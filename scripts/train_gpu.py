@@ -21,6 +21,13 @@ thread that loads batches ahead of the model, and decoded clips cached in memory
 after --minutes (the learning rate decays to that deadline) and writes the model as fp16
 safetensors shards of at most 16 MiB plus its metrics. It runs on the CPU too (tests).
 
+For the Whisper-front-end model (asr/whisper_ctc.py) the GPU does the heavy front half as well:
+with --augment-on-device the loader only slices cached PCM and pads it, and the device applies
+speed, gain and noise to the padded batch (asr/device_augment.py) and computes the log-mel and
+SpecAugment inside the model; --length-buckets groups clips of similar lengths, so large batches
+compute little padding. `scripts/gpu_run.sh` is that call, with nvidia-smi sampling the GPU's
+utilization.
+
 Learnt on an H200 (2026-11-30, docs/benchmarks.md): under bf16 autocast a gradient went
 non-finite within the first steps on clips past 2 s and, applied, made every weight NaN; the loop
 now skips such steps, and --fp32 trains as fast (the GPU sat at 7-21% busy: the CPU side bounds
