@@ -39,10 +39,15 @@ def test_format_size_and_card(model_dir: Path) -> None:
 
 
 def test_loads_with_plain_transformers(model_dir: Path) -> None:
-    from transformers import Wav2Vec2ForCTC, pipeline
+    """The Whisper-front-end family, once registered, loads through transformers' Auto classes and
+    its speech-recognition pipeline like any CTC checkpoint."""
+    from transformers import AutoModelForCTC, pipeline
 
-    model = Wav2Vec2ForCTC.from_pretrained(model_dir)
-    assert model.config.vocab_size == 30
+    from asr.whisper_ctc import WhisperCTCForCTC, register
+
+    register()
+    model = AutoModelForCTC.from_pretrained(model_dir)
+    assert isinstance(model, WhisperCTCForCTC) and model.config.vocab_size == 30
     asr = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu")
     result: Any = asr(np.zeros(16000, dtype=np.float32))
     assert isinstance(result["text"], str)
