@@ -256,7 +256,7 @@ def main() -> None:
         results["paired_lm"] = {name: paired(kept["ours", name], kept["ours-lm", name]) for name in sets}
         print(paired_markdown(results["paired_lm"], f"ours-lm ({args.lm})", args.model))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)  # a minutes-long run must not die on its last line
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # a long run must not die on its last line
         args.json.write_text(json.dumps(results, indent=1))
 
 
