@@ -58,15 +58,19 @@ def sessions_by_slot(db_path: Path) -> tuple[int, int]:
     return int(total), int(seen)
 
 
+def auto_canary(challenger: Path) -> dict[str, str]:
+    """A server's settings: `challenger` in an automatic canary from 5%, the rest at the defaults,
+    event time from the client (the traffic runs faster than real time)."""
+    return {
+        "challenger_dir": str(challenger), "rollout_mode": "canary", "canary_share": "0.05",
+        "canary_auto": "true", "canary_step_s": "0.2", "trust_client_time": "true", "admin_token": TOKEN,
+    }  # fmt: skip
+
+
 async def degraded_canary(rate_per_s: float, max_traffic_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         bad = silent_copy(DEFAULT_MODEL_DIR, Path(tmp) / "degraded")
-        settings = {
-            "challenger_dir": str(bad), "rollout_mode": "canary", "canary_share": "0.05",
-            "canary_auto": "true", "canary_step_s": "0.2", "trust_client_time": "true", "admin_token": TOKEN,
-        }  # fmt: skip
-        (Path(tmp) / "state").mkdir()
-        with running_server(Path(tmp) / "state", **settings) as server:
+        with running_server(Path(tmp) / "state", **auto_canary(bad)) as server:
             start = time.time() - 3600  # event time: an hour ago, stepping forward at the rate
             async with httpx.AsyncClient(timeout=60) as client:
                 sent, rolled_back_at = 0, None
@@ -95,12 +99,7 @@ async def degraded_canary(rate_per_s: float, max_traffic_s: float) -> dict[str, 
 async def healthy_canary(rate_per_s: float, max_traffic_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         good = shutil.copytree(DEFAULT_MODEL_DIR, Path(tmp) / "candidate")
-        settings = {
-            "challenger_dir": str(good), "rollout_mode": "canary", "canary_share": "0.05",
-            "canary_auto": "true", "canary_step_s": "0.2", "trust_client_time": "true", "admin_token": TOKEN,
-        }  # fmt: skip
-        (Path(tmp) / "state").mkdir()
-        with running_server(Path(tmp) / "state", **settings) as server:
+        with running_server(Path(tmp) / "state", **auto_canary(good)) as server:
             start = time.time() - 7200  # event time: two hours ago, stepping forward at the rate
             async with httpx.AsyncClient(timeout=60) as client:
                 sent, ended_at = 0, None

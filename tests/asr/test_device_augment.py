@@ -1,8 +1,6 @@
 """Augmentation on the training device: speed, gain and noise applied to a padded batch at once,
 drawn from one seed per batch, and a training run that uses it."""
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ from asr.device_augment import DeviceAugmenter, change_speed
 from asr.errors import DataError
 from asr.model import create_model_dir
 from asr.train import DataSource, TrainConfig, train
-from tests.signals import SAMPLES_DIR, noise, tone
+from tests.signals import noise, tone
 
 
 def _peak_hz(x: np.ndarray) -> float:
@@ -75,13 +73,8 @@ def test_apply_rebuilds_the_mask_and_normalizes_for_wav2vec2() -> None:
     )
 
 
-def test_training_augments_on_the_device(tmp_path: Path, shared_data: Path) -> None:
-    rows = []
-    for name, text in (("fsdd_7_george_0.flac", "seven"), ("speech_commands_yes_022cd682.flac", "yes")):
-        shutil.copy(SAMPLES_DIR / name, tmp_path / name)
-        rows.append({"audio": name, "text": text, "duration_s": 1.0})
-    data = tmp_path / "train.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows))
+def test_training_augments_on_the_device(tmp_path: Path, shared_data: Path, tiny_set: Path) -> None:
+    data = tiny_set
     model = create_model_dir(tmp_path / "model", shape="whisper-tiny")
     config = TrainConfig(
         out_dir=tmp_path / "run", init=str(model), train=(DataSource(data),), steps=6, batch_size=2,

@@ -21,7 +21,7 @@ from asr.errors import ModelLoadError
 from asr.model import MODEL_SHAPES, Recognizer, default_tokens
 from asr.pretrained import adapt_checkpoint, speaks_our_vocabulary
 from asr.train import DataSource, TrainConfig, _lr_factor, train
-from tests.asr.test_train import config, tiny_set  # noqa: F401 (the fixture)
+from tests.asr.test_train import config
 
 FOREIGN_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L",
                   "U", "M", "W", "C", "F", "G", "Y", "P", "B", "V", "K", "'", "X", "J", "Q", "Z"]  # fmt: skip
@@ -93,7 +93,7 @@ def test_training_from_each_kind_runs_with_the_recipe(
     pretrained_only: Path,
     foreign_ctc: Path,
     tmp_path: Path,
-    tiny_set: Path,  # noqa: F811
+    tiny_set: Path,
 ) -> None:
     for init in (pretrained_only, foreign_ctc):
         out = tmp_path / f"run-{init.name}"
@@ -114,7 +114,7 @@ def test_training_from_each_kind_runs_with_the_recipe(
         assert not torch.equal(saved.lm_head.weight, start.lm_head.weight)  # the head trained
 
 
-def test_tri_stage_schedule_warms_holds_and_decays(tmp_path: Path, tiny_set: Path) -> None:  # noqa: F811
+def test_tri_stage_schedule_warms_holds_and_decays(tmp_path: Path, tiny_set: Path) -> None:
     settings = TrainConfig(out_dir=tmp_path, init="scratch:tiny", train=(DataSource(tiny_set),), steps=100,
                            schedule="tri-stage", final_lr_ratio=0.05)  # fmt: skip
     factors = [_lr_factor(step, settings) for step in range(100)]
@@ -126,7 +126,7 @@ def test_tri_stage_schedule_warms_holds_and_decays(tmp_path: Path, tiny_set: Pat
     assert linear != factors  # "auto" on our own vocabulary is linear
 
 
-def test_with_a_deadline_the_linear_decay_ends_at_the_clock(tmp_path: Path, tiny_set: Path) -> None:  # noqa: F811
+def test_with_a_deadline_the_linear_decay_ends_at_the_clock(tmp_path: Path, tiny_set: Path) -> None:
     settings = replace(config(tmp_path, tiny_set, 10_000), warmup_steps=10, final_lr_ratio=0.1, max_minutes=8)
     assert _lr_factor(500, settings) > 0.9  # by steps alone, hardly decayed
     assert _lr_factor(500, settings, clock_share=0.5) == pytest.approx(0.55)

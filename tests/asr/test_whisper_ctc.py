@@ -3,7 +3,6 @@ CTranslate2's encoder, Whisper tiny.en's real weights), padding that changes not
 random model of the class saved, loaded, transcribed and trained like any checkpoint."""
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -160,17 +159,6 @@ def test_a_tiny_model_saves_loads_and_transcribes_everywhere(tiny_whisper_dir: P
     again = load_ctc_model(tmp_path / "again")
     pairs = zip(model.state_dict().values(), again.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
-
-
-@pytest.fixture
-def tiny_set(tmp_path: Path) -> Path:
-    rows = []
-    for name, text in (("fsdd_7_george_0.flac", "seven"), ("speech_commands_yes_022cd682.flac", "yes")):
-        shutil.copy(SAMPLES_DIR / name, tmp_path / name)
-        rows.append({"audio": name, "text": text, "duration_s": 1.0})
-    path = tmp_path / "train.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    return path
 
 
 def _config(out: Path, init: str, data: Path, steps: int, **extra: Any) -> TrainConfig:
