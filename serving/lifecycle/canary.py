@@ -11,9 +11,9 @@ Time is the monitors' clock (event time in a replay), so a replay ramps as produ
 A canary judges only its own evidence: the voice searches of the challenger version it loaded,
 since its own start (a previous challenger's events in the same slot do not count). At the last
 step the champion answers no session, so its live window empties; the gates then compare the
-challenger with the champion's window from before that step (`reference`), which is what
-completes a ramp. A rolled-back challenger is marked as failed, here and in the registry, so that
-no swap or rollback can make it the champion.
+challenger with the champion's window from the first step, when it answered nearly everyone
+(`reference`), which is what completes a ramp. A rolled-back challenger is marked as failed, here
+and in the registry, so that no swap or rollback can make it the champion.
 """
 
 import asyncio
@@ -47,7 +47,7 @@ class CanaryController:
     """When this canary (of `version`) began: the challenger's events before it are not its own."""
     version: str | None = None
     reference: SlotWindow | None = None
-    """The champion's last full window, kept at each advance: the last step's comparison."""
+    """The champion's full window at the first advance: the last step's comparison."""
 
     @classmethod
     def for_service(cls, service: ServiceState, policy: RampPolicy) -> "CanaryController":
@@ -93,7 +93,10 @@ class CanaryController:
             return None
         later = [s for s in self.policy.steps if s > plan.canary_share]
         self.passing_since = None
-        if champion.voice_searches >= self.policy.gates.min_samples:
+        if self.reference is None and champion.voice_searches >= self.policy.gates.min_samples:
+            # Kept from the first step, when the champion still answered nearly everyone: at 100%
+            # the challenger answers everyone, and its latency must be compared under that load,
+            # not with a champion's window at half the load (a healthy copy failed its p95 gate so).
             self.reference = champion
         if later:
             self._set(
