@@ -21,6 +21,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,32 +68,51 @@ def auto_canary(challenger: Path) -> dict[str, str]:
     }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class CanaryRun:
+    requests: int
+    ended_after_traffic_s: float | None
+    """Traffic time until the rollout went off (rolled back or promoted); None: it never did."""
+    shares: list[tuple[float, float]]
+    """(traffic time, share) at each share the canary reached."""
+    audit: list[dict[str, Any]]
+
+
+async def traffic_until_off(server: Server, rate_per_s: float, max_traffic_s: float) -> CanaryRun:
+    """Voice searches at `rate_per_s` of event time (sessions of three) until the rollout is off."""
+    start = time.time() - 2 * max_traffic_s  # event time in the past, stepping forward at the rate
+    sent, ended_at = 0, None
+    shares: list[tuple[float, float]] = []
+    async with httpx.AsyncClient(timeout=60) as client:
+        while sent / rate_per_s < max_traffic_s:
+            at = start + sent / rate_per_s
+            await post(client, server, f"user-{sent // 3}", at)
+            sent += 1
+            if sent % 5 == 0:
+                state = (await client.get(server.url + "/v1/rollout")).json()
+                if state["mode"] == "canary" and (not shares or shares[-1][1] != state["canary_share"]):
+                    shares.append((round(at - start, 1), state["canary_share"]))
+                if state["mode"] == "off":
+                    ended_at = at - start
+                    break
+        audit = (await client.get(server.url + "/v1/admin/audit", headers=AUTH)).json()["entries"]
+    return CanaryRun(sent, ended_at, shares, audit)
+
+
 async def degraded_canary(rate_per_s: float, max_traffic_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         bad = silent_copy(DEFAULT_MODEL_DIR, Path(tmp) / "degraded")
         with running_server(Path(tmp) / "state", **auto_canary(bad)) as server:
-            start = time.time() - 3600  # event time: an hour ago, stepping forward at the rate
-            async with httpx.AsyncClient(timeout=60) as client:
-                sent, rolled_back_at = 0, None
-                while sent / rate_per_s < max_traffic_s:
-                    at = start + sent / rate_per_s
-                    await post(client, server, f"user-{sent // 3}", at)
-                    sent += 1
-                    if sent % 5 == 0:
-                        state = (await client.get(server.url + "/v1/rollout")).json()
-                        if state["mode"] == "off":
-                            rolled_back_at = at - start
-                            break
-                audit = (await client.get(server.url + "/v1/admin/audit", headers=AUTH)).json()["entries"]
+            run = await traffic_until_off(server, rate_per_s, max_traffic_s)
             total, seen = sessions_by_slot(server.db_path)
     return {
         "rate_per_s": rate_per_s,
-        "requests": sent,
-        "rolled_back_after_traffic_s": rolled_back_at,
+        "requests": run.requests,
+        "rolled_back_after_traffic_s": run.ended_after_traffic_s,
         "sessions": total,
         "sessions_that_saw_the_challenger": seen,
         "share_of_sessions_affected": round(seen / total, 4) if total else None,
-        "reason": audit[0]["reason"] if audit else None,
+        "reason": run.audit[0]["reason"] if run.audit else None,
     }
 
 
@@ -100,31 +120,14 @@ async def healthy_canary(rate_per_s: float, max_traffic_s: float) -> dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         good = shutil.copytree(DEFAULT_MODEL_DIR, Path(tmp) / "candidate")
         with running_server(Path(tmp) / "state", **auto_canary(good)) as server:
-            start = time.time() - 7200  # event time: two hours ago, stepping forward at the rate
-            async with httpx.AsyncClient(timeout=60) as client:
-                sent, ended_at = 0, None
-                shares: list[tuple[float, float]] = []
-                while sent / rate_per_s < max_traffic_s:
-                    at = start + sent / rate_per_s
-                    await post(client, server, f"user-{sent // 3}", at)
-                    sent += 1
-                    if sent % 5 == 0:
-                        state = (await client.get(server.url + "/v1/rollout")).json()
-                        if state["mode"] == "canary" and (
-                            not shares or shares[-1][1] != state["canary_share"]
-                        ):
-                            shares.append((round(at - start, 1), state["canary_share"]))
-                        if state["mode"] == "off":
-                            ended_at = at - start
-                            break
-                audit = (await client.get(server.url + "/v1/admin/audit", headers=AUTH)).json()["entries"]
+            run = await traffic_until_off(server, rate_per_s, max_traffic_s)
     return {
         "rate_per_s": rate_per_s,
-        "requests": sent,
-        "ended_after_traffic_s": ended_at,
-        "outcome": audit[0]["action"] if audit else None,
-        "reason": audit[0]["reason"] if audit else None,
-        "share_reached_at_traffic_s": shares,
+        "requests": run.requests,
+        "ended_after_traffic_s": run.ended_after_traffic_s,
+        "outcome": run.audit[0]["action"] if run.audit else None,
+        "reason": run.audit[0]["reason"] if run.audit else None,
+        "share_reached_at_traffic_s": run.shares,
     }
 
 
