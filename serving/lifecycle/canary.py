@@ -73,6 +73,10 @@ class CanaryController:
             self.passing_since = self.started_at = self.version = self.reference = None
             return None
         if self.version != service.challenger.model_version or self.started_at is None:
+            if not events:
+                # No clock yet: a replay's event time begins with its first event, and a start
+                # taken from the wall clock before it would put every replayed search before it.
+                return None
             self.version, self.started_at, self.reference = service.challenger.model_version, at, None
             self.passing_since = None
         redo_s = service.settings.redo_window_s
