@@ -283,7 +283,9 @@ def rule_value(
     current = (features if features is not None else event_features(events)).get(rule.drift, [])
     if reference is None or not reference.features.get(rule.drift):
         return WindowValue(None, len(current)), None
-    result = detect(rule.drift, reference.features[rule.drift], current, rule.test)
+    result = detect(
+        rule.drift, reference.features[rule.drift], current, rule.test, rule.threshold, rule.min_samples
+    )
     statistic = result.statistic if math.isfinite(result.statistic) else None
     return WindowValue(statistic, len(current)), result
 
@@ -430,13 +432,19 @@ class AlarmEngine:
                 logger.exception("notifier %r failed", notifier)
 
     def drift_table(self, current: dict[str, list[float | str]]) -> list[DriftResult]:
-        """Every profiled feature against the reference, judged by the test and threshold of the
-        rule that watches it (so the table and the alarms agree), else the test's defaults."""
+        """Every profiled feature against the reference, judged by the test, threshold and sample
+        minimum of the rule that watches it (so the table and the alarms agree); a feature no rule
+        watches gets its test's defaults and the largest minimum of the drift rules, so a small
+        window is "not enough data" in the table as in the alarms."""
         if self.reference is None:
             return []
         watched = {r.drift: r for r in self.rules if r.drift is not None and r.test is not None}
         tests = {f: str(r.test) for f, r in watched.items()}
-        return drift_table(self.reference, current, tests, {f: r.threshold for f, r in watched.items()})
+        floor = max((r.min_samples for r in watched.values()), default=1)
+        least = {f: watched[f].min_samples if f in watched else floor for f in self.reference.features}
+        return drift_table(
+            self.reference, current, tests, {f: r.threshold for f, r in watched.items()}, least
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """Current states and the transition history, JSON-ready."""

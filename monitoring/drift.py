@@ -14,7 +14,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -56,9 +56,13 @@ class DriftResult:
     drifted: bool
     reference_n: int
     current_n: int
+    min_samples: int = 1
+    """Values a window needs before it is judged: below it `drifted` is False whatever the
+    statistic says (the alarm rule watching the feature says "insufficient data" too)."""
 
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+    @property
+    def judged(self) -> bool:
+        return self.current_n >= self.min_samples and math.isfinite(self.statistic)
 
 
 def _numeric(values: Sequence[float | str]) -> np.ndarray:
@@ -145,8 +149,10 @@ def detect(
     current: Sequence[float | str],
     test: str,
     threshold: float | None = None,
+    min_samples: int = 1,
 ) -> DriftResult:
-    """Compare `current` values of `feature` with the reference's using the named test."""
+    """Compare `current` values of `feature` with the reference's using the named test; a window
+    of fewer than `min_samples` values gets its statistic but is not called drifted."""
     try:
         spec = STAT_TESTS[test]
     except KeyError:
@@ -158,8 +164,11 @@ def detect(
         raise ValueError(f"{test} compares categories; {feature} is numeric")
     limit = spec.threshold if threshold is None else threshold
     statistic = spec.fn(reference, current) if reference and current else math.nan
-    drifted = bool(statistic > limit if spec.direction == ">" else statistic < limit)
-    return DriftResult(feature, test, statistic, limit, spec.direction, drifted, len(reference), len(current))
+    beyond = bool(statistic > limit if spec.direction == ">" else statistic < limit)
+    drifted = beyond and len(current) >= min_samples
+    return DriftResult(
+        feature, test, statistic, limit, spec.direction, drifted, len(reference), len(current), min_samples
+    )
 
 
 @dataclass(frozen=True)
@@ -232,13 +241,16 @@ def drift_table(
     current: dict[str, list[float | str]],
     tests: dict[str, str] | None = None,
     thresholds: dict[str, float] | None = None,
+    min_samples: dict[str, int] | None = None,
 ) -> list[DriftResult]:
     """Every feature against the profile, each with its default test (psi, chi-square for
-    categories) and threshold unless `tests` and `thresholds` name others."""
+    categories), threshold and sample minimum unless `tests`, `thresholds` and `min_samples`
+    name others."""
     table = []
     for feature, reference in profile.features.items():
         default = "chi_square" if feature in CATEGORICAL_FEATURES else "psi"
         test = (tests or {}).get(feature, default)
         threshold = (thresholds or {}).get(feature)
-        table.append(detect(feature, reference, current.get(feature, []), test, threshold))
+        least = (min_samples or {}).get(feature, 1)
+        table.append(detect(feature, reference, current.get(feature, []), test, threshold, least))
     return table

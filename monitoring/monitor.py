@@ -154,7 +154,7 @@ class Monitor:
         end = self.now() if now is None else now
         events = self.store.events(since=end - window_s, until=through(end))
         return [
-            asdict(r) | {"statistic": finite(r.statistic)}
+            asdict(r) | {"statistic": finite(r.statistic), "judged": r.judged}
             for r in self.engine.drift_table(event_features(events))
         ]
 

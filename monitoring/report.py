@@ -135,8 +135,8 @@ def _tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                     d.test,
                     _number(d.statistic),
                     f"{d.direction} {d.threshold:g}",
-                    "yes" if d.drifted else "no",
-                    str(d.current_n),
+                    "yes" if d.drifted else "no" if d.judged else "not enough data",
+                    f"{d.current_n} (of {d.min_samples})" if not d.judged else str(d.current_n),
                 ]
                 for d in report.drift
             ],

@@ -74,7 +74,10 @@ async def drift(service: Service, window: Annotated[str, duration("5m")] = "5m")
     reference = monitor.reference
     return {
         "window": window,
-        "reference": reference.source if reference else None,
+        # The file the service loaded, and what it was measured on (a fresh clone has the
+        # former, not necessarily the latter's corpus).
+        "reference": str(service.settings.reference_profile) if reference else None,
+        "reference_source": reference.source if reference else None,
         "reference_model_version": reference.model_version if reference else None,
         "model_version": service.model_version,
         "features": table,

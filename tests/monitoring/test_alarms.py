@@ -304,6 +304,28 @@ def test_a_drift_rule_compares_the_window_with_the_reference() -> None:
     assert [t.subject for t in recorder.transitions] == ["drift:rms_dbfs:psi"]
 
 
+def test_the_drift_table_and_the_alarm_agree_on_a_small_window() -> None:
+    """Loud traffic, but fewer clips than the rule's minimum: the alarm waits for data, and the
+    table neither calls the watched feature drifted nor an unwatched one (the rules' floor)."""
+    rng = np.random.default_rng(1)
+    profile: dict[str, list[float | str]] = {
+        f: [float(v) for v in rng.normal(-25.0, 5.0, 2000)] for f in ("rms_dbfs", "peak_dbfs")
+    }
+    rule = Rule("volume", window_s=60.0, threshold=0.5, drift="rms_dbfs", test="psi", min_samples=150)
+    engine = AlarmEngine([rule], reference=ReferenceProfile(features=profile))
+    loud: list[float | str] = [float(v) for v in rng.normal(-10.0, 5.0, 40)]
+    evaluation = engine.evaluate(
+        [make(f"c{i}", float(i), duration_s=2.0, rms_dbfs=float(v)) for i, v in enumerate(loud)], now=60.0
+    )
+    assert evaluation.states[0].state == "insufficient_data"
+    table = {r.feature: r for r in engine.drift_table({"rms_dbfs": loud, "peak_dbfs": loud})}
+    for result in table.values():
+        assert result.statistic > 0.5 and not result.drifted and not result.judged
+        assert result.min_samples == 150
+    enough: list[float | str] = [float(v) for v in rng.normal(-10.0, 5.0, 150)]
+    assert all(r.drifted and r.judged for r in engine.drift_table({"rms_dbfs": enough, "peak_dbfs": enough}))
+
+
 def test_a_drift_rule_without_a_reference_is_insufficient_data() -> None:
     rule = Rule("volume", window_s=60.0, threshold=0.5, drift="rms_dbfs", test="psi")
     engine = AlarmEngine([rule])

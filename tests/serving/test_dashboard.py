@@ -177,6 +177,13 @@ def test_dashboard_draws_every_chart_and_fills_the_tables(server: Server, page: 
     drift_features = page.locator("#drift tbody tr[data-feature]")
     assert drift_features.count() >= 5
     assert page.locator('#drift tr[data-feature="rms_dbfs"]').count() == 1
+    # The table tells the alarms' story: a few dozen clips are too few to call drift (volume_drift
+    # needs 1000, and the features no rule watches take the same floor), against a profile that exists.
+    assert page.locator("#drift tbody tr.drifted").count() == 0
+    for row in drift_features.all():
+        assert "of 1000)" in (row.text_content() or ""), row.text_content()
+    caption = page.locator("#drift-caption").text_content() or ""
+    assert "data/monitoring/reference.json" in caption and "1000 values" in caption
     # No canary ever ran here: the rollout tables say so instead of standing as bare headers.
     assert (page.locator("#gates tbody td.empty").text_content() or "").startswith("no canary yet")
     assert (page.locator("#rollout-history tbody td.empty").text_content() or "").startswith(
