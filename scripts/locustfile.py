@@ -5,8 +5,12 @@ so the number of users is the concurrency. Every answer's status, request id and
 and written to `VOICE_SEARCH_BENCH_ANSWERS` (JSON) when the run stops, so the benchmark can check
 each acknowledged request against the event store.
 
-Settings (environment): VOICE_SEARCH_BENCH_CLIPS, a folder of audio clips; VOICE_SEARCH_BENCH_ANSWERS,
-where to write the answers; VOICE_SEARCH_BENCH_SESSION, a prefix for session ids.
+Settings (environment): VOICE_SEARCH_BENCH_CLIPS, a folder of audio clips (other files are left
+out); VOICE_SEARCH_BENCH_ANSWERS, where to write the answers (optional); VOICE_SEARCH_BENCH_SESSION,
+a prefix for session ids. The README's deployment walk uses it as traffic for a canary:
+
+    VOICE_SEARCH_BENCH_CLIPS=data/samples .venv/bin/locust -f scripts/locustfile.py --headless \
+        --host http://127.0.0.1:8000 --users 2 --run-time 15m
 """
 
 import itertools
@@ -19,7 +23,13 @@ from typing import Any
 
 from locust import HttpUser, constant, events, task
 
-CLIPS = [p.read_bytes() for p in sorted(Path(os.environ["VOICE_SEARCH_BENCH_CLIPS"]).iterdir())]
+from serving.cli import AUDIO_SUFFIXES
+
+CLIPS = [
+    p.read_bytes()
+    for p in sorted(Path(os.environ["VOICE_SEARCH_BENCH_CLIPS"]).iterdir())
+    if p.suffix.lower() in AUDIO_SUFFIXES
+]
 ANSWERS: list[dict[str, Any]] = []
 _next_clip = itertools.count()
 
@@ -62,4 +72,5 @@ def _error_type(response: Any) -> str | None:
 
 @events.test_stop.add_listener  # type: ignore[untyped-decorator]
 def _write_answers(**_: Any) -> None:
-    Path(os.environ["VOICE_SEARCH_BENCH_ANSWERS"]).write_text(json.dumps(ANSWERS))
+    if "VOICE_SEARCH_BENCH_ANSWERS" in os.environ:
+        Path(os.environ["VOICE_SEARCH_BENCH_ANSWERS"]).write_text(json.dumps(ANSWERS))
