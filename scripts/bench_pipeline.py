@@ -2,9 +2,9 @@
 
 Each clip length runs in its own process, so that peak RSS (`ru_maxrss`) belongs to that length
 alone. The audio is real speech: CMU ARCTIC sentences (../shared/data/cathy_arctic) joined with
-pauses, looped to the wanted length. With no --model, a randomly initialised model of the
-bundled model's shape ("small", 4.5M parameters) stands in: speed and memory depend on the
-shape, not on the weights (only the decoding stage sees different text).
+pauses, looped to the wanted length. With no --model, the bundled model is measured; any
+checkpoint folder of either family (wav2vec2 or Whisper front end) can be given instead, to
+compare two models side by side.
 
     python scripts/bench_pipeline.py                      # 3 s, 10 s and 10 min, table on stdout
     python scripts/bench_pipeline.py --model DIR --threads 2 --lengths 3 600
@@ -24,6 +24,7 @@ import numpy as np
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO / "data" / "models" / "voice-search-small"
 SPEECH_DIR = REPO.parent / "shared" / "data" / "cathy_arctic"
 PAUSE_S = 0.6
 """Silence between joined sentences: a natural pause, long enough for the VAD to cut there."""
@@ -85,7 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, help="checkpoint folder (default: a random 'small' model)")
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="checkpoint folder (default: the bundled model)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lengths", type=float, nargs="+", default=[3.0, 10.0, 600.0], metavar="S")
     parser.add_argument("--beam-size", type=int, help="beam search instead of greedy")
@@ -98,28 +101,14 @@ def main() -> None:
         print(json.dumps(measure_one(args.model, args.child, args.threads, repeats, args.beam_size)))
         return
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            from asr.model import create_model_dir
-
-            model = create_model_dir(Path(tmp) / "small-random", shape="small", seed=0)
-        results = []
-        for seconds in args.lengths:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--model",
-                str(model),
-                "--threads",
-                str(args.threads),
-                "--child",
-                str(seconds),
-            ]
-            if args.beam_size:
-                cmd += ["--beam-size", str(args.beam_size)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    results = []
+    for seconds in args.lengths:
+        cmd = [sys.executable, __file__, "--model", str(args.model), "--threads", str(args.threads)]
+        cmd += ["--child", str(seconds)]
+        if args.beam_size:
+            cmd += ["--beam-size", str(args.beam_size)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -856,14 +856,17 @@ def _banner(settings: Settings) -> str:
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{host}:{settings.port}"
+    rows = {
+        "model": f"{model_version(settings.model_dir)} ({settings.model_dir})",
+        "domain": f"{settings.domain_dir.name} ({settings.domain_dir})",
+        "demo": f"{url}/",
+        "dashboard": f"{url}/dashboard",
+        "API docs": f"{url}/docs",
+    }
     return "\n".join(
         (
             f"voice-search: listening on {settings.host}:{settings.port}",
-            f"  model   {model_version(settings.model_dir)} ({settings.model_dir})",
-            f"  domain  {settings.domain_dir.name} ({settings.domain_dir})",
-            f"  demo    {url}/",
-            f"  dashboard {url}/dashboard",
-            f"  API docs  {url}/docs",
+            *(f"  {name:<10}{value}" for name, value in rows.items()),
             "  (the model loads next; /readyz answers 200 once it is ready; Ctrl-C stops)",
         )
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 from asr.corpus.datasets import dataset_digest
 from asr.model import model_version
 from serving.lifecycle.registry import (
+    FAILED_GATES,
     RUN_ID_FILE,
     Lineage,
     RegisteredModel,
@@ -80,7 +81,8 @@ def open_registry(settings: Settings) -> Registry:
 
 
 def _line(model: RegisteredModel) -> str:
-    aliases = ",".join(model.aliases) or "-"
+    # A model that failed its canary gates has no alias and never will: say so rather than "-".
+    aliases = ",".join(model.aliases) or ("failed gates" if model.tags.get(FAILED_GATES) else "-")
     return f"{model.version:>4}  {aliases:28s} {model.model_version:32s} run {model.run_id[:12]}"
 
 

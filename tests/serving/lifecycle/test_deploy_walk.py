@@ -91,7 +91,9 @@ def audit(server: Server) -> list[dict[str, Any]]:
     return list(reversed(entries))  # oldest first
 
 
-def test_the_readme_deployment_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_readme_deployment_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     mlflow = tmp_path / "mlflow"
     monkeypatch.setenv("VOICE_SEARCH_MLFLOW_DIR", str(mlflow))
     registry = Registry.embedded(mlflow, "voice-search")
@@ -156,6 +158,10 @@ def test_the_readme_deployment_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         time.sleep(1)
         drilled = registry.get(drill.version)
         assert drilled.tags.get("failed_gates") and not drilled.aliases
+        capsys.readouterr()
+        assert main(["models", "list"]) == 0
+        listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+        assert "failed gates" in listed[str(drill.version)] and "champion" in listed[str(candidate.version)]
         assert registry.get(CHAMPION).version == candidate.version and registry.get(PREVIOUS).version == 1
 
         # 6. Blue-green: the drill is no standby; the previous champion is loaded and swapped in.
