@@ -1,33 +1,23 @@
 """Evaluation: WER/CER, latency and real-time factor, overall and per slice of any manifest field.
 
-A manifest is JSON Lines in the format of ../shared/data: each row has `audio` (a path relative to
-the manifest's folder), `text` (the reference), and any other fields, which become slices
-(`speaker`, `voice`, `snr_db`, ...). References and hypotheses both pass through the one
-normalizer, so punctuation and casing never count as errors.
+A manifest's fields (`asr.manifest`) become slices (`speaker`, `voice`, `snr_db`, ...). References
+and hypotheses both pass through the one normalizer, so punctuation and casing never count as
+errors.
 """
 
-import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import jiwer
 import numpy as np
 
-from asr.errors import ASRError, ManifestError
+from asr.errors import ASRError
+from asr.manifest import ManifestEntry
 from asr.text import normalize_text
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One labelled clip: resolved audio path, reference text, and its other fields as strings."""
-
-    audio: Path
-    text: str
-    fields: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,47 +70,6 @@ class EvaluationReport:
             "audio_s": self.audio_s,
             "failures": [{"path": p, "error": e} for p, e in self.failures],
         }
-
-
-def read_manifest(path: str | Path) -> list[ManifestEntry]:
-    """Parse a JSONL manifest; raises `ManifestError` naming the first bad line."""
-    manifest = Path(path)
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read manifest {manifest}: {e}") from e
-    entries = [_entry(line, n, manifest) for n, line in enumerate(lines, 1) if line.strip()]
-    if not entries:
-        raise ManifestError(f"the manifest {manifest} has no entries")
-    return entries
-
-
-def select_entries(entries: Sequence[ManifestEntry], conditions: Sequence[str]) -> list[ManifestEntry]:
-    """The entries whose fields match every `FIELD=VALUE` condition; raises `ManifestError` for a
-    malformed condition."""
-    selected = list(entries)
-    for condition in conditions:
-        key, sep, value = condition.partition("=")
-        if not sep:
-            raise ManifestError(f"a row filter takes FIELD=VALUE, got {condition!r}")
-        selected = [e for e in selected if e.fields.get(key) == value]
-    return selected
-
-
-def _entry(line: str, number: int, manifest: Path) -> ManifestEntry:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{manifest}:{number}: not valid JSON ({e.msg})") from e
-    if (
-        not isinstance(row, dict)
-        or not isinstance(row.get("audio"), str)
-        or not isinstance(row.get("text"), str)
-    ):
-        raise ManifestError(f"{manifest}:{number}: each row needs string fields 'audio' and 'text'")
-    audio = manifest.parent / row["audio"]
-    fields = {k: str(v) for k, v in row.items() if k not in ("audio", "text")}
-    return ManifestEntry(audio=audio, text=row["text"], fields=fields)
 
 
 class Transcribed(Protocol):

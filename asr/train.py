@@ -43,7 +43,8 @@ from asr.distributed import (
     sum_tensor_over_ranks,
 )
 from asr.errors import AudioError, DataError
-from asr.evaluate import ManifestEntry, read_manifest, run_entry, summarize
+from asr.evaluate import run_entry, summarize
+from asr.manifest import ManifestEntry, read_manifest
 from asr.model import (
     Device,
     Recognizer,

@@ -39,7 +39,7 @@ import torch.nn.functional as F  # noqa: N812
 from asr.audio import Samples, load_audio
 from asr.dependencies import require
 from asr.errors import DataError, ModelLoadError
-from asr.evaluate import read_manifest
+from asr.manifest import read_manifest
 from asr.model import default_feature_extractor, frame_count, receptive_field
 
 logger = logging.getLogger(__name__)

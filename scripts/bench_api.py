@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from asr.evaluate import ManifestEntry, read_manifest
+from asr.manifest import ManifestEntry, read_manifest
 from serving.launch import Server, running_server
 from serving.settings import DEFAULT_MODEL_DIR
 

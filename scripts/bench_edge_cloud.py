@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from asr.evaluate import ManifestEntry, read_manifest
+from asr.manifest import ManifestEntry, read_manifest
 from asr.text import normalize_text
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, REPO_ROOT, Settings
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from asr.corpus.real import dev_entries
-from asr.evaluate import read_manifest
+from asr.manifest import read_manifest
 from asr.pipeline import build_pipeline
 from asr.text import normalize_text
 from serving.runtime import limit_allocator_caching

@@ -48,16 +48,15 @@ from asr.corpus.real import dev_entries
 from asr.decoding import BeamOptions, read_word_list
 from asr.evaluate import (
     EvaluationReport,
-    ManifestEntry,
     Outcome,
     PlainTranscript,
     Transcribed,
     paired_errors,
-    read_manifest,
     run_entry,
     summarize,
 )
 from asr.lm import LM_WEIGHT, WORD_SCORE
+from asr.manifest import ManifestEntry, read_manifest
 from asr.pipeline import build_pipeline
 from serving.lifecycle.gate import sign_test_p, signs
 from serving.runtime import limit_allocator_caching

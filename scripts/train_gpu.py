@@ -77,7 +77,7 @@ def pack(
     import soundfile as sf
 
     from asr.audio import SAMPLE_RATE_HZ, load_audio
-    from asr.evaluate import read_manifest
+    from asr.manifest import read_manifest
     from asr.train import DataSource
 
     shutil.rmtree(out, ignore_errors=True)

@@ -30,7 +30,7 @@ from asr.audio import SAMPLE_RATE_HZ, Samples
 from asr.corpus.augment import colored_noise, draw_spec
 from asr.corpus.build import level_and_augment
 from asr.corpus.tts import EspeakEngine, Voice
-from asr.evaluate import read_manifest, select_entries
+from asr.manifest import read_manifest, select_entries
 from serving.app import EVENT_TIME_HEADER
 
 EXPECTED_ALARM = {

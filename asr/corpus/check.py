@@ -18,7 +18,7 @@ import numpy as np
 
 from asr.audio import load_audio
 from asr.errors import AudioError
-from asr.evaluate import read_manifest
+from asr.manifest import read_manifest
 from asr.preprocess import PreprocessOptions, clip_stats
 from asr.text import normalize_text
 

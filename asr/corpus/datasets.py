@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asr.errors import DataError
-from asr.evaluate import ManifestEntry, read_manifest
+from asr.manifest import ManifestEntry, read_manifest
 from asr.text import normalize_text
 
 GOLDEN_FILE = "golden.json"

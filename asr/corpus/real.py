@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from asr.errors import DataError
-from asr.evaluate import ManifestEntry
+from asr.manifest import ManifestEntry
 
 SILENCE_LABEL = "_silence_"
 

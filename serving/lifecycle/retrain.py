@@ -28,7 +28,8 @@ from typing import Any
 
 from asr.corpus.datasets import GoldenSet, dataset_digest
 from asr.errors import DataError
-from asr.evaluate import ManifestEntry, Outcome, paired_errors, read_manifest, run_entry, summarize
+from asr.evaluate import Outcome, paired_errors, run_entry, summarize
+from asr.manifest import ManifestEntry, read_manifest
 from asr.pipeline import Pipeline, build_pipeline
 from asr.train import CHECKPOINT, DataSource, TrainConfig, export_model, train
 from serving.lifecycle.gate import NEW_DATA, GateDecision, GateLimits, PairScores, judge

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from asr.errors import ManifestError, TruncatedAudioError
-from asr.evaluate import ManifestEntry, Outcome, PlainTranscript, read_manifest, run_entry, score, summarize
+from asr.evaluate import Outcome, PlainTranscript, run_entry, score, summarize
+from asr.manifest import ManifestEntry, read_manifest
 
 
 def test_score_counts_word_and_character_errors() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from serving.cli import main
-from serving.simulate_cli import SCENARIOS
+from serving.cli.simulate import SCENARIOS
 from serving.simulation import Change, Scenario
 
 STORY = Path(__file__).parent / "scenarios" / "story.yml"

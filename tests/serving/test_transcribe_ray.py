@@ -29,7 +29,8 @@ import pytest
 import ray
 import torch
 
-from serving.cli import EXIT_SOME_FAILED, EXIT_USAGE, main, transcribe_inputs
+from serving.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
+from serving.cli.transcribe import transcribe_inputs
 from tests.signals import REPO, SAMPLES_DIR
 
 pytestmark = pytest.mark.filterwarnings(

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from asr.corpus.datasets import freeze_golden
-from asr.evaluate import read_manifest
+from asr.manifest import read_manifest
 from asr.pipeline import build_pipeline
 from asr.train import DataSource, TrainConfig, export_model, train
 from serving.cli import main

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from asr.corpus.datasets import dataset_digest
 from asr.model import model_version
+from serving.cli.common import EXIT_OK
 from serving.lifecycle.registry import (
     FAILED_GATES,
     RUN_ID_FILE,
@@ -29,10 +30,8 @@ from serving.lifecycle.registry import (
 )
 from serving.settings import REPO_ROOT, Settings
 
-EXIT_OK, EXIT_USAGE = 0, 2
 
-
-def add_model_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     models = commands.add_parser(
         "models", help="the model registry (MLflow): versions, lineage, aliases"
     ).add_subparsers(required=True, metavar="ACTION")

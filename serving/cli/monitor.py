@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from asr.corpus.domain import DomainPack
 from asr.errors import AudioError, ManifestError
-from asr.evaluate import ManifestEntry, read_manifest, select_entries
+from asr.manifest import ManifestEntry, read_manifest, select_entries
 from asr.pipeline import PipelineOptions, Transcript, build_pipeline
 from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, load_rules, parse_duration
@@ -21,13 +21,12 @@ from monitoring.export import deploy_files
 from monitoring.features import clip_features
 from monitoring.gates import GatePolicy, RampPolicy
 from monitoring.report import build_report, render_html, render_text
+from serving.cli.common import EXIT_OK, EXIT_USAGE
 from serving.recording import transcript_fields
 from serving.settings import REPO_ROOT, Settings
 
-EXIT_OK, EXIT_USAGE = 0, 2
 
-
-def add_monitor_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     monitor = commands.add_parser(
         "monitor", help="reference profile, reports and alerting files"
     ).add_subparsers(required=True, metavar="ACTION")

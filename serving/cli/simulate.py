@@ -22,15 +22,16 @@ from typing import Any
 import httpx
 
 from monitoring.alarms import parse_duration
+from serving.cli.common import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from serving.launch import running_server
 from serving.settings import DEFAULT_DOMAIN_DIR, REPO_ROOT, Settings
 
 SCENARIOS = REPO_ROOT / "data" / "scenarios"
 TOKEN = "simulation-operator"
-EXIT_OK, EXIT_LOST_EVENTS = 0, 1
+EXIT_LOST_EVENTS = EXIT_SOME_FAILED
 
 
-def add_simulate_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = commands.add_parser(
         "simulate", help="replay a scenario of simulated users against a real server"
     )
@@ -68,7 +69,6 @@ def scenario_path(name: str) -> Path:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from serving.cli import UsageError
 
     out = args.out or settings.db_path.parent / "simulations"
     try:

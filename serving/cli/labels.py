@@ -8,14 +8,15 @@ from pathlib import Path
 
 from monitoring.alarms import parse_duration
 from monitoring.events import SQLiteEventStore
+from serving.cli.common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from serving.lifecycle.labels import STRENGTHS, export_labels
 from serving.lifecycle.review import REVIEW_LABELS
 from serving.settings import Settings
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_CHECK_FAILED = EXIT_SOME_FAILED
 
 
-def add_label_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     labels = commands.add_parser("labels", help="labels from production traffic").add_subparsers(
         required=True, metavar="ACTION"
     )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from asr.corpus.datasets import freeze_golden, golden_sets
 from asr.errors import DataError
 from monitoring.alarms import parse_duration
+from serving.cli.common import EXIT_OK
 from serving.lifecycle.audit import AuditEntry, AuditLog
 from serving.lifecycle.gate import GateLimits
 from serving.lifecycle.labels import STRENGTHS, export_labels
@@ -32,7 +33,8 @@ from serving.settings import Settings
 if TYPE_CHECKING:
     from serving.lifecycle.retrain import RetrainReport
 
-EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+EXIT_REJECTED = 1
+"""The gate rejected the challenger (its reasons are printed and kept)."""
 DEPLOY_MODES = ("none", "shadow", "canary")
 
 
@@ -49,7 +51,7 @@ def add_golden_commands(data: "argparse._SubParsersAction[argparse.ArgumentParse
     listing.set_defaults(command=_golden)
 
 
-def add_retrain_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = commands.add_parser(
         "retrain", help="labels + replay -> fine-tune the champion -> gate -> register the challenger"
     )
@@ -119,7 +121,7 @@ def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
     from asr.train import DataSource
-    from serving.lifecycle.models_cli import open_registry
+    from serving.cli.models import open_registry
     from serving.lifecycle.retrain import RetrainConfig, retrain
 
     if args.threads:

@@ -1,0 +1,52 @@
+"""`voice-search client`: voice queries answered on the device (edge) or by a server (cloud)."""
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from asr.errors import AudioError
+from asr.pipeline import build_frontend, build_pipeline
+from serving.cli.common import EXIT_OK, EXIT_SOME_FAILED, expand_inputs
+from serving.settings import Settings
+
+
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """client."""
+    client = commands.add_parser(
+        "client", help="answer voice queries on the device (edge) or send their speech to a server (cloud)"
+    )
+    client.add_argument("paths", nargs="+", metavar="PATH", help="audio files, folders or globs")
+    client.add_argument("--mode", choices=("edge", "cloud"), required=True)
+    client.add_argument("--url", default="http://127.0.0.1:8000", help="the server, for cloud mode")
+    client.add_argument("--model", type=Path, help="edge mode's model folder (default: the bundled model)")
+    client.add_argument("--domain", type=Path, help="edge mode's domain pack (default: places)")
+    client.set_defaults(command=_client, inference=True)
+
+
+def _client(args: argparse.Namespace, settings: Settings) -> int:
+    import httpx
+
+    from asr.corpus.domain import DomainPack
+    from serving.client import CloudClient, EdgeClient
+    from serving.search import CatalogIndex
+
+    paths = expand_inputs(args.paths)
+    if args.mode == "edge":
+        pack = DomainPack.load(args.domain or settings.domain_dir)
+        spotting = pack.spotting(settings.spot_char_bonus) if settings.spot_catalog else None
+        pipeline = build_pipeline(args.model or settings.model_dir, device="cpu", spotting=spotting)
+        searcher: EdgeClient | CloudClient = EdgeClient(pipeline, CatalogIndex(pack))
+    else:
+        searcher = CloudClient(args.url, build_frontend())
+    failed = 0
+    for path in paths:
+        try:
+            result = searcher.search(path)
+        except (AudioError, httpx.HTTPError) as e:
+            print(f"voice-search: {path}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(json.dumps({"path": str(path)} | asdict(result)))
+    return EXIT_SOME_FAILED if failed else EXIT_OK
