@@ -1,17 +1,14 @@
 """The event store: one row per API request, good or bad, for monitoring and retraining.
 
 Every request the service answers becomes an `Event` (ids, session, time, model version and slot,
-input statistics, transcript, hits, per-stage latency, outcome). Behaviour signals come from the
-sequence of events within a session:
-
-- **redo**: a voice search followed by another voice search in the same session within
-  `redo_window_s`, with no click on the first one's results;
-- **switch to typing**: a voice search followed (within the same window) by a typed search.
+input statistics, transcript, hits, per-stage latency, outcome). What users did next (redo,
+switch to typing, clicks) is read from these events by `monitoring.sessions`.
 
 SQLite is the default backend (WAL, so readers never block the writer; the schema is versioned and
 upgraded by numbered migrations). PostgreSQL (`monitoring.postgres`) is the shared store of
 several replicas, with the same queries and migrations; callers depend on the `EventStore`
-protocol and `open_event_store` picks the backend from a URL. Event times are the request's own
+protocol, and the settings (`Settings.open_event_store`) pick the backend from a URL, so this
+module never imports PostgreSQL's. Event times are the request's own
 timestamps (seconds since the epoch), never the reader's clock, so a replay can run faster than
 real time.
 """
@@ -22,7 +19,6 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -95,26 +91,6 @@ class Event:
     corrected_text: str | None = None
     audio_path: str | None = None
     """Where the request's audio is kept, when retention is on (personal data: see `purge_audio`)."""
-
-
-@dataclass(frozen=True)
-class SessionSignals:
-    """Behaviour signals over voice searches: which were redone, which were followed by typing."""
-
-    voice_searches: int
-    redo: tuple[str, ...]
-    switch_to_typing: tuple[str, ...]
-    clicked: tuple[str, ...]
-    typed_after: tuple[tuple[str, str], ...] = ()
-    """(voice search, the text search that followed it): what the user typed instead."""
-
-    @property
-    def redo_ratio(self) -> float:
-        return len(self.redo) / self.voice_searches if self.voice_searches else 0.0
-
-    @property
-    def switch_to_typing_ratio(self) -> float:
-        return len(self.switch_to_typing) / self.voice_searches if self.voice_searches else 0.0
 
 
 class EventStore(Protocol):
@@ -352,7 +328,7 @@ class SQLiteEventStore(SQLEventStore):
                     number = self.schema_version
                     if number >= len(MIGRATIONS):
                         break
-                    for statement in _statements(MIGRATIONS[number]):
+                    for statement in sql_statements(MIGRATIONS[number]):
                         self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version = {number + 1}")
                 logger.info("event store %s migrated to schema %d", self.path, number + 1)
@@ -384,18 +360,6 @@ class SQLiteEventStore(SQLEventStore):
             self._db.close()
 
 
-def open_event_store(url: str | None, path: Path) -> "SQLEventStore":
-    """The store a setting names: PostgreSQL for a `postgresql://` URL (shared by replicas), else
-    the embedded SQLite file at `path`."""
-    if url and url.startswith(("postgresql://", "postgres://")):
-        from monitoring.postgres import PostgresEventStore  # psycopg only where it is used
-
-        return PostgresEventStore(url)
-    if url:
-        raise EventStoreError(f"the event store URL must start with postgresql://, not {url.split(':')[0]!r}")
-    return SQLiteEventStore(path)
-
-
 @contextmanager
 def _store_errors(action: str) -> Iterator[None]:
     try:
@@ -404,7 +368,7 @@ def _store_errors(action: str) -> Iterator[None]:
         raise EventStoreError(f"could not {action}: {e}") from e
 
 
-def _statements(script: str) -> list[str]:
+def sql_statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
@@ -432,89 +396,3 @@ def purge_audio(store: EventStore, retention_s: float, now: float | None = None)
         Path(path).unlink(missing_ok=True)
     store.forget_audio([request_id for request_id, _ in expired])
     return len(expired)
-
-
-def session_signals(events: Sequence[Event], redo_window_s: float) -> SessionSignals:
-    """Redo, switch-to-typing and click signals of the voice searches among `events`.
-
-    A voice search is judged by the next search (voice or text) in its session: a redo when that
-    is a voice search within `redo_window_s` and nothing of the first was clicked in between; a
-    switch to typing when it is a text search within the window.
-    """
-    by_session: dict[str, list[Event]] = {}
-    for event in sorted(events, key=lambda e: e.created_at):
-        # Refused or failed requests are not searches the user saw answered (a 503 then a retry
-        # is not a redo).
-        if event.session_id is not None and event.outcome not in ("client_error", "server_error"):
-            by_session.setdefault(event.session_id, []).append(event)
-    first_click: dict[str, float] = {}
-    for e in events:
-        # A refused feedback request (unknown target, bad body) is not a click.
-        if e.kind == "feedback" and e.clicked_id and e.target_request_id and e.status_code < 400:
-            first_click[e.target_request_id] = min(
-                e.created_at, first_click.get(e.target_request_id, e.created_at)
-            )
-    voice, redo, typed = 0, [], []
-    typed_after: list[tuple[str, str]] = []
-    for session in by_session.values():
-        searches = [e for e in session if e.kind in ("voice_search", "text_search")]
-        # A window may hold only a session's feedback (its searches fell before the window).
-        for current, following in zip(searches, [*searches[1:], None][: len(searches)], strict=True):
-            if current.kind != "voice_search":
-                continue
-            voice += 1
-            if following is None or following.created_at - current.created_at > redo_window_s:
-                continue
-            if following.kind == "text_search":
-                typed.append(current.request_id)
-                typed_after.append((current.request_id, following.request_id))
-            elif first_click.get(current.request_id, following.created_at) >= following.created_at:
-                redo.append(current.request_id)
-    return SessionSignals(
-        voice_searches=voice,
-        redo=tuple(redo),
-        switch_to_typing=tuple(typed),
-        clicked=tuple(sorted(first_click)),
-        typed_after=tuple(typed_after),
-    )
-
-
-class SessionTracker:
-    """`session_signals` online: told each event as it is recorded, it names the signals that
-    event completes, by the same definitions, keeping only the last voice search per session.
-
-    Memory is bounded: the least recently active sessions are forgotten past `max_sessions`.
-    """
-
-    def __init__(self, redo_window_s: float, max_sessions: int = 100_000) -> None:
-        self.redo_window_s, self.max_sessions = redo_window_s, max_sessions
-        self._last_voice: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._clicked: OrderedDict[str, None] = OrderedDict()
-
-    def observe(self, event: Event) -> list[str]:
-        """Signals completed by `event`: "redo", "switch_to_typing" (about the session's previous
-        voice search) or "click"."""
-        if event.kind == "feedback" and event.clicked_id and event.target_request_id:
-            if event.status_code >= 400 or event.target_request_id in self._clicked:
-                return []
-            self._remember(self._clicked, event.target_request_id, None)
-            return ["click"]
-        searched = event.kind in ("voice_search", "text_search")
-        if not searched or event.session_id is None or event.outcome in ("client_error", "server_error"):
-            return []
-        signals: list[str] = []
-        previous = self._last_voice.pop(event.session_id, None)
-        if previous is not None and event.created_at - previous[1] <= self.redo_window_s:
-            if event.kind == "text_search":
-                signals.append("switch_to_typing")
-            elif previous[0] not in self._clicked:
-                signals.append("redo")
-        if event.kind == "voice_search":
-            self._remember(self._last_voice, event.session_id, (event.request_id, event.created_at))
-        return signals
-
-    def _remember(self, table: "OrderedDict[str, Any]", key: str, value: Any) -> None:
-        table[key] = value
-        table.move_to_end(key)
-        while len(table) > self.max_sessions:
-            table.popitem(last=False)

@@ -388,11 +388,6 @@ def grafana_dashboard(rules: list[Rule]) -> dict[str, Any]:
     }
 
 
-def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
-    """Every PromQL query of a dashboard (to check them with promtool)."""
-    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-
-
 class _Dumper(yaml.SafeDumper):
     """Multi-line strings (alert expressions) as literal blocks, so the file reads like PromQL."""
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitoring.events import Event, session_signals
+from monitoring.events import Event
+from monitoring.sessions import session_signals
 
 NUMERIC_FEATURES = (
     "duration_s",

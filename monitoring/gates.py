@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from monitoring.events import Event, session_signals
+from monitoring.events import Event
+from monitoring.sessions import session_signals
 
 ALPHA = 0.01
 """Every gate's one-sided test level, per look."""

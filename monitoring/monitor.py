@@ -13,9 +13,10 @@ from typing import Any
 
 from monitoring.alarms import AlarmEngine, Evaluation, Rule, WindowedEvents, rule_value
 from monitoring.drift import ReferenceProfile
-from monitoring.events import Event, EventStore, SessionTracker
+from monitoring.events import Event, EventStore
 from monitoring.features import event_features, through, window_metric
 from monitoring.metrics import ServiceMetrics
+from monitoring.sessions import SessionTracker
 
 DASHBOARD_METRICS = (
     "requests_per_second",

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from monitoring.events import MIGRATIONS, EventStoreError, SQLEventStore, _statements
+from monitoring.events import MIGRATIONS, EventStoreError, SQLEventStore, sql_statements
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class PostgresEventStore(SQLEventStore):
                 conn.execute("INSERT INTO schema_version (version) VALUES (0)")
             current = 0 if found is None else int(found[0])
             for number in range(current, len(MIGRATIONS)):
-                for statement in _statements(MIGRATIONS[number]):
+                for statement in sql_statements(MIGRATIONS[number]):
                     conn.execute(postgres_dialect(statement))
             if current < len(MIGRATIONS):
                 conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))

@@ -34,7 +34,6 @@ from monitoring.events import Event, EventStore, EventStoreError, Outcome, purge
 from monitoring.gates import GatePolicy, RampPolicy
 from monitoring.metrics import ServiceMetrics
 from monitoring.monitor import Monitor, MonitorOptions
-from monitoring.postgres import AdvisoryLeader
 from serving import __version__
 from serving.batching import MicroBatcher, TranscribeMany
 from serving.deps import Faults, ServiceState
@@ -308,6 +307,8 @@ async def _purge_expired_audio(state: ServiceState) -> None:
 def _follow_the_cluster(state: ServiceState, url: str) -> list["asyncio.Task[None]"]:
     """On a shared store: the rollout every replica follows, and the election of the one replica
     that judges alarms, the canary and retraining (so the service is judged once, on all traffic)."""
+    from monitoring.postgres import AdvisoryLeader  # psycopg (the cluster extra) only where it is used
+
     state.leads = False
     leader = AdvisoryLeader(url)
 

@@ -26,14 +26,6 @@ class NetworkProfile:
     uplink_kbps: float
     downlink_kbps: float
 
-    def transfer_s(self, up_bytes: int, down_bytes: int) -> float:
-        """The delay model: one request and its response on an open connection."""
-        return (
-            self.rtt_ms / 1000
-            + up_bytes * 8 / (self.uplink_kbps * 1000)
-            + down_bytes * 8 / (self.downlink_kbps * 1000)
-        )
-
 
 PROFILES = {
     p.name: p

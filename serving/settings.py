@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 from asr.model import Device
 from asr.spotting import SpotOptions
-from monitoring.events import EventStore, open_event_store
+from monitoring.events import EventStore, EventStoreError, SQLiteEventStore
 from serving.lifecycle.review import AUTOMATION_LEVELS, SENDS_TO_PEOPLE
 from serving.lifecycle.rollout import ROLLOUT_MODES
 from serving.search import SearchOptions
@@ -223,7 +223,16 @@ class Settings:
 
     def open_event_store(self) -> "EventStore":
         """The store these settings name (PostgreSQL by URL, else SQLite at `db_path`)."""
-        return open_event_store(self.event_store_url, self.db_path)
+        url = self.event_store_url
+        if url and url.startswith(("postgresql://", "postgres://")):
+            from monitoring.postgres import PostgresEventStore  # psycopg only where it is used
+
+            return PostgresEventStore(url)
+        if url:
+            raise EventStoreError(
+                f"the event store URL must start with postgresql://, not {url.split(':')[0]!r}"
+            )
+        return SQLiteEventStore(self.db_path)
 
     @property
     def audio_dir(self) -> Path:

@@ -20,7 +20,8 @@ from typing import Literal
 
 from asr.corpus.check import CheckReport, check_labels
 from asr.text import normalize_text
-from monitoring.events import Event, EventStore, session_signals
+from monitoring.events import Event, EventStore
+from monitoring.sessions import session_signals
 
 Strength = Literal["weak", "strong"]
 STRENGTHS: tuple[Strength, ...] = ("weak", "strong")

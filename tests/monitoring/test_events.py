@@ -19,15 +19,14 @@ from monitoring.events import (
     Hit,
     Kind,
     Outcome,
-    SessionTracker,
     SQLEventStore,
     SQLiteEventStore,
-    _statements,
     connect_wal,
     purge_audio,
-    session_signals,
+    sql_statements,
 )
 from monitoring.postgres import PostgresEventStore, postgres_dialect
+from monitoring.sessions import SessionTracker, session_signals
 from serving.cluster.postgres import LocalPostgres
 
 
@@ -134,7 +133,7 @@ def test_an_old_sqlite_file_is_upgraded_without_losing_rows(tmp_path: Path) -> N
 
 def test_an_old_postgres_database_is_upgraded_without_losing_rows(postgres_url: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as db:  # a database at schema version 1
-        for statement in _statements(MIGRATIONS[0]):
+        for statement in sql_statements(MIGRATIONS[0]):
             db.execute(postgres_dialect(statement))
         db.execute(f"INSERT INTO events {OLD_ROW}")
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")

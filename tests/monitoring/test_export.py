@@ -29,7 +29,6 @@ from monitoring.export import (
     SLOT_PROMQL,
     VERDICT_ONLY,
     alert_expr,
-    dashboard_exprs,
     deploy_files,
     grafana_dashboard,
     prom_duration,
@@ -45,6 +44,11 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "monitoring" / "deploy"
 ALARMS = REPO / "data" / "monitoring" / "alarms.yml"
 UNIT_TESTS = DEPLOY / "prometheus-rules.test.yml"
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL query of a dashboard (to check them with promtool)."""
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
 
 
 def _binary(name: str) -> str:

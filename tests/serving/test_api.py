@@ -8,7 +8,8 @@ import httpx
 import numpy as np
 import pytest
 
-from monitoring.events import SQLiteEventStore, session_signals
+from monitoring.events import SQLiteEventStore
+from monitoring.sessions import session_signals
 from serving.launch import Server, running_server
 from tests.serving.events import event, rows
 from tests.signals import encode, espeak, noise, silence, speech
