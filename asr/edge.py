@@ -28,15 +28,14 @@ from scipy.special import log_softmax
 
 from asr.audio import SAMPLE_RATE_HZ, Samples
 from asr.errors import ModelError, ModelLoadError
+from asr.frames import conv_stack, receptive_field
 from asr.model import (
     BLANK_TOKEN,
     WORD_DELIMITER,
     Emissions,
     Vocabulary,
     at_least,
-    conv_stack,
     model_version,
-    receptive_field,
 )
 
 logger = logging.getLogger(__name__)

@@ -39,8 +39,9 @@ import torch.nn.functional as F  # noqa: N812
 from asr.audio import Samples, load_audio
 from asr.dependencies import require
 from asr.errors import DataError, ModelLoadError
+from asr.frames import frame_count, receptive_field
 from asr.manifest import read_manifest
-from asr.model import default_feature_extractor, frame_count, receptive_field
+from asr.model import default_feature_extractor
 
 logger = logging.getLogger(__name__)
 

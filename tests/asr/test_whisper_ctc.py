@@ -24,12 +24,12 @@ from asr.whisper_ctc import (
     WhisperCTCConfig,
     WhisperCTCForCTC,
     encoder_frames,
-    from_whisper,
     log_mel,
     register,
     sinusoids,
     spec_augment,
 )
+from asr.whisper_start import from_whisper
 from tests.signals import SAMPLES_DIR, SPEECH_SAMPLE, noise, tone
 
 
