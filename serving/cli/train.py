@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """train, average, transplant and export."""
+    for add in (_add_train, _add_average, _add_transplant, _add_export):
+        add(commands)
+
+
+def _add_train(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     trainer = commands.add_parser(
         "train", help="train or fine-tune a CTC model: wav2vec2, or Whisper's front end (resumable)"
     )
@@ -153,6 +158,8 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     trainer.set_defaults(command=_train)
 
+
+def _add_average(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     average = commands.add_parser(
         "average", help="average the weights of snapshots of one training run (checkpoint averaging)"
     )
@@ -162,6 +169,8 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     average.add_argument("--out", type=Path, required=True, metavar="DIR", help="the averaged model folder")
     average.set_defaults(command=_average)
 
+
+def _add_transplant(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     transplant = commands.add_parser(
         "transplant",
         help="a pretrained start: Whisper tiny.en's encoder under a fitted wav2vec2 front end (resumable)",
@@ -201,6 +210,8 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     transplant.add_argument("--threads", type=int, default=1)
     transplant.set_defaults(command=_transplant)
 
+
+def _add_export(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     export = commands.add_parser("export", help="export the model for edge CPUs (ONNX Runtime, int8 or fp32)")
     export.add_argument("--edge", action="store_true", required=True, help="an ONNX Runtime CPU build")
     export.add_argument(
