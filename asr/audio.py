@@ -25,6 +25,8 @@ from asr.errors import (
     UnsupportedSampleRateError,
 )
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+"""Files picked up from folders and globs; a file named explicitly is tried whatever its suffix."""
 SAMPLE_RATE_HZ = 16_000
 """The rate every model and stage works at: wav2vec2 checkpoints are trained on 16 kHz speech."""
 MIN_SAMPLE_RATE_HZ = 8_000

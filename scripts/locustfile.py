@@ -23,7 +23,7 @@ from typing import Any
 
 from locust import HttpUser, constant, events, task
 
-from serving.cli import AUDIO_SUFFIXES
+from asr.audio import AUDIO_SUFFIXES
 
 CLIPS = [
     p.read_bytes()

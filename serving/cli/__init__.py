@@ -29,7 +29,6 @@ from serving.cli import (
     transcribe,
 )
 from serving.cli.common import (
-    AUDIO_SUFFIXES,
     EXIT_BROKEN_INSTALL,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -42,7 +41,6 @@ from serving.runtime import limit_allocator_caching
 from serving.settings import Settings
 
 __all__ = [
-    "AUDIO_SUFFIXES",
     "EXIT_BROKEN_INSTALL",
     "EXIT_OK",
     "EXIT_SOME_FAILED",

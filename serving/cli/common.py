@@ -7,16 +7,12 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from asr.audio import AudioLimits
+from asr.audio import AUDIO_SUFFIXES, AudioLimits
 from asr.decoding import BeamOptions, read_word_list
 from asr.lm import LM_WEIGHT, WORD_SCORE
 from asr.model import Device
 from asr.pipeline import Pipeline, PipelineOptions, build_pipeline
 from serving.settings import DEFAULT_MODEL_DIR, Settings
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
-"""Files picked up from folders and globs; a file named explicitly is tried whatever its suffix."""
-
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_BROKEN_INSTALL = 0, 1, 2, 3
 
@@ -71,10 +67,6 @@ def add_recognition_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-clip-s", type=float, metavar="S", help="refuse clips longer than S seconds")
     group.add_argument("--batch-size", type=positive_int, metavar="N", help="speech segments per model call")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def pipeline_from_args(args: argparse.Namespace, settings: Settings) -> Pipeline:
-    return pipeline_factory(args, settings)()
 
 
 def pipeline_factory(args: argparse.Namespace, settings: Settings) -> "partial[Pipeline]":

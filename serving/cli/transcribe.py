@@ -25,7 +25,6 @@ from serving.cli.common import (
     add_recognition_options,
     expand_inputs,
     pipeline_factory,
-    pipeline_from_args,
     positive_int,
 )
 from serving.settings import Settings
@@ -279,7 +278,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     entries = entries[: args.limit] if args.limit else entries
     if not entries:
         raise UsageError("no manifest rows left after --where/--limit")
-    pipeline = pipeline_from_args(args, settings)
+    pipeline = pipeline_factory(args, settings)()
 
     progress = tqdm(entries, desc="evaluating", unit="clip", disable=args.quiet or None, file=sys.stderr)
     report = summarize((run_entry(pipeline.transcribe, e) for e in progress), by=args.by)
