@@ -16,7 +16,7 @@ is unpacked here:
     # here: fp16 shards back into a model folder with our tokenizer, then evaluate it
     .venv/bin/python scripts/train_gpu.py unpack --files FILES_AT --out runs/gpu-medium/model
 
-`train` runs the project's own training loop (asr/train.py) on CUDA, with loader threads, a
+`train` runs the project's own training loop (asr/training/) on CUDA, with loader threads, a
 thread that loads batches ahead of the model, and decoded clips cached in memory; it stops itself
 after --minutes (the learning rate decays to that deadline) and writes the model as fp16
 safetensors shards of at most 16 MiB plus its metrics. It runs on the CPU too (tests).
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 DEVICE_WHEELS = ("soundfile", "cffi", "pycparser", "soxr", "jiwer", "rapidfuzz", "click")
-"""What asr.train imports that the device image (Python 3.12, torch, transformers, numpy, scipy)
+"""What asr.training imports that the device image (Python 3.12, torch, transformers, numpy, scipy)
 lacks; versions come from requirements.lock."""
 SHARD = "16MB"
 """The largest file a device call returns is 16 MiB; transformers counts in decimal megabytes."""
@@ -78,7 +78,7 @@ def pack(
 
     from asr.audio import SAMPLE_RATE_HZ, load_audio
     from asr.manifest import read_manifest
-    from asr.train import DataSource
+    from asr.training import DataSource
 
     shutil.rmtree(out, ignore_errors=True)
     (out / "audio").mkdir(parents=True)
@@ -166,7 +166,7 @@ def download_wheels(folder: Path) -> None:
 def train_on_device(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from asr.train import BEST, CHECKPOINT, METRICS, DataSource, TrainConfig, train
+    from asr.training import BEST, CHECKPOINT, METRICS, DataSource, TrainConfig, train
 
     listing = json.loads((args.pack / "sources.json").read_text())
     unpack_clips(args.pack)
@@ -315,7 +315,7 @@ def main() -> None:
             level=args.level,
         )
         if args.init:
-            from asr.train import export_model
+            from asr.training import export_model
 
             export_model(args.init, args.out / "init")
             report["init_mib"] = round(

@@ -120,7 +120,7 @@ def _golden(args: argparse.Namespace, settings: Settings) -> int:
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
-    from asr.train import DataSource
+    from asr.training import DataSource
     from serving.cli.models import open_registry
     from serving.lifecycle.retrain import RetrainConfig, retrain
 

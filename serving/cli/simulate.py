@@ -147,7 +147,7 @@ def _retrain_data(settings: dict[str, str], run_dir: Path) -> list[str]:
     """A retrain needs golden sets and replay data; without the corpus and frozen sets (a fresh
     clone), the bundled sample clips stand in for both, and the summary says so."""
     from asr.corpus.datasets import freeze_golden, golden_sets
-    from asr.train import DataSource
+    from asr.training import DataSource
 
     if settings.get("retrain_auto") != "true":
         return []

@@ -17,7 +17,7 @@ from serving.cli.common import EXIT_OK, UsageError, positive_int
 from serving.settings import DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, Settings
 
 if TYPE_CHECKING:
-    from asr.train import TrainConfig
+    from asr.training import TrainConfig
 
 
 def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -238,7 +238,7 @@ def _add_export(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
 def train_config_from_args(args: argparse.Namespace, init: str, **overrides: Any) -> "TrainConfig":
     """The one mapping of `train`'s options to a `TrainConfig`; `overrides` replace fields (domain
     adaptation trains on the pack's corpus)."""
-    from asr.train import DataSource, TrainConfig
+    from asr.training import DataSource, TrainConfig
 
     fields: dict[str, Any] = {
         "out_dir": args.out,
@@ -281,7 +281,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
     from asr.distributed import Ranks
-    from asr.train import check_training_data, export_model, is_built_start, train
+    from asr.training import check_training_data, export_model, is_built_start, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -363,7 +363,7 @@ def _adapt_domain(args: argparse.Namespace, init: str) -> int:
     """Build the pack's corpus, measure the start model on its held-out test split, fine-tune on
     its training split (plus any --train manifests, to keep general skills), measure again."""
     from asr.corpus.build import CorpusConfig, build_corpus
-    from asr.train import DataSource, is_built_start, train
+    from asr.training import DataSource, is_built_start, train
 
     corpus_dir = args.out / "corpus"
     counts = build_corpus(
@@ -415,7 +415,7 @@ def _score_manifest(model: Path, manifest: Path, device: Device) -> dict[str, fl
 
 
 def _average(args: argparse.Namespace, settings: Settings) -> int:
-    from asr.train import average_models
+    from asr.training import average_models
 
     out = average_models(args.models, args.out)
     print(f"wrote {out}: the mean of {len(args.models)} models; evaluate it with --model {out}")

@@ -6,7 +6,7 @@ The steps, in `retrain`:
 1. the dataset: the new labels split by session into a training part and a held-out part (the
    "new data" the gate scores), beside replay manifests of the original training data so that
    nothing is forgotten; every manifest's content version is recorded;
-2. fine-tuning from the champion (`asr.train`), tracked as an MLflow run;
+2. fine-tuning from the champion (`asr.training`), tracked as an MLflow run;
 3. champion and challenger transcribe the held-out labels and every frozen golden set, clip by
    clip in turn (so their speeds are compared side by side on the same machine load), scored
    overall and per slice;
@@ -31,7 +31,7 @@ from asr.errors import DataError
 from asr.evaluate import Outcome, paired_errors, run_entry, summarize
 from asr.manifest import ManifestEntry, read_manifest
 from asr.pipeline import Pipeline, build_pipeline
-from asr.train import CHECKPOINT, DataSource, TrainConfig, export_model, train
+from asr.training import CHECKPOINT, DataSource, TrainConfig, export_model, train
 from serving.lifecycle.gate import NEW_DATA, GateDecision, GateLimits, PairScores, judge
 from serving.lifecycle.registry import CHALLENGER, CHAMPION, Lineage, RegisteredModel, Registry, code_commit
 from serving.lifecycle.tracking import TrainingRun

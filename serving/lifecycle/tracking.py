@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from asr.corpus.datasets import dataset_digest
-from asr.train import METRICS, TrainConfig
+from asr.training import METRICS, TrainConfig
 from serving.lifecycle.registry import RUN_ID_FILE, Registry, code_commit
 from serving.settings import REPO_ROOT
 

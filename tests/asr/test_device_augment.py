@@ -10,7 +10,7 @@ import torch
 from asr.device_augment import DeviceAugmenter, change_speed
 from asr.errors import DataError
 from asr.model import create_model_dir
-from asr.train import DataSource, TrainConfig, train
+from asr.training import DataSource, TrainConfig, train
 from tests.signals import noise, tone
 
 

@@ -20,7 +20,8 @@ from transformers import (
 from asr.errors import ModelLoadError
 from asr.model import MODEL_SHAPES, Recognizer, default_tokens
 from asr.pretrained import adapt_checkpoint, speaks_our_vocabulary
-from asr.train import DataSource, TrainConfig, _lr_factor, train
+from asr.training import DataSource, TrainConfig, train
+from asr.training.loop import _lr_factor as lr_factor
 from tests.asr.test_train import config
 
 FOREIGN_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L",
@@ -117,21 +118,21 @@ def test_training_from_each_kind_runs_with_the_recipe(
 def test_tri_stage_schedule_warms_holds_and_decays(tmp_path: Path, tiny_set: Path) -> None:
     settings = TrainConfig(out_dir=tmp_path, init="scratch:tiny", train=(DataSource(tiny_set),), steps=100,
                            schedule="tri-stage", final_lr_ratio=0.05)  # fmt: skip
-    factors = [_lr_factor(step, settings) for step in range(100)]
+    factors = [lr_factor(step, settings) for step in range(100)]
     assert factors[0] == pytest.approx(0.05)
     assert factors[10:50] == [1.0] * 40
     assert factors[99] == pytest.approx(0.05, rel=0.1)
     assert all(a >= b for a, b in itertools.pairwise(factors[50:]))
-    linear = [_lr_factor(step, config(tmp_path, tiny_set, 100)) for step in range(100)]
+    linear = [lr_factor(step, config(tmp_path, tiny_set, 100)) for step in range(100)]
     assert linear != factors  # "auto" on our own vocabulary is linear
 
 
 def test_with_a_deadline_the_linear_decay_ends_at_the_clock(tmp_path: Path, tiny_set: Path) -> None:
     settings = replace(config(tmp_path, tiny_set, 10_000), warmup_steps=10, final_lr_ratio=0.1, max_minutes=8)
-    assert _lr_factor(500, settings) > 0.9  # by steps alone, hardly decayed
-    assert _lr_factor(500, settings, clock_share=0.5) == pytest.approx(0.55)
-    assert _lr_factor(500, settings, clock_share=1.0) == pytest.approx(0.1)
-    assert _lr_factor(5, settings, clock_share=0.5) == pytest.approx(0.6)  # warm-up stays by steps
+    assert lr_factor(500, settings) > 0.9  # by steps alone, hardly decayed
+    assert lr_factor(500, settings, clock_share=0.5) == pytest.approx(0.55)
+    assert lr_factor(500, settings, clock_share=1.0) == pytest.approx(0.1)
+    assert lr_factor(5, settings, clock_share=0.5) == pytest.approx(0.6)  # warm-up stays by steps
 
 
 def test_a_checkpoint_of_another_kind_is_a_load_error(tmp_path: Path) -> None:

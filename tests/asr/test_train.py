@@ -13,16 +13,9 @@ import torch
 
 from asr.errors import DataError
 from asr.model import Recognizer
-from asr.train import (
-    DataSource,
-    TrainConfig,
-    _Example,
-    _Sampler,
-    _Student,
-    encode_labels,
-    export_model,
-    train,
-)
+from asr.training import DataSource, TrainConfig, encode_labels, export_model, train
+from asr.training.loop import _Example as Example, _Sampler as Sampler
+from asr.training.loop import _Student as Student
 
 
 def config(out: Path, data: Path, steps: int) -> TrainConfig:
@@ -121,8 +114,8 @@ def test_curriculum_draws_only_short_clips_and_refuses_when_none_exist(
 
 
 def test_length_buckets_group_clips_by_length_and_depend_only_on_the_step() -> None:
-    clips = [_Example(Path(f"{i}.flac"), [3], duration_s=float(i % 20) / 2 + 0.5) for i in range(400)]
-    sampler = _Sampler([clips], [1.0], seed=0)
+    clips = [Example(Path(f"{i}.flac"), [3], duration_s=float(i % 20) / 2 + 0.5) for i in range(400)]
+    sampler = Sampler([clips], [1.0], seed=0)
     steps = [sampler.bucketed(8, None, step, buckets=6, seed=7) for step in range(12)]
     spread = [max(e.duration_s for e in b) - min(e.duration_s for e in b) for b in steps]
     random_spread = [
@@ -130,7 +123,7 @@ def test_length_buckets_group_clips_by_length_and_depend_only_on_the_step() -> N
         for b in (sampler.batch(8, None) for _ in range(12))
     ]
     assert np.mean(spread) < 0.5 * np.mean(random_spread)
-    again = _Sampler([clips], [1.0], seed=0)  # as a resumed run, with no saved bucket
+    again = Sampler([clips], [1.0], seed=0)  # as a resumed run, with no saved bucket
     assert [e.path for e in again.bucketed(8, None, 9, buckets=6, seed=7)] == [e.path for e in steps[9]]
     group = sorted(
         (e.path for b in steps[:6] for e in b), key=str
@@ -214,14 +207,14 @@ def test_a_step_with_a_non_finite_gradient_is_skipped(
     tmp_path: Path, tiny_set: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One NaN loss (bf16 overflow on a GPU did this) must not turn every weight into NaN."""
-    real_forward = _Student.forward
+    real_forward = Student.forward
     calls = itertools.count()
 
-    def every_third_loss_nan(self: _Student, inputs: Any, labels: Any) -> Any:
+    def every_third_loss_nan(self: Student, inputs: Any, labels: Any) -> Any:
         loss, distill = real_forward(self, inputs, labels)
         return (loss * float("nan") if next(calls) % 3 == 1 else loss), distill
 
-    monkeypatch.setattr(_Student, "forward", every_third_loss_nan)
+    monkeypatch.setattr(Student, "forward", every_third_loss_nan)
     state = train(config(tmp_path / "run", tiny_set, steps=10), log=lambda _: None)
     assert state.skipped_steps == 3  # calls 1, 4 and 7
     assert state.history[-1]["skipped_steps"] == 3
@@ -258,7 +251,7 @@ def test_frozen_layers_stay_as_they_were_and_the_layers_above_learn(
 def test_snapshots_are_kept_and_average_to_their_mean(tmp_path: Path, tiny_set: Path) -> None:
     from safetensors.torch import load_file
 
-    from asr.train import average_models
+    from asr.training import average_models
 
     train(replace(config(tmp_path / "run", tiny_set, steps=30), keep_every=20), log=lambda _: None)
     snapshots = sorted((tmp_path / "run" / "steps").iterdir())
@@ -280,7 +273,7 @@ def test_snapshots_are_kept_and_average_to_their_mean(tmp_path: Path, tiny_set: 
 
 def test_averaging_refuses_what_it_cannot_average(tmp_path: Path, tiny_model_dir: Path) -> None:
     from asr.model import create_model_dir
-    from asr.train import average_models
+    from asr.training import average_models
 
     other_shape = create_model_dir(tmp_path / "small", shape="small", seed=0)
     with pytest.raises(DataError, match="at least two"):

@@ -17,7 +17,7 @@ from asr.decoding import GreedyDecoder
 from asr.errors import DataError
 from asr.model import Recognizer, create_model_dir, load_ctc_model
 from asr.pipeline import Pipeline
-from asr.train import DataSource, TrainConfig, train
+from asr.training import DataSource, TrainConfig, train
 from asr.transplant import WhisperEncoder, read_ctranslate2, whisper_weights_dir
 from asr.vad import SileroVAD
 from asr.whisper_ctc import (

@@ -19,7 +19,7 @@ from asr.corpus.real import (
     write_real_manifests,
 )
 from asr.errors import DataError
-from asr.train import DataSource, TrainConfig, refuse_dev_clips, train
+from asr.training import DataSource, TrainConfig, refuse_dev_clips, train
 
 
 def rows(path: Path) -> list[dict[str, object]]:

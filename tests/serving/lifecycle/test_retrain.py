@@ -17,7 +17,7 @@ import soundfile as sf
 from asr.corpus.datasets import freeze_golden
 from asr.manifest import read_manifest
 from asr.pipeline import build_pipeline
-from asr.train import DataSource, TrainConfig, export_model, train
+from asr.training import DataSource, TrainConfig, export_model, train
 from serving.cli import main
 from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.gate import NEW_DATA, Check, GateLimits, PairScores, judge, sign_test_p
