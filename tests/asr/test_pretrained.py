@@ -21,7 +21,7 @@ from asr.errors import ModelLoadError
 from asr.model import MODEL_SHAPES, Recognizer, default_tokens
 from asr.pretrained import adapt_checkpoint, speaks_our_vocabulary
 from asr.training import DataSource, TrainConfig, train
-from asr.training.loop import _lr_factor as lr_factor
+from asr.training.config import lr_factor
 from tests.asr.test_train import config
 
 FOREIGN_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L",

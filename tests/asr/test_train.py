@@ -14,8 +14,8 @@ import torch
 from asr.errors import DataError
 from asr.model import Recognizer
 from asr.training import DataSource, TrainConfig, encode_labels, export_model, train
-from asr.training.loop import _Example as Example, _Sampler as Sampler
-from asr.training.loop import _Student as Student
+from asr.training.data import Example, Sampler
+from asr.training.distill import Student
 
 
 def config(out: Path, data: Path, steps: int) -> TrainConfig:
