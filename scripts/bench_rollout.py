@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from serving.app import EVENT_TIME_HEADER
+from serving.headers import EVENT_TIME_HEADER
 from serving.launch import Server, running_server
 from serving.lifecycle.drills import silent_copy
 from serving.settings import DEFAULT_MODEL_DIR, REPO_ROOT

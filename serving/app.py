@@ -30,7 +30,7 @@ from asr.spotting import SpotOptions
 from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, default_notifiers, load_rules
 from monitoring.drift import ReferenceProfile
-from monitoring.events import Event, EventStore, EventStoreError, Outcome, purge_audio
+from monitoring.events import EventStore, EventStoreError, purge_audio
 from monitoring.gates import GatePolicy, RampPolicy
 from monitoring.metrics import ServiceMetrics
 from monitoring.monitor import Monitor, MonitorOptions
@@ -38,6 +38,7 @@ from serving import __version__
 from serving.batching import MicroBatcher, TranscribeMany
 from serving.deps import Faults, ServiceState
 from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
+from serving.headers import EVENT_TIME_HEADER, REQUEST_ID_HEADER
 from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.canary import CanaryController
 from serving.lifecycle.deployment import Follower
@@ -45,6 +46,7 @@ from serving.lifecycle.registry import registered_version
 from serving.lifecycle.review import ReviewQueue
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan
 from serving.lifecycle.triggers import RetrainWorker
+from serving.recording import EventDraft, draft_of
 from serving.routes import admin, feedback, health, monitoring, review, rollout, search, transcribe
 from serving.routes.common import CLIENT_ERRORS
 from serving.search import CatalogIndex, SearchOptions
@@ -350,9 +352,8 @@ UNRECORDED = ("/v1/alerts", "/v1/monitoring/", "/v1/admin/", "/v1/rollout", "/v1
 
 
 async def _record_events(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    request.state.request_id = uuid.uuid4().hex
-    request.state.started_at = request.state.received_at = time.time()
-    request.state.event = {}
+    now = time.time()
+    request.state.event = draft = EventDraft(request_id=uuid.uuid4().hex, received_at=now, at=now)
     started = time.perf_counter()
     service: ServiceState | None = getattr(request.app.state, "service", None)
     recorded = request.url.path.startswith("/v1/") and not request.url.path.startswith(UNRECORDED)
@@ -360,7 +361,7 @@ async def _record_events(request: Request, call_next: Callable[[Request], Awaita
     if monitor is not None:
         monitor.metrics.in_flight.inc()
     try:
-        _take_event_time(request, service)
+        _take_event_time(request, draft, service)
         response = await _refuse_large_body(request) or await call_next(request)
     except Exception as e:
         if not isinstance(e, BadRequestError):
@@ -373,11 +374,8 @@ async def _record_events(request: Request, call_next: Callable[[Request], Awaita
         # An answer whose event was not written is not acknowledged: the client retries, and no
         # request the client saw succeed is missing from the store (the monitors', the labels').
         response = error_response(request, EventStoreError("the request could not be recorded; retry"))
-    response.headers["X-Request-ID"] = request.state.request_id
+    response.headers[REQUEST_ID_HEADER] = draft.request_id
     return response
-
-
-EVENT_TIME_HEADER = "X-Event-Time"
 
 
 EVENT_TIME_RANGE_S = (-400 * 86_400.0, 60.0)
@@ -385,7 +383,7 @@ EVENT_TIME_RANGE_S = (-400 * 86_400.0, 60.0)
 milliseconds, or in the future, would stop the monitors' clock)."""
 
 
-def _take_event_time(request: Request, service: ServiceState | None) -> None:
+def _take_event_time(request: Request, draft: EventDraft, service: ServiceState | None) -> None:
     """Replays stamp requests with their traffic time (seconds since the epoch), when allowed."""
     stamp = request.headers.get(EVENT_TIME_HEADER)
     if stamp is None or service is None or not service.settings.trust_client_time:
@@ -394,12 +392,12 @@ def _take_event_time(request: Request, service: ServiceState | None) -> None:
         at = float(stamp)
     except ValueError:
         at = math.nan
-    earliest, latest = (request.state.received_at + d for d in EVENT_TIME_RANGE_S)
+    earliest, latest = (draft.received_at + d for d in EVENT_TIME_RANGE_S)
     if not earliest <= at <= latest:  # also refuses nan and inf
         raise BadRequestError(
             f"{EVENT_TIME_HEADER} must be seconds since the epoch within 400 days before now, not {stamp!r}"
         )
-    request.state.started_at = at
+    draft.at = at
 
 
 async def _refuse_large_body(request: Request) -> Response | None:
@@ -421,26 +419,18 @@ async def _store_event(request: Request, status: int, latency_s: float) -> bool:
     try:
         return await _record(request, status, latency_s)
     except Exception:
-        logger.exception("could not record the event of %s", request.state.request_id)
+        logger.exception("could not record the event of %s", draft_of(request).request_id)
         return False
 
 
 async def _record(request: Request, status: int, latency_s: float) -> bool:
-    fields: dict[str, Any] = request.state.event
-    noted: Outcome = fields.pop("outcome", "ok")
-    outcome: Outcome = "server_error" if status >= 500 else "client_error" if status >= 400 else noted
     service: ServiceState | None = getattr(request.app.state, "service", None)
-    event = Event(
-        request_id=request.state.request_id,
-        created_at=request.state.started_at,
-        kind=fields.pop("kind", "other"),
-        route=request.url.path,
-        status_code=status,
-        outcome=outcome,
-        slot=fields.pop("slot", service.settings.slot if service else None),
-        model_version=fields.pop("model_version", service.model_version if service else None),
-        latency_s=latency_s,
-        **fields,
+    event = draft_of(request).finish(
+        request.url.path,
+        status,
+        latency_s,
+        service.settings.slot if service else None,
+        service.model_version if service else None,
     )
     if service is None:
         # Not started, or shutting down: the answer is an error already, with nothing to record.

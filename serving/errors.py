@@ -12,7 +12,6 @@ request's event through `error_response`.
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +30,7 @@ from asr.errors import (
     UnsupportedSampleRateError,
 )
 from monitoring.events import EventStoreError
+from serving.recording import draft_if_any
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,11 @@ def json_error(
     request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """The error response, with the error noted on the request's event."""
-    event: dict[str, Any] = getattr(request.state, "event", {})
-    event.update(error_type=kind, error_message=message)
+    draft = draft_if_any(request)
+    if draft is not None:
+        draft.error_type, draft.error_message = kind, message
     return JSONResponse(
-        error_body(kind, message, getattr(request.state, "request_id", None)),
+        error_body(kind, message, draft.request_id if draft else None),
         status_code=status,
         headers=headers,
     )
@@ -144,14 +145,16 @@ def error_response(request: Request, error: Exception) -> JSONResponse:
     response = json_error(
         request, 500, info.type, "the server failed to handle this request; it has been logged"
     )
-    event: dict[str, Any] = getattr(request.state, "event", {})
-    event["error_message"] = f"{type(error).__name__}: {message}"
+    draft = draft_if_any(request)
+    if draft is not None:
+        draft.error_message = f"{type(error).__name__}: {message}"
     return response
 
 
 async def _handle_error(request: Request, error: Exception) -> Response:
     if error_info(error).status == 500:
-        logger.error("request %s failed: %s", getattr(request.state, "request_id", "?"), error)
+        draft = draft_if_any(request)
+        logger.error("request %s failed: %s", draft.request_id if draft else "?", error)
     return error_response(request, error)
 
 

@@ -1,7 +1,9 @@
-"""What routes note on a request's event (the recording middleware writes it)."""
+"""The event of one request, as its route learns it: a typed draft that the recording middleware
+(`serving.app`) opens when the request arrives and turns into the stored `Event` when the answer
+is ready, whatever happened in between (the error handlers note the error on it)."""
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,23 +11,116 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from asr.pipeline import STAGES, Transcript
-from serving.deps import AudioRequest, ServiceState
+from monitoring.events import Event, Hit, Kind, Outcome
+from serving.search import SearchResult
 
 
-def event_of(request: Request) -> dict[str, Any]:
-    """The event fields of this request, filled in as the route learns them."""
-    fields: dict[str, Any] = request.state.event
-    return fields
+@dataclass
+class EventDraft:
+    """What a route noted on its request so far. The route fills it in order, in one place;
+    the middleware adds what only it knows (route, status, latency) in `finish`."""
+
+    request_id: str
+    received_at: float
+    """The server's clock when the request arrived: its timings count from here."""
+    at: float
+    """The event's time: `received_at`, or a replay's traffic time (`X-Event-Time`, when trusted)."""
+    kind: Kind = "other"
+    session_id: str | None = None
+    user_id: str | None = None
+    slot: str | None = None
+    audio_bytes: int | None = None
+    content_type: str | None = None
+    audio_path: str | None = None
+    """Where the audio is kept, when retention is on."""
+    transcript: Transcript | None = None
+    query_text: str | None = None
+    searched: SearchResult | None = None
+    search_s: float = 0.0
+    target_request_id: str | None = None
+    clicked_id: str | None = None
+    corrected_text: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+    def timings_ms(self) -> dict[str, float]:
+        """Per-stage milliseconds noted so far, plus the total since the request arrived."""
+        stages = self._timings_s()
+        out = {stage: round(1000 * stages[stage], 2) for stage in (*STAGES, "search") if stage in stages}
+        out["total"] = round(1000 * (time.time() - self.received_at), 2)
+        return out
+
+    def _timings_s(self) -> dict[str, float]:
+        stages = dict(self.transcript.timings_s) if self.transcript else {}
+        if self.searched is not None:
+            stages["search"] = self.search_s
+        return stages
+
+    def _outcome(self) -> Outcome:
+        if self.transcript is not None and self.transcript.no_speech:
+            return "null_transcript"
+        return "no_result" if self.searched is not None and not self.searched.found else "ok"
+
+    def finish(
+        self, route: str, status: int, latency_s: float, slot: str | None, version: str | None
+    ) -> Event:
+        """The stored event. `slot` and `version` are the serving slot's, for requests that
+        noted none (a typed search, a failure before the model answered)."""
+        outcome: Outcome = (
+            "server_error" if status >= 500 else "client_error" if status >= 400 else self._outcome()
+        )
+        heard = transcript_fields(self.transcript) if self.transcript else {}
+        heard.pop("outcome", None)
+        return Event(
+            **heard
+            | dict(
+                request_id=self.request_id,
+                created_at=self.at,
+                kind=self.kind,
+                route=route,
+                status_code=status,
+                outcome=outcome,
+                session_id=self.session_id,
+                user_id=self.user_id,
+                slot=self.slot or slot,
+                model_version=heard.get("model_version", version),
+                error_type=self.error_type,
+                error_message=self.error_message,
+                query_text=self.query_text,
+                hits=tuple(Hit(h.entry.id, h.entry.title, h.score) for h in self.searched.hits)
+                if self.searched
+                else (),
+                latency_s=latency_s,
+                timings_s=self._timings_s(),
+                audio_bytes=self.audio_bytes,
+                content_type=self.content_type,
+                audio_path=self.audio_path,
+                target_request_id=self.target_request_id,
+                clicked_id=self.clicked_id,
+                corrected_text=self.corrected_text,
+            )
+        )
 
 
-async def note_audio(request: Request, upload: AudioRequest, service: ServiceState) -> None:
-    """Note the upload's size and type; keep the audio itself only when retention is enabled."""
-    event = event_of(request)
-    event.update(audio_bytes=len(upload.audio), content_type=upload.content_type)
-    if service.settings.retain_audio and upload.audio:
-        path = service.settings.audio_dir / f"{request.state.request_id}.audio"
-        await run_in_threadpool(_write, path, upload.audio)
-        event["audio_path"] = str(path)
+def draft_of(request: Request) -> EventDraft:
+    """This request's draft (opened by the recording middleware)."""
+    draft: EventDraft = request.state.event
+    return draft
+
+
+def draft_if_any(request: Request) -> EventDraft | None:
+    """The draft, or None for a request the middleware never saw (an error raised before it)."""
+    draft: EventDraft | None = getattr(request.state, "event", None)
+    return draft
+
+
+async def note_audio(draft: EventDraft, audio: bytes, content_type: str, keep_in: Path | None) -> None:
+    """Note the upload's size and type, and keep the audio itself in `keep_in` (retention on)."""
+    draft.audio_bytes, draft.content_type = len(audio), content_type
+    if keep_in is not None and audio:
+        path = keep_in / f"{draft.request_id}.audio"
+        await run_in_threadpool(_write, path, audio)
+        draft.audio_path = str(path)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -44,15 +139,3 @@ def transcript_fields(transcript: Transcript) -> dict[str, Any]:
         timings_s=dict(transcript.timings_s),
         outcome="null_transcript" if transcript.no_speech else "ok",
     )
-
-
-def note_transcript(request: Request, transcript: Transcript) -> None:
-    event_of(request).update(transcript_fields(transcript))
-
-
-def timings_ms(request: Request) -> dict[str, float]:
-    """Per-stage milliseconds noted so far, plus the total since the request arrived."""
-    stages: dict[str, float] = event_of(request).get("timings_s", {})
-    out = {stage: round(1000 * stages[stage], 2) for stage in (*STAGES, "search") if stage in stages}
-    out["total"] = round(1000 * (time.time() - request.state.received_at), 2)
-    return out

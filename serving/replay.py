@@ -31,7 +31,7 @@ from asr.corpus.augment import colored_noise, draw_spec
 from asr.corpus.build import level_and_augment
 from asr.corpus.tts import EspeakEngine, Voice
 from asr.manifest import read_manifest, select_entries
-from serving.app import EVENT_TIME_HEADER
+from serving.headers import EVENT_TIME_HEADER
 
 EXPECTED_ALARM = {
     "volume_drop": "volume_drift",

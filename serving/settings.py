@@ -239,6 +239,11 @@ class Settings:
         return self.db_path.parent / "audio"
 
     @property
+    def retained_audio_dir(self) -> Path | None:
+        """Where requests' audio is kept: `audio_dir` when retention is on, else None."""
+        return self.audio_dir if self.retain_audio else None
+
+    @property
     def ramp_steps(self) -> tuple[float, ...]:
         try:
             return tuple(sorted(float(x) for x in self.canary_steps.split(",") if x.strip()))

@@ -6,7 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from serving import schemas
 from serving.deps import Service
 from serving.errors import BadRequestError, NotFoundError
-from serving.recording import event_of
+from serving.recording import draft_of
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
@@ -17,14 +17,9 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
 async def feedback(
     body: schemas.FeedbackRequest, request: Request, service: Service
 ) -> schemas.FeedbackResponse:
-    event = event_of(request)
-    event.update(
-        kind="feedback",
-        session_id=body.session_id,
-        target_request_id=body.request_id,
-        clicked_id=body.item_id,
-        corrected_text=body.corrected_text,
-    )
+    event = draft_of(request)
+    event.kind, event.session_id, event.target_request_id = "feedback", body.session_id, body.request_id
+    event.clicked_id, event.corrected_text = body.item_id, body.corrected_text
     if body.kind == "click" and not body.item_id:
         raise BadRequestError("a click needs item_id")
     if body.kind == "correction" and not body.corrected_text:
@@ -32,5 +27,5 @@ async def feedback(
     target = await run_in_threadpool(service.store.get, body.request_id)
     if target is None:
         raise NotFoundError(f"no request {body.request_id!r} to give feedback on")
-    event["session_id"] = body.session_id or target.session_id
-    return schemas.FeedbackResponse(request_id=request.state.request_id)
+    event.session_id = body.session_id or target.session_id
+    return schemas.FeedbackResponse(request_id=event.request_id)

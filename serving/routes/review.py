@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from serving.deps import Admin, Service, ServiceState
 from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.review import ReviewError, ReviewQueue
+from serving.recording import draft_of
 from serving.routes.common import Limit, duration
 from serving.routes.monitoring import span_seconds
 
@@ -49,7 +50,7 @@ async def workload(
     request: Request, service: Service, reviewer: Admin, window: Annotated[str, duration("1h")] = "1h"
 ) -> dict[str, Any]:
     span_s = span_seconds(window, "window")
-    now = request.state.started_at
+    now = draft_of(request).at
     events = await run_in_threadpool(service.store.events, now - span_s)
     voice = [e for e in events if e.kind == "voice_search" and e.status_code < 400]
     to_people = sum(1 for e in voice if e.status_code == 202)
@@ -86,7 +87,7 @@ async def accept(
     queue = _queue(service)
     if body.item_id is not None and body.item_id not in {entry.id for entry in service.index.pack.catalog}:
         raise BadRequestError(f"no catalog item {body.item_id!r} in the domain {service.domain!r}")
-    at = request.state.started_at  # the request's event time (a replay's, when trusted)
+    at = draft_of(request).at  # the request's event time (a replay's, when trusted)
     try:
         done = await run_in_threadpool(queue.resolve, item_id, reviewer, body.transcript, body.item_id, at)
     except ReviewError as e:

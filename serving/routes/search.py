@@ -7,14 +7,12 @@ from fastapi import APIRouter, BackgroundTasks, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from asr.pipeline import Transcript
-from monitoring.events import Hit
 from serving import schemas
 from serving.deps import Service, ServiceState, read_audio_request
 from serving.lifecycle.review import routes_to_people
 from serving.lifecycle.rollout import ShadowJob
-from serving.recording import event_of, note_audio, note_transcript, timings_ms
+from serving.recording import EventDraft, draft_of, note_audio
 from serving.routes.common import ERRORS, audio_body
-from serving.search import SearchHit, SearchResult
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -31,21 +29,22 @@ router = APIRouter(prefix="/v1", tags=["search"])
 async def voice_search(
     request: Request, response: Response, service: Service, background: BackgroundTasks
 ) -> schemas.SearchResponse:
-    event = event_of(request)
-    event["kind"] = "voice_search"
+    event = draft_of(request)
+    event.kind = "voice_search"
     upload = await read_audio_request(request, service.settings.max_upload_bytes)
     session_id = upload.text("session_id", required=True)
-    event.update(session_id=session_id, user_id=upload.text("user_id"))
-    await note_audio(request, upload, service)
+    event.session_id, event.user_id = session_id, upload.text("user_id")
+    await note_audio(event, upload.audio, upload.content_type, service.settings.retained_audio_dir)
     slot = service.slot_for(session_id)
-    event["slot"] = slot.name
-    transcript = await slot.batcher.submit(upload.audio)
-    note_transcript(request, transcript)
-    result = await _search(request, service, transcript) if not transcript.no_speech else None
+    event.slot = slot.name
+    event.transcript = transcript = await slot.batcher.submit(upload.audio)
+    if not transcript.no_speech:
+        await _search(event, service, transcript)
     if service.shadow is not None:  # runs after the response is sent
-        job = ShadowJob(upload.audio, request.state.request_id, session_id, request.state.started_at)
-        background.add_task(service.shadow.offer, job)
-    answer = _response(request, service, result, transcript)
+        background.add_task(
+            service.shadow.offer, ShadowJob(upload.audio, event.request_id, session_id, event.at)
+        )
+    answer = _response(event, service)
     automation = service.settings.automation
     threshold = service.settings.review_confidence_threshold
     if service.review is not None and routes_to_people(
@@ -53,13 +52,13 @@ async def voice_search(
     ):
         review_id = await run_in_threadpool(
             service.review.add,
-            request.state.request_id,
+            event.request_id,
             session_id,
-            str(event.get("audio_path", "")),
+            event.audio_path or "",
             transcript.text,
             transcript.confidence,
             [h.model_dump() for h in answer.hits],
-            request.state.started_at,
+            event.at,
             slot.model_version,
         )
         response.status_code = 202  # accepted: a person answers (the model's attempt is kept for them)
@@ -80,36 +79,26 @@ async def voice_search(
 async def text_search(
     body: schemas.TextSearchRequest, request: Request, service: Service
 ) -> schemas.SearchResponse:
-    event_of(request).update(
-        kind="text_search", session_id=body.session_id, user_id=body.user_id, query_text=body.query
-    )
-    result = await _search(request, service, body.query)
-    return _response(request, service, result, None)
+    event = draft_of(request)
+    event.kind, event.session_id, event.user_id, event.query_text = (
+        "text_search", body.session_id, body.user_id, body.query
+    )  # fmt: skip
+    await _search(event, service, body.query)
+    return _response(event, service)
 
 
-async def _search(request: Request, service: ServiceState, query: str | Transcript) -> SearchResult:
+async def _search(event: EventDraft, service: ServiceState, query: str | Transcript) -> None:
     """Typed text by its words; a transcript by the catalog names spotted in its audio, if any."""
     started = time.perf_counter()
     if isinstance(query, Transcript):
-        result = await run_in_threadpool(service.index.search_spoken, query.text, query.spots)
+        event.searched = await run_in_threadpool(service.index.search_spoken, query.text, query.spots)
     else:
-        result = await run_in_threadpool(service.index.search, query)
-    event = event_of(request)
-    event.setdefault("timings_s", {})["search"] = time.perf_counter() - started
-    event["hits"] = tuple(_recorded(h) for h in result.hits)
-    if not result.found and event.get("outcome", "ok") == "ok":
-        event["outcome"] = "no_result"
-    return result
+        event.searched = await run_in_threadpool(service.index.search, query)
+    event.search_s = time.perf_counter() - started
 
 
-def _recorded(hit: SearchHit) -> Hit:
-    return Hit(hit.entry.id, hit.entry.title, hit.score)
-
-
-def _response(
-    request: Request, service: ServiceState, result: SearchResult | None, transcript: Transcript | None
-) -> schemas.SearchResponse:
-    event = event_of(request)
+def _response(event: EventDraft, service: ServiceState) -> schemas.SearchResponse:
+    result, transcript = event.searched, event.transcript
     hits = [
         schemas.Hit(
             id=h.entry.id, title=h.entry.title, score=h.score, matched=h.matched, fields=dict(h.entry.fields)
@@ -118,8 +107,8 @@ def _response(
     ]
     stats = transcript.stats if transcript else None
     return schemas.SearchResponse(
-        request_id=request.state.request_id,
-        session_id=event["session_id"],
+        request_id=event.request_id,
+        session_id=event.session_id or "",
         query=result.query if result else "",
         transcript=transcript.text if transcript else None,
         confidence=round(transcript.confidence, 4) if transcript else None,
@@ -127,7 +116,7 @@ def _response(
         no_result=not hits,
         null_transcript=bool(transcript and transcript.no_speech),
         model_version=transcript.model_version if transcript else service.model_version,
-        slot=event.get("slot", service.settings.slot),
-        timings_ms=timings_ms(request),
+        slot=event.slot or service.settings.slot,
+        timings_ms=event.timings_ms(),
         input=schemas.InputStats.from_stats(stats) if stats else None,
     )

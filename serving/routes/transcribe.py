@@ -9,7 +9,7 @@ from asr.pipeline import Segment, Transcript
 from serving import schemas
 from serving.deps import Service, read_audio_request
 from serving.errors import BadRequestError
-from serving.recording import event_of, note_audio, note_transcript, timings_ms
+from serving.recording import draft_of, note_audio
 from serving.routes.common import ERRORS, audio_body
 
 router = APIRouter(prefix="/v1", tags=["transcription"])
@@ -25,14 +25,14 @@ OPENAI_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
     summary="Transcribe audio (no search)",
 )
 async def transcribe(request: Request, service: Service) -> schemas.TranscribeResponse:
-    event_of(request)["kind"] = "transcribe"
+    event = draft_of(request)
+    event.kind = "transcribe"
     upload = await read_audio_request(request, service.settings.max_upload_bytes)
-    event_of(request)["session_id"] = upload.text("session_id")
-    await note_audio(request, upload, service)
-    result = await service.batcher.submit(upload.audio)
-    note_transcript(request, result)
+    event.session_id = upload.text("session_id")
+    await note_audio(event, upload.audio, upload.content_type, service.settings.retained_audio_dir)
+    event.transcript = result = await service.batcher.submit(upload.audio)
     return schemas.TranscribeResponse(
-        request_id=request.state.request_id,
+        request_id=event.request_id,
         text=result.text,
         confidence=round(result.confidence, 4),
         segments=[_segment(s) for s in result.segments],
@@ -40,7 +40,7 @@ async def transcribe(request: Request, service: Service) -> schemas.TranscribeRe
         no_speech=result.no_speech,
         model_version=result.model_version,
         slot=service.settings.slot,
-        timings_ms=timings_ms(request),
+        timings_ms=event.timings_ms(),
     )
 
 
@@ -54,14 +54,14 @@ async def transcribe(request: Request, service: Service) -> schemas.TranscribeRe
     "service answers with its own model.",
 )
 async def openai_transcriptions(request: Request, service: Service) -> Response:
-    event_of(request)["kind"] = "openai_transcription"
+    event = draft_of(request)
+    event.kind = "openai_transcription"
     upload = await read_audio_request(request, service.settings.max_upload_bytes)
     fmt = upload.text("response_format") or "json"
     if fmt not in OPENAI_FORMATS:
         raise BadRequestError(f"response_format must be one of {', '.join(OPENAI_FORMATS)}, not {fmt!r}")
-    await note_audio(request, upload, service)
-    result = await service.batcher.submit(upload.audio)
-    note_transcript(request, result)
+    await note_audio(event, upload.audio, upload.content_type, service.settings.retained_audio_dir)
+    event.transcript = result = await service.batcher.submit(upload.audio)
     if fmt == "json":
         return JSONResponse({"text": result.text})
     if fmt == "text":
