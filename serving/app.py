@@ -36,7 +36,6 @@ from monitoring.metrics import ServiceMetrics
 from monitoring.monitor import Monitor, MonitorOptions
 from serving import __version__
 from serving.batching import MicroBatcher, TranscribeMany
-from serving.deps import Faults, ServiceState
 from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
 from serving.headers import EVENT_TIME_HEADER, REQUEST_ID_HEADER
 from serving.lifecycle.audit import AuditLog
@@ -51,6 +50,7 @@ from serving.routes import admin, feedback, health, monitoring, review, rollout,
 from serving.routes.common import CLIENT_ERRORS
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import Settings
+from serving.state import Faults, ServiceState
 
 logger = logging.getLogger(__name__)
 

@@ -9,14 +9,21 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from asr.model import Device
 from asr.spotting import SpotOptions
 from monitoring.events import EventStore, EventStoreError, SQLiteEventStore
-from serving.lifecycle.review import AUTOMATION_LEVELS, SENDS_TO_PEOPLE
-from serving.lifecycle.rollout import ROLLOUT_MODES
 from serving.search import SearchOptions
+
+Mode = Literal["off", "shadow", "canary"]
+"""How a challenger serves beside the champion (`serving.lifecycle.rollout`)."""
+ROLLOUT_MODES: tuple[Mode, ...] = get_args(Mode)
+Automation = Literal["human_only", "shadow", "assist", "partial", "full"]
+"""How much of a voice search the model answers alone (`serving.lifecycle.review`)."""
+AUTOMATION_LEVELS: tuple[Automation, ...] = get_args(Automation)
+SENDS_TO_PEOPLE: tuple[Automation, ...] = ("human_only", "shadow", "partial")
+"""The degrees that can route a request to a person: they need the audio kept for the reviewer."""
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "data" / "models" / "voice-search-small"

@@ -26,10 +26,10 @@ from typing import Any
 from monitoring.alarms import Notifier, Transition, default_notifiers
 from monitoring.events import Event, EventStoreError
 from monitoring.gates import GateResult, RampPolicy, SlotWindow, judge, slot_window
-from serving.deps import ServiceState
 from serving.lifecycle.audit import AuditEntry
 from serving.lifecycle.registry import mark_failed, sync_registry
 from serving.lifecycle.rollout import RolloutPlan
+from serving.lifecycle.service import SteeredService
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ AUTOMATION = "automation"
 
 @dataclass
 class CanaryController:
-    service: ServiceState
+    service: SteeredService
     policy: RampPolicy = field(default_factory=RampPolicy)
     notifiers: list[Notifier] = field(default_factory=list)
     passing_since: float | None = None
@@ -50,7 +50,7 @@ class CanaryController:
     """The champion's full window at the first advance: the last step's comparison."""
 
     @classmethod
-    def for_service(cls, service: ServiceState, policy: RampPolicy) -> "CanaryController":
+    def for_service(cls, service: SteeredService, policy: RampPolicy) -> "CanaryController":
         return cls(service, policy, default_notifiers(service.settings.alert_webhook_url))
 
     def now(self) -> float:

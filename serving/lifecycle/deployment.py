@@ -22,8 +22,8 @@ from pathlib import Path
 from starlette.concurrency import run_in_threadpool
 
 from monitoring.events import EventStoreError
-from serving.deps import ServiceState
 from serving.lifecycle.rollout import RolloutPlan
+from serving.lifecycle.service import SteeredService
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class DesiredState:
     challenger_registry_version: int | None = None
 
     @classmethod
-    def of(cls, service: ServiceState) -> "DesiredState":
+    def of(cls, service: SteeredService) -> "DesiredState":
         challenger = service.challenger
         return cls(
             champion_dir=str(service.champion_dir) if service.champion_dir else None,
@@ -66,7 +66,7 @@ class DesiredState:
 class Follower:
     """Keeps this replica and the shared desired state in agreement (see the module's docstring)."""
 
-    service: ServiceState
+    service: SteeredService
     agreed: DesiredState | None = None
     revision: int = 0
 

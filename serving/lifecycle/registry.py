@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from asr.model import model_version
 
 if TYPE_CHECKING:
-    from serving.deps import ServiceState
+    from serving.lifecycle.service import SteeredService
     from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def _content(version: str) -> str:
     return version.rpartition("@")[2]
 
 
-def sync_registry(service: "ServiceState") -> None:
+def sync_registry(service: "SteeredService") -> None:
     """After the service changed its champion: when the new champion came from the registry, it
     becomes the registry's champion too (the old one `previous`). Blocking; failures are logged,
     since the service has already switched."""
@@ -339,7 +339,7 @@ def sync_registry(service: "ServiceState") -> None:
         logger.exception("the service promoted version %s, but the registry could not follow", version)
 
 
-def mark_failed(service: "ServiceState", version: int, reason: str) -> None:
+def mark_failed(service: "SteeredService", version: int, reason: str) -> None:
     """Record in the registry that `version` failed its canary gates (blocking; logged on failure)."""
     try:
         open_server_registry(service.settings).mark_failed(version, reason)

@@ -19,15 +19,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from asr.text import normalize_text
 from monitoring.events import connect_wal
 
-Automation = Literal["human_only", "shadow", "assist", "partial", "full"]
-AUTOMATION_LEVELS: tuple[Automation, ...] = ("human_only", "shadow", "assist", "partial", "full")
-SENDS_TO_PEOPLE: tuple[Automation, ...] = ("human_only", "shadow", "partial")
-"""The degrees that can route a request to a person: they need the audio kept for the reviewer."""
 REVIEW_LABELS = "reviews.jsonl"
 
 SCHEMA = """

@@ -18,18 +18,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from asr.errors import AudioError
 from asr.pipeline import Transcript
 from monitoring.events import Event, EventStore, EventStoreError
 from serving.batching import MicroBatcher
 from serving.errors import OverloadedError
+from serving.settings import ROLLOUT_MODES, Mode
 
 logger = logging.getLogger(__name__)
 
-Mode = Literal["off", "shadow", "canary"]
-ROLLOUT_MODES: tuple[Mode, ...] = get_args(Mode)
 CHAMPION_SLOT, CHALLENGER_SLOT = "champion", "challenger"
 IDLE_POLL_S = 0.005
 """How often a waiting shadow job checks whether the champion has gone idle."""

@@ -33,7 +33,7 @@ from serving.lifecycle.rollout import RolloutPlan
 from serving.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:
-    from serving.deps import ServiceState
+    from serving.lifecycle.service import SteeredService
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Run:
 class RetrainWorker:
     """Checks the trigger every `retrain_check_s` and keeps track of the runs it started."""
 
-    def __init__(self, service: "ServiceState") -> None:
+    def __init__(self, service: "SteeredService") -> None:
         self.service = service
         self.settings = service.settings
         self.policy = TriggerPolicy.from_settings(service.settings)

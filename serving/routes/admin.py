@@ -8,12 +8,13 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from serving.deps import Admin, Service, ServiceState
+from serving.deps import Admin, Service
 from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.audit import AuditEntry
 from serving.lifecycle.registry import FAILED_GATES, RegistryError, open_server_registry, sync_registry
 from serving.lifecycle.rollout import ModelSlot, RolloutPlan
 from serving.routes.common import Limit
+from serving.state import ServiceState
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from serving import __version__, schemas
-from serving.deps import ServiceState
+from serving.state import ServiceState
 
 router = APIRouter(tags=["operations"])
 

@@ -11,9 +11,10 @@ from monitoring.alarms import parse_duration
 from monitoring.metrics import CONTENT_TYPE
 from monitoring.monitor import Monitor, finite
 from serving import schemas
-from serving.deps import Service, ServiceState
+from serving.deps import Service
 from serving.errors import BadRequestError, NotFoundError
 from serving.routes.common import duration
+from serving.state import ServiceState
 
 router = APIRouter(tags=["monitoring"])
 

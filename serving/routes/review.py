@@ -10,12 +10,13 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from serving.deps import Admin, Service, ServiceState
+from serving.deps import Admin, Service
 from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.review import ReviewError, ReviewQueue
 from serving.recording import draft_of
 from serving.routes.common import Limit, duration
 from serving.routes.monitoring import span_seconds
+from serving.state import ServiceState
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 page = APIRouter()

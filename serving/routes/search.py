@@ -8,11 +8,12 @@ from starlette.concurrency import run_in_threadpool
 
 from asr.pipeline import Transcript
 from serving import schemas
-from serving.deps import Service, ServiceState, read_audio_request
+from serving.deps import Service, read_audio_request
 from serving.lifecycle.review import routes_to_people
 from serving.lifecycle.rollout import ShadowJob
 from serving.recording import EventDraft, draft_of, note_audio
 from serving.routes.common import ERRORS, audio_body
+from serving.state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
