@@ -6,7 +6,7 @@
 Starts `voice-search serve` on a free port with a fresh event store (trust_client_time and
 fault_injection on), replays the corpus's held-out-voice test queries at `--rate` requests/s of
 traffic time, and prints, per shift, the first alarm that fired and how many traffic seconds
-after the shift began. See serving/replay.py for the traffic model.
+after the shift began. See serving/simulation/replay.py for the traffic model.
 """
 
 import argparse
@@ -18,8 +18,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from serving.launch import running_server
-from serving.replay import EXPECTED_ALARM, SHIFTS, Scenario, Traffic, load_clips, novel_queries, run_scenarios
 from serving.settings import REPO_ROOT
+from serving.simulation.replay import (
+    EXPECTED_ALARM,
+    SHIFTS,
+    Scenario,
+    Traffic,
+    load_clips,
+    novel_queries,
+    run_scenarios,
+)
 
 
 def main() -> int:

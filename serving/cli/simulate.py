@@ -77,7 +77,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from e
     print(json.dumps(asdict(summary), indent=1))
-    from serving.simulation import Scenario
+    from serving.simulation.runner import Scenario
 
     name = Scenario.load(path).name
     written = ", ".join(str(out / f"{name}.{kind}") for kind in ("png", "html", "json"))
@@ -86,9 +86,9 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def simulate(path: Path, out_dir: Path, overrides: dict[str, str], seed: int = 0) -> Any:
-    from serving.replay import wait_evaluated
-    from serving.simulation import Scenario, Simulator, catalog_items, with_new_places
-    from serving.simulation_report import write_outputs
+    from serving.simulation.replay import wait_evaluated
+    from serving.simulation.report import write_outputs
+    from serving.simulation.runner import Scenario, Simulator, catalog_items, with_new_places
 
     scenario = Scenario.load(path)
     if "duration" in overrides:

@@ -21,7 +21,8 @@ import yaml
 from asr.corpus.domain import DomainPack
 from asr.corpus.tts import EspeakEngine, Voice
 from serving.launch import Server, running_server
-from serving.replay import (
+from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MONITORING_DIR, REPO_ROOT
+from serving.simulation.replay import (
     EXPECTED_ALARM,
     SHIFTS,
     Clip,
@@ -31,7 +32,6 @@ from serving.replay import (
     run_scenarios,
     shift_clip,
 )
-from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MONITORING_DIR, REPO_ROOT
 from tests.serving.events import rows
 
 pytestmark = pytest.mark.server

@@ -37,7 +37,7 @@ from asr.corpus.build import level_and_augment
 from asr.corpus.tts import SynthesisError, Voice, all_engines
 from monitoring.alarms import parse_duration
 from serving.headers import EVENT_TIME_HEADER
-from serving.replay import Clip, first_traffic_day, shift_clip, wav_bytes
+from serving.simulation.replay import Clip, first_traffic_day, shift_clip, wav_bytes
 
 NEW_PLACES = (
     *("Tromso", "Ushuaia", "Kiruna", "Hobart", "Timbuktu", "Ouarzazate", "Chefchaouen", "Zermatt"),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.simulation import Change, Request, Run
+from serving.simulation.runner import Change, Request, Run
 
 SERIES = ("search_success", "null_transcripts", "redo", "switch_to_typing", "latency_p95_s")
 TITLES = {
@@ -363,7 +363,7 @@ def write_outputs(
     events: int | None,
     notes: Sequence[str] = (),
 ) -> Summary:
-    from serving.simulation import run_to_dict
+    from serving.simulation.runner import run_to_dict
 
     out_dir.mkdir(parents=True, exist_ok=True)
     found = windows(run)
