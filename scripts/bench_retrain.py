@@ -32,7 +32,7 @@ from asr.corpus.datasets import freeze_golden, golden_sets
 from asr.corpus.tts import Voice, all_engines
 from serving.launch import running_server
 from serving.settings import REPO_ROOT
-from serving.simulation.runner import NEW_PLACES
+from serving.simulation.scenarios import NEW_PLACES
 
 TEMPLATES = ("{}", "weather in {}", "hotels in {}", "flights to {}", "things to do in {}", "directions to {}",
              "what time is it in {}", "tell me about {}")  # fmt: skip

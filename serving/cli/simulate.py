@@ -77,7 +77,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from e
     print(json.dumps(asdict(summary), indent=1))
-    from serving.simulation.runner import Scenario
+    from serving.simulation.scenarios import Scenario
 
     name = Scenario.load(path).name
     written = ", ".join(str(out / f"{name}.{kind}") for kind in ("png", "html", "json"))
@@ -88,7 +88,8 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 def simulate(path: Path, out_dir: Path, overrides: dict[str, str], seed: int = 0) -> Any:
     from serving.simulation.replay import wait_evaluated
     from serving.simulation.report import write_outputs
-    from serving.simulation.runner import Scenario, Simulator, catalog_items, with_new_places
+    from serving.simulation.runner import Simulator, catalog_items, with_new_places
+    from serving.simulation.scenarios import Scenario
 
     scenario = Scenario.load(path)
     if "duration" in overrides:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.simulation.runner import Change, Request, Run
+from serving.simulation.runner import Request, Run
+from serving.simulation.scenarios import Change
 
 SERIES = ("search_success", "null_transcripts", "redo", "switch_to_typing", "latency_p95_s")
 TITLES = {

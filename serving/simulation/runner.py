@@ -29,141 +29,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-import yaml
 
-from asr.audio import SAMPLE_RATE_HZ
-from asr.corpus.augment import draw_spec
-from asr.corpus.build import level_and_augment
-from asr.corpus.tts import SynthesisError, Voice, all_engines
-from monitoring.alarms import parse_duration
+from asr.corpus.tts import SynthesisError
 from serving.headers import EVENT_TIME_HEADER
-from serving.simulation.replay import Clip, first_traffic_day, shift_clip, wav_bytes
-
-NEW_PLACES = (
-    *("Tromso", "Ushuaia", "Kiruna", "Hobart", "Timbuktu", "Ouarzazate", "Chefchaouen", "Zermatt"),
-    *("Hallstatt", "Bled", "Ilulissat", "Akureyri", "Narvik", "Rovaniemi", "Zakopane", "Dubrovnik"),
-)
-"""Places absent from the bundled catalog and from the model's training text: the new vocabulary."""
-TEMPLATES = ("{}", "weather in {}", "hotels in {}", "directions to {}", "flights to {}", "tell me about {}")
-CLEAN_SHARE = 0.4
-"""Share of clips left clean, as in the training corpus (`CorpusConfig.clean_fraction`)."""
-
-
-@dataclass(frozen=True)
-class Change:
-    at_s: float
-    new_items: float | None = None
-    """Share of sessions about the new places from `at_s` (after `over_s`, rising linearly)."""
-    over_s: float = 0.0
-    device: float | None = None
-    """Share of sessions on a quiet 8 kHz microphone from `at_s`."""
-    deploy: str | None = None
-    """"degraded": canary a challenger that answers nothing, to `share` of sessions."""
-    share: float = 0.05
-
-
-@dataclass(frozen=True)
-class Users:
-    redo_max: int = 2
-    correct: float = 0.3
-    """Chance a user corrects a wrong transcript (a strong label for retraining)."""
-    zipf: float = 1.1
-    catalog_items: int = 40
-    """Catalog items (in catalog order, the most populous first) users ask about."""
-    voices: tuple[str, ...] = (
-        "espeak:en-gb-scotland",
-        "espeak:en-us-nyc",
-        "flite:rms",
-        "festival:ked_diphone",
-    )
-
-
-@dataclass(frozen=True)
-class Reviewers:
-    """The people who answer requests sent for review (automation partial, shadow, human_only)."""
-
-    count: int = 0
-    seconds_per_item: float = 30.0
-    """Traffic seconds one reviewer needs per item: listen, correct, accept."""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    duration_s: float
-    rate: float
-    """Sessions started per second of traffic time."""
-    window_s: float = 60.0
-    users: Users = field(default_factory=Users)
-    reviewers: Reviewers = field(default_factory=Reviewers)
-    changes: tuple[Change, ...] = ()
-    settings: dict[str, str] = field(default_factory=dict)
-    """Server settings (`VOICE_SEARCH_*` without the prefix) for this scenario."""
-    expect_alarms: tuple[str, ...] = ()
-    """The alarms that should catch the scenario's change (time to detect is measured on them)."""
-    description: str = ""
-    concurrency: int = 4
-
-    @property
-    def shock_s(self) -> float | None:
-        """Traffic seconds from the start to the first change (None: steady state)."""
-        return min((c.at_s for c in self.changes), default=None)
-
-    @classmethod
-    def load(cls, path: Path) -> "Scenario":
-        """Read a scenario file; raises ValueError naming the file for anything malformed."""
-        try:
-            return cls._parse(yaml.safe_load(path.read_text(encoding="utf-8")), path)
-        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"scenario {path}: {type(e).__name__}: {e}") from e
-
-    @classmethod
-    def _parse(cls, raw: Any, path: Path) -> "Scenario":
-        if not isinstance(raw, dict):
-            raise ValueError("a scenario is a mapping")  # noqa: TRY004 (a config error)
-        changes = tuple(
-            Change(
-                at_s=parse_duration(c["at"]),
-                new_items=c.get("new_items"),
-                over_s=parse_duration(c.get("over", 0)),
-                device=c.get("device"),
-                deploy=c.get("deploy"),
-                share=float(c.get("share", 0.05)),
-            )
-            for c in raw.get("changes", [])
-        )
-        users = raw.get("users", {})
-        if "voices" in users:
-            users["voices"] = tuple(users["voices"])
-        return cls(
-            name=str(raw.get("name", path.stem)),
-            duration_s=parse_duration(raw["duration"]),
-            rate=float(raw["rate"]),
-            window_s=parse_duration(raw.get("window", "1m")),
-            users=Users(**users),
-            reviewers=Reviewers(**raw.get("reviewers", {})),
-            changes=changes,
-            settings={
-                str(k): str(v).lower() if isinstance(v, bool) else str(v)
-                for k, v in raw.get("settings", {}).items()
-            },
-            expect_alarms=tuple(raw.get("expect_alarms", ())),
-            description=str(raw.get("description", "")),
-            concurrency=int(raw.get("concurrency", 4)),
-        )
-
-    def new_item_share(self, t: float) -> float:
-        share = 0.0
-        for change in sorted(self.changes, key=lambda c: c.at_s):
-            if change.new_items is None or t < change.at_s:
-                continue
-            ramp = 1.0 if change.over_s <= 0 else min(1.0, (t - change.at_s) / change.over_s)
-            share = change.new_items * ramp
-        return share
-
-    def device_share(self, t: float) -> float:
-        shares = [c.device for c in self.changes if c.device is not None and t >= c.at_s]
-        return shares[-1] if shares else 0.0
+from serving.simulation.replay import first_traffic_day, shift_clip, wav_bytes
+from serving.simulation.scenarios import NEW_PLACES, Scenario
+from serving.simulation.users import Speaker, Want, draw_want
 
 
 @dataclass
@@ -204,28 +75,6 @@ class Run:
     """What the simulator did as an operator (the bad deploy), with event times."""
     queue_times: list[float] = field(default_factory=list)
     """Traffic seconds each reviewed request waited, from the request to the accepted review."""
-
-
-class Speaker:
-    """Query audio as production would hear it from these voices: synthesized, at 16 kHz, levelled
-    and augmented the way the training corpus is (so the input monitors judge the change a
-    scenario makes, not the simulator's voices). Each (text, voice, take) is made once, seeded."""
-
-    def __init__(self, seed: int) -> None:
-        self.engines = all_engines()
-        self.seed = seed
-        self.cache: dict[tuple[str, str, int], Clip] = {}
-
-    def clip(self, text: str, voice_id: str, take: int) -> Clip:
-        key = (text, voice_id, take)
-        if key not in self.cache:
-            rng = np.random.default_rng([self.seed, take, *text.encode(), *voice_id.encode()])
-            engine_name, _, name = voice_id.partition(":")
-            voice = Voice(engine_name, name, rate=float(rng.uniform(0.9, 1.1)))
-            samples, rate = self.engines[engine_name].synthesize(text, voice)
-            spec = draw_spec(rng, (), clean=bool(rng.random() < CLEAN_SHARE))
-            self.cache[key] = Clip(level_and_augment(samples, rate, spec, rng, None), SAMPLE_RATE_HZ, text)
-        return self.cache[key]
 
 
 class Simulator:
@@ -282,97 +131,97 @@ class Simulator:
         return request
 
     async def session(self, client: httpx.AsyncClient, n: int, t: float) -> None:
-        users = self.scenario.users
+        """One user: voice searches (redone up to `redo_max` times) until the item comes first,
+        then typing. Seeded by `n` alone, so concurrency does not change what a user does."""
         rng = np.random.default_rng([n, 7])
-        new = bool(rng.random() < self.scenario.new_item_share(t)) and bool(self.new_items)
-        device = bool(rng.random() < self.scenario.device_share(t))
-        item_id, title = (
-            self.new_items[int(rng.integers(len(self.new_items)))]
-            if new
-            else self.catalog[int(rng.choice(len(self.catalog), p=self.popularity))]
+        want = draw_want(rng, self.scenario, n, t, self.catalog, self.popularity, self.new_items)
+        redo_max = self.scenario.users.redo_max
+        for attempt in range(redo_max + 1):
+            if await self._say(client, want, attempt, t + 4.0 * attempt, rng):
+                return
+        await self._type(client, want, t + 4.0 * (redo_max + 1))
+
+    async def _say(
+        self, client: httpx.AsyncClient, want: Want, attempt: int, at: float, rng: np.random.Generator
+    ) -> bool:
+        """One voice search and the user's reaction; True when the session is over."""
+        try:
+            clip = await asyncio.to_thread(self.speaker.clip, want.text, want.voice, attempt)
+        except SynthesisError:
+            return True
+        if want.device:
+            clip = shift_clip(shift_clip(clip, "narrowband", rng), "volume_drop", rng)
+        response = await self.post(
+            client,
+            "/v1/search",
+            at,
+            content=wav_bytes(clip),
+            params={"session_id": want.session},
+            headers={"Content-Type": "audio/wav"},
         )
-        text = str(rng.choice(TEMPLATES)).format(title).lower()
-        voice = str(rng.choice(users.voices))
-        session = f"{self.scenario.name}-{n}"
-        for attempt in range(users.redo_max + 1):
-            try:
-                clip = await asyncio.to_thread(self.speaker.clip, text, voice, attempt)
-            except SynthesisError:
-                return
-            if device:
-                clip = shift_clip(shift_clip(clip, "narrowband", rng), "volume_drop", rng)
-            at = t + 4.0 * attempt
-            response = await self.post(
-                client,
-                "/v1/search",
-                at,
-                content=wav_bytes(clip),
-                params={"session_id": session},
-                headers={"Content-Type": "audio/wav"},
-            )
-            body = response.json() if response is not None and response.status_code in (200, 202) else {}
-            hits = [h["id"] for h in body.get("hits") or []]
-            success = bool(hits) and hits[0] == item_id
+        body = response.json() if response is not None and response.status_code in (200, 202) else {}
+        hits = [h["id"] for h in body.get("hits") or []]
+        success = bool(hits) and hits[0] == want.item_id
+        self._log(
+            at,
+            want.session,
+            "redo" if attempt else "voice",
+            response,
+            new_item=want.new,
+            device=want.device,
+            success=success,
+            null=bool(body.get("null_transcript")),
+            slot=body.get("slot"),
+            latency_s=(body.get("timings_ms") or {}).get("total", 0) / 1000 or None,
+        )
+        if not body:
+            return True
+        if body.get("sent_for_review"):
+            self.for_review[body["request_id"]] = (want.text, want.item_id)
+            self.run.requests[-1].to_people = True
+            return True  # a person answers this user
+        if success:
+            await self._click(client, want, body["request_id"], at + 2)
+            return True
+        if rng.random() < self.scenario.users.correct:
+            fix = {
+                "request_id": body["request_id"],
+                "session_id": want.session,
+                "kind": "correction",
+                "corrected_text": want.text,
+            }
             self._log(
-                at,
-                session,
-                "redo" if attempt else "voice",
-                response,
-                new_item=new,
-                device=device,
-                success=success,
-                null=bool(body.get("null_transcript")),
-                slot=body.get("slot"),
-                latency_s=(body.get("timings_ms") or {}).get("total", 0) / 1000 or None,
+                at + 2, want.session, "correction", await self.post(client, "/v1/feedback", at + 2, json=fix)
             )
-            if not body:
-                return
-            if body.get("sent_for_review"):
-                self.for_review[body["request_id"]] = (text, item_id)
-                self.run.requests[-1].to_people = True
-                return  # a person answers this user
-            if success:
-                click = {
-                    "request_id": body["request_id"],
-                    "session_id": session,
-                    "kind": "click",
-                    "item_id": item_id,
-                }
-                self._log(
-                    at + 2, session, "click", await self.post(client, "/v1/feedback", at + 2, json=click)
-                )
-                return
-            if rng.random() < users.correct:
-                fix = {
-                    "request_id": body["request_id"],
-                    "session_id": session,
-                    "kind": "correction",
-                    "corrected_text": text,
-                }
-                self._log(
-                    at + 2, session, "correction", await self.post(client, "/v1/feedback", at + 2, json=fix)
-                )
-        at = t + 4.0 * (users.redo_max + 1)
-        typed = await self.post(client, "/v1/search/text", at, json={"session_id": session, "query": text})
+        return False
+
+    async def _type(self, client: httpx.AsyncClient, want: Want, at: float) -> None:
+        """Switch to typing; click the item when the typed search finds it."""
+        typed = await self.post(
+            client, "/v1/search/text", at, json={"session_id": want.session, "query": want.text}
+        )
         body = typed.json() if typed is not None and typed.status_code == 200 else {}
         hits = [h["id"] for h in body.get("hits") or []]
         self._log(
             at,
-            session,
+            want.session,
             "typed",
             typed,
-            new_item=new,
-            device=device,
-            success=bool(hits) and hits[0] == item_id,
+            new_item=want.new,
+            device=want.device,
+            success=bool(hits) and hits[0] == want.item_id,
         )
-        if hits and item_id in hits:
-            click = {
-                "request_id": body["request_id"],
-                "session_id": session,
-                "kind": "click",
-                "item_id": item_id,
-            }
-            self._log(at + 2, session, "click", await self.post(client, "/v1/feedback", at + 2, json=click))
+        if hits and want.item_id in hits:
+            await self._click(client, want, body["request_id"], at + 2)
+
+    async def _click(self, client: httpx.AsyncClient, want: Want, request_id: str, at: float) -> None:
+        click = {
+            "request_id": request_id,
+            "session_id": want.session,
+            "kind": "click",
+            "item_id": want.item_id,
+        }
+        self._log(at, want.session, "click", await self.post(client, "/v1/feedback", at, json=click))
 
     async def _admin(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> None:
         headers = {"Authorization": f"Bearer {self.token}", "X-Actor": "simulated operator"}

@@ -10,7 +10,7 @@ import pytest
 
 from serving.cli import main
 from serving.cli.simulate import SCENARIOS
-from serving.simulation.runner import Change, Scenario
+from serving.simulation.scenarios import Change, Scenario
 
 STORY = Path(__file__).parent / "scenarios" / "story.yml"
 
