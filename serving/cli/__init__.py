@@ -54,7 +54,8 @@ GROUPS = (transcribe, serve, client, data, train, models, labels, retrain, monit
 """Each module adds its commands (`add_commands`), in this order in `--help`."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every group's commands, as `main` parses them."""
     parser = argparse.ArgumentParser(
         prog="voice-search", description="Offline voice search and speech recognition."
     )
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` runs it again
     try:

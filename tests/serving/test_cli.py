@@ -298,7 +298,7 @@ def test_expand_inputs_keeps_order_dedupes_and_keeps_missing(audio_dir: Path) ->
 
 def test_an_lm_brings_its_tuned_word_bonus_unless_one_is_given(tmp_path: Path) -> None:
     from asr.lm import LM_WEIGHT, WORD_SCORE
-    from serving.cli import _parser
+    from serving.cli import build_parser
     from serving.cli.common import beam_options
 
     lm = tmp_path / "lm.arpa"
@@ -307,7 +307,9 @@ def test_an_lm_brings_its_tuned_word_bonus_unless_one_is_given(tmp_path: Path) -
     words.write_text("yes\n")
 
     def options(*extra: str) -> Any:
-        return beam_options(_parser().parse_args(["transcribe", "x.wav", "--lexicon", str(words), *extra]))
+        return beam_options(
+            build_parser().parse_args(["transcribe", "x.wav", "--lexicon", str(words), *extra])
+        )
 
     assert options().word_score == 0.0  # a lexicon alone: no LM cost to offset
     with_lm = options("--lm", str(lm))

@@ -1,4 +1,4 @@
-"""The README's deployment walk, literally: register, serve, shadow, canary to promotion, the
+"""docs/deploy.md's deployment walk, literally: register, serve, shadow, canary to promotion, the
 silent drill rolled back, blue-green. One real server, one real MLflow registry, real traffic from
 many sessions, the default ramp (5% -> 25% -> 50% -> 100%) with short holds and windows.
 

@@ -1,4 +1,4 @@
-"""The README's deployment walkthrough as one test, with a real MLflow store, a real server and
+"""docs/deploy.md's deployment walkthrough as one test, with a real MLflow store, a real server and
 two real models: register a challenger, load it from the registry, shadow it, read the comparison,
 canary it until it is promoted (the registry's aliases follow), then switch back blue-green."""
 
