@@ -1,6 +1,6 @@
 """The canary for Kubernetes: an Argo Rollouts `Rollout` and its `AnalysisTemplate`, generated from
 the same ramp and gate policy the service's own canary controller uses (serving/lifecycle/canary.py,
-monitoring/gates.py), over the same Prometheus metrics.
+monitoring/canary_gates.py), over the same Prometheus metrics.
 
 On Kubernetes, Argo Rollouts shifts traffic between two ReplicaSets of the service instead of the
 service routing sessions itself; each pod's metrics carry its ReplicaSet's template hash (Argo's
@@ -23,7 +23,7 @@ are not in /metrics, so only the service's own controller judges them.
 from collections.abc import Sequence
 from typing import Any
 
-from monitoring.gates import GatePolicy
+from monitoring.canary_gates import GatePolicy
 
 NAME = "voice-search"
 HASH_LABEL = "rollouts_pod_template_hash"

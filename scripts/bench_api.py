@@ -1,6 +1,6 @@
 """Benchmark the voice-search API on localhost: search success, latency, throughput, overload.
 
-Starts a real server (`serving.launch`) with the bundled model and a fresh SQLite event store,
+Starts a real server (`serving.local_server`) with the bundled model and a fresh SQLite event store,
 then drives it over HTTP with a bounded asyncio load generator:
 
 1. search success: the corpus's held-out-voice test queries sent as audio to `/v1/search`; the
@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 
 from asr.manifest import ManifestEntry, read_manifest
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from serving.settings import DEFAULT_MODEL_DIR
 
 

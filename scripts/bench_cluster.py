@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from serving.cluster.database import LocalPostgres
 from serving.cluster.launch import Cluster, running_cluster
-from serving.cluster.postgres import LocalPostgres
 from serving.settings import REPO_ROOT
 
 CLIP_TARGET_S = 3.0

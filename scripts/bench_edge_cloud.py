@@ -216,7 +216,7 @@ def main() -> int:
 
     from asr.audio import load_audio
     from asr.edge import export_edge
-    from serving.launch import running_server
+    from serving.local_server import running_server
 
     args.out.mkdir(parents=True, exist_ok=True)
     edge_dir = args.out / "int8"

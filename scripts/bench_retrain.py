@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asr.corpus.datasets import freeze_golden, golden_sets
 from asr.corpus.tts import Voice, all_engines
-from serving.launch import running_server
+from serving.local_server import running_server
 from serving.settings import REPO_ROOT
 from serving.simulation.scenarios import NEW_PLACES
 

@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 
 from serving.headers import EVENT_TIME_HEADER
-from serving.launch import Server, running_server
 from serving.lifecycle.drills import silent_copy
+from serving.local_server import Server, running_server
 from serving.settings import DEFAULT_MODEL_DIR, REPO_ROOT
 
 TOKEN = "bench"

@@ -58,7 +58,7 @@ from asr.evaluate import (
 from asr.lm import LM_WEIGHT, WORD_SCORE
 from asr.manifest import ManifestEntry, read_manifest
 from asr.pipeline import build_pipeline
-from serving.lifecycle.gate import sign_test_p, signs
+from serving.lifecycle.retrain_gate import sign_test_p, signs
 from serving.runtime import limit_allocator_caching
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR, DEFAULT_SHARED_DATA, REPO_ROOT
 

@@ -3,7 +3,7 @@
 Every request under /v1/ becomes one event in the store, whatever happens to it: the recording
 middleware gives it a request id, the route fills in what it learned (transcript, hits, input
 statistics, timings), the error handlers fill in the error, and the middleware writes the row
-after the response is built. Errors become responses in `serving.errors` only.
+after the response is built. Errors become responses in `serving.http_errors` only.
 """
 
 import asyncio
@@ -29,15 +29,15 @@ from asr.pipeline import Pipeline, PipelineOptions, Transcript, build_pipeline
 from asr.spotting import SpotOptions
 from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, default_notifiers, load_rules
+from monitoring.canary_gates import GatePolicy, RampPolicy
 from monitoring.drift import ReferenceProfile
 from monitoring.events import EventStore, EventStoreError, purge_audio
-from monitoring.gates import GatePolicy, RampPolicy
 from monitoring.metrics import ServiceMetrics
 from monitoring.monitor import Monitor, MonitorOptions
 from serving import __version__
 from serving.batching import MicroBatcher, TranscribeMany
-from serving.errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
 from serving.headers import EVENT_TIME_HEADER, REQUEST_ID_HEADER
+from serving.http_errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
 from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.canary import CanaryController
 from serving.lifecycle.deployment import Follower

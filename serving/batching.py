@@ -22,7 +22,7 @@ from typing import Any
 
 from asr.errors import AudioError
 from asr.pipeline import Transcript
-from serving.errors import OverloadedError
+from serving.http_errors import OverloadedError
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from serving.errors import (
+from serving.http_errors import (
     BadRequestError,
     BodyTooLargeError,
     ForbiddenError,

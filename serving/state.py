@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from monitoring.events import EventStore
 from monitoring.monitor import Monitor
 from serving.batching import MicroBatcher
-from serving.errors import ConflictError
+from serving.http_errors import ConflictError
 from serving.lifecycle.audit import AuditLog
 from serving.lifecycle.review import ReviewQueue
 from serving.lifecycle.rollout import ModelSlot, RolloutPlan, ShadowRunner, routes_to_challenger

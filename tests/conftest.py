@@ -11,7 +11,7 @@ import pytest
 from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
 
 from asr.model import create_model_dir
-from serving.cluster.postgres import LocalPostgres
+from serving.cluster.database import LocalPostgres
 
 
 def _file(nodeid: str) -> str:

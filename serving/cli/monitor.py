@@ -15,11 +15,11 @@ from asr.manifest import ManifestEntry, read_manifest, select_entries
 from asr.pipeline import PipelineOptions, Transcript, build_pipeline
 from asr.text import vocabulary_words
 from monitoring.alarms import AlarmEngine, load_rules, parse_duration
+from monitoring.canary_gates import GatePolicy, RampPolicy
 from monitoring.drift import ReferenceProfile
 from monitoring.events import Event, EventStoreError
 from monitoring.export import deploy_files
 from monitoring.features import clip_features
-from monitoring.gates import GatePolicy, RampPolicy
 from monitoring.report import build_report, render_html, render_text
 from serving.cli.common import EXIT_OK, EXIT_USAGE
 from serving.recording import transcript_fields

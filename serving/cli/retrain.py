@@ -25,8 +25,8 @@ from asr.errors import DataError
 from monitoring.alarms import parse_duration
 from serving.cli.common import EXIT_OK
 from serving.lifecycle.audit import AuditEntry, AuditLog
-from serving.lifecycle.gate import GateLimits
 from serving.lifecycle.labels import STRENGTHS, export_labels
+from serving.lifecycle.retrain_gate import GateLimits
 from serving.lifecycle.review import REVIEW_LABELS
 from serving.settings import Settings
 

@@ -88,8 +88,8 @@ def _banner(settings: Settings) -> str:
 
 def _cluster(args: argparse.Namespace, settings: Settings) -> int:
     from serving.cluster.balancer import BalancerError
+    from serving.cluster.database import PostgresUnavailableError
     from serving.cluster.launch import serve_cluster
-    from serving.cluster.postgres import PostgresUnavailableError
 
     if args.replicas < 1:
         raise UsageError(f"--replicas must be at least 1, not {args.replicas}")

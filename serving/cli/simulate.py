@@ -23,7 +23,7 @@ import httpx
 
 from monitoring.alarms import parse_duration
 from serving.cli.common import EXIT_OK, EXIT_SOME_FAILED, UsageError
-from serving.launch import running_server
+from serving.local_server import running_server
 from serving.settings import DEFAULT_DOMAIN_DIR, REPO_ROOT, Settings
 
 SCENARIOS = REPO_ROOT / "data" / "scenarios"

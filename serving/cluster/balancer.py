@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from serving.launch import stop_process
+from serving.local_server import stop_process
 
 
 class BalancerError(RuntimeError):
@@ -76,7 +76,7 @@ NGINX_ERRORS = {
     504: ("gateway_timeout", "the replica took too long to answer"),
 }
 """The errors nginx makes itself (not the replicas' own, which pass through as they are), in the
-shape every route answers with (`serving/errors.py`): {"error": {"type", "message", "request_id"}}."""
+shape every route answers with (`serving/http_errors.py`): {"error": {"type", "message", "request_id"}}."""
 
 
 def _body_limit(max_body_bytes: int) -> int:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.cluster.balancer import Balancer, running_nginx
-from serving.cluster.postgres import LocalPostgres
-from serving.launch import Server, free_port, running_server
+from serving.cluster.database import LocalPostgres
+from serving.local_server import Server, free_port, running_server
 
 
 @dataclass

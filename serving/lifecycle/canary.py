@@ -1,7 +1,7 @@
 """The canary controller: ramp a challenger while its gates hold, roll it back when one fails.
 
 Every `step_s` it compares the challenger's window of voice searches with the champion's
-(`monitoring.gates`). A failed gate switches the rollout off at once (the champion answers every
+(`monitoring.canary_gates`). A failed gate switches the rollout off at once (the champion answers every
 session again), writes the gate values to the audit log and sends an alarm to the webhook. When
 every gate has passed for `hold_s` at the current share, the share moves to the next step of the
 ramp; after the last step held, the challenger is promoted: it becomes the champion, and the old
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from monitoring.alarms import Notifier, Transition, default_notifiers
+from monitoring.canary_gates import GateResult, RampPolicy, SlotWindow, judge_canary, slot_window
 from monitoring.events import Event, EventStoreError
-from monitoring.gates import GateResult, RampPolicy, SlotWindow, judge, slot_window
 from serving.lifecycle.audit import AuditEntry
 from serving.lifecycle.registry import mark_failed, sync_registry
 from serving.lifecycle.rollout import RolloutPlan
@@ -84,7 +84,7 @@ class CanaryController:
         if champion.voice_searches < self.policy.gates.min_samples and self.reference is not None:
             champion = self.reference
         challenger = slot_window(self._own(events), service.challenger.name, redo_s)
-        self.last_results = results = judge(champion, challenger, self.policy.gates)
+        self.last_results = results = judge_canary(champion, challenger, self.policy.gates)
         failed = [r for r in results if r.passed is False]
         if failed:
             self._rollback(at, results, failed)

@@ -10,7 +10,7 @@ The steps, in `retrain`:
 3. champion and challenger transcribe the held-out labels and every frozen golden set, clip by
    clip in turn (so their speeds are compared side by side on the same machine load), scored
    overall and per slice;
-4. the gate (`judge`): the challenger must beat the champion's WER on the new data, no golden set
+4. the gate (`judge_retrain`): the challenger must beat the champion's WER on the new data, no golden set
    or slice of one may get worse by more than `golden_margin` when a paired sign test over its
    clips says it is worse, and speed and size stay within limits. A passing challenger is
    registered with its lineage and the `challenger` alias; a failing one is not, and why is
@@ -32,8 +32,8 @@ from asr.evaluate import Outcome, paired_errors, run_entry, summarize
 from asr.manifest import ManifestEntry, read_manifest
 from asr.pipeline import Pipeline, build_pipeline
 from asr.training import CHECKPOINT, DataSource, TrainConfig, export_model, train
-from serving.lifecycle.gate import NEW_DATA, GateDecision, GateLimits, PairScores, judge
 from serving.lifecycle.registry import CHALLENGER, CHAMPION, Lineage, RegisteredModel, Registry, code_commit
+from serving.lifecycle.retrain_gate import NEW_DATA, GateDecision, GateLimits, PairScores, judge_retrain
 from serving.lifecycle.tracking import TrainingRun
 from serving.settings import REPO_ROOT
 
@@ -216,7 +216,7 @@ def retrain(
         report.scores.append(evaluate_pair(golden.ref, entries, *pipelines, config.limits.slice_fields))
     report.evaluate_s = round(time.perf_counter() - started, 1)
     report.sizes = {CHAMPION: weights_bytes(champion_dir), CHALLENGER: weights_bytes(challenger_dir)}
-    decision = judge(report.scores, report.sizes, config.limits, [g.ref for g in config.golden])
+    decision = judge_retrain(report.scores, report.sizes, config.limits, [g.ref for g in config.golden])
     report.decision = decision
 
     run.client.set_tag(run.run_id, "gate", "passed" if decision.passed else "rejected")

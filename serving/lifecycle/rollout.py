@@ -24,7 +24,7 @@ from asr.errors import AudioError
 from asr.pipeline import Transcript
 from monitoring.events import Event, EventStore, EventStoreError
 from serving.batching import MicroBatcher
-from serving.errors import OverloadedError
+from serving.http_errors import OverloadedError
 from serving.settings import ROLLOUT_MODES, Mode
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from serving.deps import Admin, Service
-from serving.errors import BadRequestError, ConflictError, NotFoundError
+from serving.http_errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.audit import AuditEntry
 from serving.lifecycle.registry import FAILED_GATES, RegistryError, open_server_registry, sync_registry
 from serving.lifecycle.rollout import ModelSlot, RolloutPlan

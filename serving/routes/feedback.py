@@ -5,7 +5,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serving import schemas
 from serving.deps import Service
-from serving.errors import BadRequestError, NotFoundError
+from serving.http_errors import BadRequestError, NotFoundError
 from serving.recording import draft_of
 
 router = APIRouter(prefix="/v1", tags=["feedback"])

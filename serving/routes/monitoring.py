@@ -12,7 +12,7 @@ from monitoring.metrics import CONTENT_TYPE
 from monitoring.monitor import Monitor, finite
 from serving import schemas
 from serving.deps import Service
-from serving.errors import BadRequestError, NotFoundError
+from serving.http_errors import BadRequestError, NotFoundError
 from serving.routes.common import duration
 from serving.state import ServiceState
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from serving.deps import Admin, Service
-from serving.errors import BadRequestError, ConflictError, NotFoundError
+from serving.http_errors import BadRequestError, ConflictError, NotFoundError
 from serving.lifecycle.review import ReviewError, ReviewQueue
 from serving.recording import draft_of
 from serving.routes.common import Limit, duration

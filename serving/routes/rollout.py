@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from monitoring.gates import slot_window
+from monitoring.canary_gates import slot_window
 from monitoring.shadow import compare_shadow
 from serving.deps import Service
 from serving.routes.common import duration

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from asr.pipeline import Segment, Transcript
 from serving import schemas
 from serving.deps import Service, read_audio_request
-from serving.errors import BadRequestError
+from serving.http_errors import BadRequestError
 from serving.recording import draft_of, note_audio
 from serving.routes.common import ERRORS, audio_body
 

@@ -20,8 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitoring.argo import analysis_queries
+from monitoring.canary_gates import GatePolicy
 from monitoring.export import ARGO_FILE
-from monitoring.gates import GatePolicy
 from monitoring.metrics import ServiceMetrics
 from tests.monitoring.test_export import DEPLOY, _passes, promtool
 

@@ -27,7 +27,7 @@ from monitoring.events import (
 )
 from monitoring.postgres import PostgresEventStore, postgres_dialect
 from monitoring.sessions import SessionTracker, session_signals
-from serving.cluster.postgres import LocalPostgres
+from serving.cluster.database import LocalPostgres
 
 
 def make(

@@ -38,7 +38,7 @@ from monitoring.export import (
 )
 from monitoring.features import WINDOW_METRICS
 from serving.cli import main
-from serving.launch import free_port, running_server
+from serving.local_server import free_port, running_server
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "monitoring" / "deploy"

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from tests.signals import espeak, pad
 
 

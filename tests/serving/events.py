@@ -3,7 +3,7 @@
 import sqlite3
 from typing import Any
 
-from serving.launch import Server
+from serving.local_server import Server
 
 
 def rows(server: Server, sql: str, *params: object) -> list[tuple[Any, ...]]:

@@ -10,7 +10,7 @@ import pytest
 
 from monitoring.events import SQLiteEventStore
 from monitoring.sessions import session_signals
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from tests.serving.events import event, rows
 from tests.signals import encode, espeak, noise, silence, speech
 

@@ -10,7 +10,7 @@ import pytest
 from asr.errors import AudioError, UndecodableAudioError
 from asr.pipeline import Transcript
 from serving.batching import MicroBatcher
-from serving.errors import OverloadedError
+from serving.http_errors import OverloadedError
 
 
 class FakePipeline:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, Route, sync_playwright
 
-from serving.launch import Server
+from serving.local_server import Server
 from tests.serving.events import event, rows
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]

@@ -269,7 +269,7 @@ def test_console_script_runs_as_a_process(tiny_model_dir: Path) -> None:
 
 def test_serve_says_where_it_listens_and_what_it_serves(tiny_model_dir: Path, tmp_path: Path) -> None:
     from asr.model import model_version
-    from serving.launch import free_port
+    from serving.local_server import free_port
 
     exe, port = Path(sys.executable).with_name("voice-search"), free_port()
     env = os.environ | {"VOICE_SEARCH_DB_PATH": str(tmp_path / "events.sqlite3")}

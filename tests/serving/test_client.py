@@ -15,7 +15,7 @@ from asr.edge import export_edge
 from asr.pipeline import build_frontend, build_pipeline
 from serving.cli import main
 from serving.client import CloudClient, EdgeClient, flac_of_speech
-from serving.launch import Server
+from serving.local_server import Server
 from serving.search import CatalogIndex
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MODEL_DIR
 from tests.serving.events import rows

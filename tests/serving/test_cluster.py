@@ -21,9 +21,9 @@ import psycopg
 import pytest
 
 from serving.cluster.balancer import running_nginx
+from serving.cluster.database import LocalPostgres
 from serving.cluster.launch import Cluster, running_cluster
-from serving.cluster.postgres import LocalPostgres
-from serving.launch import free_port
+from serving.local_server import free_port
 
 pytestmark = pytest.mark.server
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from tests.signals import encode, espeak, pad
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]

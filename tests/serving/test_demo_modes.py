@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page
 
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from tests.serving.events import rows
 from tests.serving.test_dashboard import browser  # noqa: F401 (fixture)
 

@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Err
 
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 
 pytestmark = pytest.mark.server
 

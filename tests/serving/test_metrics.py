@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from tests.serving.webhook import Webhook, webhook_server
 from tests.signals import encode, espeak, silence
 

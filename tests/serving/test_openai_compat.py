@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from asr.pipeline import Segment
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from serving.routes.transcribe import _subtitles
 from tests.signals import SPEECH_SAMPLE
 

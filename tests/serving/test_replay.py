@@ -20,7 +20,7 @@ import yaml
 
 from asr.corpus.domain import DomainPack
 from asr.corpus.tts import EspeakEngine, Voice
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from serving.settings import DEFAULT_DOMAIN_DIR, DEFAULT_MONITORING_DIR, REPO_ROOT
 from serving.simulation.replay import (
     EXPECTED_ALARM,

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from tests.serving.lifecycle.test_rollout import search
 
 pytestmark = pytest.mark.server

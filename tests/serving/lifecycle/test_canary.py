@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from asr.model import model_version
-from serving.launch import Server, running_server
 from serving.lifecycle.drills import silent_copy
+from serving.local_server import Server, running_server
 from serving.settings import DEFAULT_MODEL_DIR
 from tests.serving.lifecycle.test_rollout import search
 from tests.serving.webhook import Webhook, webhook_server

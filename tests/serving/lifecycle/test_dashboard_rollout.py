@@ -8,7 +8,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page
 
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from tests.serving.lifecycle.test_rollout import search
 from tests.serving.test_dashboard import browser, page  # noqa: F401 (fixtures)
 

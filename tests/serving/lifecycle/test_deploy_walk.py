@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from serving.cli import main
-from serving.launch import Server, running_server
 from serving.lifecycle.drills import silent_copy
 from serving.lifecycle.registry import CHAMPION, PREVIOUS, Registry
+from serving.local_server import Server, running_server
 from serving.settings import DEFAULT_MODEL_DIR
 from tests.signals import SAMPLES_DIR
 

@@ -20,9 +20,9 @@ from asr.pipeline import build_pipeline
 from asr.training import DataSource, TrainConfig, export_model, train
 from serving.cli import main
 from serving.lifecycle.audit import AuditLog
-from serving.lifecycle.gate import NEW_DATA, Check, GateLimits, PairScores, judge, sign_test_p
 from serving.lifecycle.registry import CHALLENGER, CHAMPION, Registry
 from serving.lifecycle.retrain import MIN_HELD_OUT, evaluate_pair, split_labels
+from serving.lifecycle.retrain_gate import NEW_DATA, Check, GateLimits, PairScores, judge_retrain, sign_test_p
 from serving.settings import Settings
 from tests.signals import SAMPLES_DIR
 
@@ -134,7 +134,7 @@ def test_the_gate_rejects_a_worse_model_on_a_golden_set(
     champion, challenger = build_pipeline(silent, device="cpu"), build_pipeline(tiny_model_dir, device="cpu")
     pair = evaluate_pair(golden.ref, read_manifest(golden.manifest), champion, challenger, ("set",))
     sizes = {CHAMPION: 100, CHALLENGER: 100}
-    decision = judge([pair], sizes, GateLimits(max_rtf_ratio=100, min_slice_clips=1), [golden.ref])
+    decision = judge_retrain([pair], sizes, GateLimits(max_rtf_ratio=100, min_slice_clips=1), [golden.ref])
     assert not decision.passed
     assert any(reason.startswith(f"{golden.ref} WER") for reason in decision.reasons)
     overall = pair.paired["overall"]
@@ -165,21 +165,21 @@ def test_gate_rules() -> None:
         scores(NEW_DATA, (0.5, 0.3)),
         scores("g@1", (0.40, 0.41), {"a": (0.2, 0.5, 5), "b": (0.3, 0.31, 40)}),
     ]
-    decision = judge(good, sizes, limits, ["g@1"])
+    decision = judge_retrain(good, sizes, limits, ["g@1"])
     assert decision.passed, decision.reasons  # slice a is worse but has too few clips to judge
     assert any(c.name == "g@1 speaker=a WER" and not c.judged for c in decision.checks)
 
     worse_slice = [good[0], scores("g@1", (0.40, 0.41), {"b": (0.3, 0.33, 40)})]
-    assert judge(worse_slice, sizes, limits, ["g@1"]).reasons == [
+    assert judge_retrain(worse_slice, sizes, limits, ["g@1"]).reasons == [
         "g@1 speaker=b WER: challenger 0.33 vs champion 0.3 (at most +0.020)"
     ]
     not_better = [scores(NEW_DATA, (0.5, 0.5)), good[1]]
-    assert not judge(not_better, sizes, limits, ["g@1"]).passed
+    assert not judge_retrain(not_better, sizes, limits, ["g@1"]).passed
     slow = [scores(NEW_DATA, (0.5, 0.3), rtf=(0.1, 0.2)), good[1]]
-    assert [c.name for c in judge(slow, sizes, limits, []).checks if c.judged and not c.passed] == [
+    assert [c.name for c in judge_retrain(slow, sizes, limits, []).checks if c.judged and not c.passed] == [
         "real-time factor"
     ]
-    big = judge(good, {CHAMPION: 100, CHALLENGER: 120}, limits, [])
+    big = judge_retrain(good, {CHAMPION: 100, CHALLENGER: 120}, limits, [])
     assert [c.name for c in big.checks if c.judged and not c.passed] == ["size (bytes)"]
     assert isinstance(big.checks[0], Check)
 
@@ -202,7 +202,7 @@ def test_a_regression_past_the_margin_fails_only_when_it_is_significant() -> Non
     # 100 one-word clips, champion right on 70. Five more wrong, two more right: +3 points.
     noise = [(0, 1, 1)] * 5 + [(1, 0, 1)] * 2 + [(0, 0, 1)] * 63 + [(1, 1, 1)] * 30
     noisy = replace(scores("g@1", (0.30, 0.33)), paired={"overall": noise})
-    decision = judge([new, noisy], sizes, limits, ["g@1"])
+    decision = judge_retrain([new, noisy], sizes, limits, ["g@1"])
     assert decision.passed, decision.reasons
     check = next(c for c in decision.checks if c.name == "g@1 WER")
     assert check.p == pytest.approx(29 / 128)  # P(X >= 5), X ~ Binomial(7, 1/2)
@@ -210,13 +210,13 @@ def test_a_regression_past_the_margin_fails_only_when_it_is_significant() -> Non
     # Twelve more wrong, one more right: +11 points, and the test agrees it is worse.
     worse = [(0, 1, 1)] * 12 + [(1, 0, 1)] + [(0, 0, 1)] * 57 + [(1, 1, 1)] * 30
     regressed = replace(scores("g@1", (0.30, 0.41)), paired={"overall": worse})
-    decision = judge([new, regressed], sizes, limits, ["g@1"])
+    decision = judge_retrain([new, regressed], sizes, limits, ["g@1"])
     assert not decision.passed
     assert decision.reasons[0].startswith("g@1 WER: challenger 0.41 vs champion 0.3 (at most +0.020, or not")
     # Three clips worse and none better: no outcome of three coin tosses is significant (1/8),
     # so the test has no say and the margin alone rejects.
     few = [(0, 1, 1)] * 3 + [(0, 0, 1)] * 67 + [(1, 1, 1)] * 30
-    decision = judge([new, replace(noisy, paired={"overall": few})], sizes, limits, ["g@1"])
+    decision = judge_retrain([new, replace(noisy, paired={"overall": few})], sizes, limits, ["g@1"])
     assert decision.reasons == [
         "g@1 WER: challenger 0.33 vs champion 0.3 (at most +0.020; 3 clips worse and 0 better, too few "
         "for a sign test; one word of 100 is 1.0 points)"
@@ -225,7 +225,7 @@ def test_a_regression_past_the_margin_fails_only_when_it_is_significant() -> Non
     by_slice = replace(
         scores("g@1", (0.30, 0.31), {"x": (0.30, 0.41, 100)}), paired={"overall": noise, "speaker=x": worse}
     )
-    assert [c.name for c in judge([new, by_slice], sizes, limits, []).checks if not c.passed] == [
+    assert [c.name for c in judge_retrain([new, by_slice], sizes, limits, []).checks if not c.passed] == [
         "g@1 speaker=x WER"
     ]
 

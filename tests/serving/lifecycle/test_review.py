@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Page
 
 from serving.cli import main
-from serving.launch import Server, running_server
+from serving.local_server import Server, running_server
 from tests.serving.test_dashboard import browser, page  # noqa: F401 (fixtures)
 from tests.signals import SPEECH_SAMPLE
 

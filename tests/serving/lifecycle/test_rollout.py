@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.launch import Server, running_server
 from serving.lifecycle.rollout import RolloutPlan, routes_to_challenger, session_bucket
+from serving.local_server import Server, running_server
 from tests.signals import SPEECH_SAMPLE
 
 pytestmark = pytest.mark.server

@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 
 from asr.corpus.datasets import freeze_golden
-from serving.launch import running_server
 from serving.lifecycle.triggers import TriggerPolicy, decide
+from serving.local_server import running_server
 from tests.signals import SAMPLES_DIR
 
 POLICY = TriggerPolicy(alarms=("null_transcripts",), alarm_for_s=600, new_labels=200, cooldown_s=3600)

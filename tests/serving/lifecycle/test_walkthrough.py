@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from serving.cli import main
-from serving.launch import Server, running_server
 from serving.lifecycle.registry import CHAMPION, PREVIOUS, Registry
+from serving.local_server import Server, running_server
 from serving.settings import DEFAULT_MODEL_DIR
 from tests.serving.lifecycle.test_canary import AUTH, TOKEN, audit, wait_for
 from tests.serving.lifecycle.test_rollout import search

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from monitoring.gates import GatePolicy, SlotWindow, binomial_tail, judge, slot_window, two_proportion_z
+from monitoring.canary_gates import (
+    GatePolicy,
+    SlotWindow,
+    binomial_tail,
+    judge_canary,
+    slot_window,
+    two_proportion_z,
+)
 from tests.monitoring.factory import make
 
 
@@ -48,7 +55,7 @@ def test_an_identical_copy_passes_its_gates_across_seeds(samples: int) -> None:
     failed = 0
     for seed in range(300):
         rng = np.random.default_rng(seed)
-        results = judge(sampled(rng, "primary", samples), sampled(rng, "challenger", samples), policy)
+        results = judge_canary(sampled(rng, "primary", samples), sampled(rng, "challenger", samples), policy)
         assert all(r.passed is not None for r in results)
         failed += any(r.passed is False for r in results)
     assert failed <= (1 if samples < 20 else 0), failed
@@ -60,7 +67,7 @@ def test_a_real_drop_in_confidence_or_speed_still_fails_on_small_samples() -> No
     worse = SlotWindow(
         "c", 20, 0, 1, 0, 0, 1.0, 0.3, (1.0,) * 20, tuple(np.clip(rng.normal(0.3, 0.2, 20), 0, 1).tolist())
     )
-    results = by_name(judge(champion, worse, GatePolicy()))
+    results = by_name(judge_canary(champion, worse, GatePolicy()))
     assert results["mean_confidence"] is False and results["latency_p95_s"] is False
 
 
@@ -69,23 +76,27 @@ def by_name(results: list) -> dict[str, bool | None]:  # type: ignore[type-arg]
 
 
 def test_a_challenger_that_says_nothing_fails_the_null_gate() -> None:
-    results = by_name(judge(window("primary", 40, nulls=2), window("challenger", 20, nulls=20), GatePolicy()))
+    results = by_name(
+        judge_canary(window("primary", 40, nulls=2), window("challenger", 20, nulls=20), GatePolicy())
+    )
     assert results["null_transcripts"] is False
     assert results["server_errors"] is True and results["latency_p95_s"] is True
 
 
 def test_small_differences_and_small_samples_do_not_fail() -> None:
     assert (
-        by_name(judge(window("p", 40, nulls=2), window("c", 20, nulls=2), GatePolicy()))["null_transcripts"]
+        by_name(judge_canary(window("p", 40, nulls=2), window("c", 20, nulls=2), GatePolicy()))[
+            "null_transcripts"
+        ]
         is True
     )
-    undecided = judge(window("p", 40, nulls=2), window("c", 5, nulls=2), GatePolicy(min_samples=20))
+    undecided = judge_canary(window("p", 40, nulls=2), window("c", 5, nulls=2), GatePolicy(min_samples=20))
     assert all(r.passed is None for r in undecided)  # two of five is not judged on five clips
 
 
 def test_a_silent_challenger_fails_early_on_overwhelming_evidence_only() -> None:
     policy = GatePolicy(min_samples=20)
-    silent = by_name(judge(window("p", 40, nulls=1), window("c", 5, nulls=5), policy))
+    silent = by_name(judge_canary(window("p", 40, nulls=1), window("c", 5, nulls=5), policy))
     assert silent["null_transcripts"] is False  # 5 of 5 against 1 of 40: p ~ 1e-7
     assert silent["latency_p95_s"] is None and silent["mean_confidence"] is None  # the rest still wait
     # Too few, too little, or no full champion window to compare with: undecided, never early.
@@ -95,7 +106,7 @@ def test_a_silent_challenger_fails_early_on_overwhelming_evidence_only() -> None
         (window("p", 40, nulls=8), window("c", 6, nulls=4)),  # 4 of 6 against 20%: p ~ 0.017
         (window("p", 10, nulls=0), window("c", 6, nulls=6)),  # the champion's rate is not known yet
     ):
-        assert by_name(judge(champion, challenger, policy))["null_transcripts"] is None, (
+        assert by_name(judge_canary(champion, challenger, policy))["null_transcripts"] is None, (
             champion,
             challenger,
         )
@@ -108,9 +119,11 @@ def test_binomial_tail() -> None:
 
 
 def test_latency_and_confidence_gates() -> None:
-    slow = by_name(judge(window("p", 30, p95=0.2), window("c", 30, p95=0.5), GatePolicy()))
+    slow = by_name(judge_canary(window("p", 30, p95=0.2), window("c", 30, p95=0.5), GatePolicy()))
     assert slow["latency_p95_s"] is False  # 0.5 > 0.2 x 1.5 + 0.05
-    unsure = by_name(judge(window("p", 30, confidence=0.8), window("c", 30, confidence=0.6), GatePolicy()))
+    unsure = by_name(
+        judge_canary(window("p", 30, confidence=0.8), window("c", 30, confidence=0.6), GatePolicy())
+    )
     assert unsure["mean_confidence"] is False
 
 

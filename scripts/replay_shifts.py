@@ -1,7 +1,7 @@
 """Prove the alarms: replay labelled queries through a real server, one injected shift at a time.
 
-    .venv/bin/python scripts/replay.py                       # every shift + 30 min unshifted (benchmark)
-    .venv/bin/python scripts/replay.py --shifts volume_drop --warmup 60 --shift-duration 60
+    .venv/bin/python scripts/replay_shifts.py                 # every shift + 30 min unshifted (benchmark)
+    .venv/bin/python scripts/replay_shifts.py --shifts volume_drop --warmup 60 --shift-duration 60
 
 Starts `voice-search serve` on a free port with a fresh event store (trust_client_time and
 fault_injection on), replays the corpus's held-out-voice test queries at `--rate` requests/s of
@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from serving.launch import running_server
+from serving.local_server import running_server
 from serving.settings import REPO_ROOT
 from serving.simulation.replay import (
     EXPECTED_ALARM,

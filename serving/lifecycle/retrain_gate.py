@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitoring.gates import binomial_tail
+from monitoring.canary_gates import binomial_tail
 from serving.lifecycle.registry import CHALLENGER, CHAMPION
 
 NEW_DATA = "new_data"
@@ -91,7 +91,7 @@ def signs(paired: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
     return sum(1 for a, b, _ in paired if b > a), sum(1 for a, b, _ in paired if b < a)
 
 
-def judge(
+def judge_retrain(
     scores: Sequence[PairScores], sizes: dict[str, int], limits: GateLimits, golden: Sequence[str]
 ) -> GateDecision:
     checks: list[Check] = []

@@ -106,7 +106,7 @@ class GateResult:
     rule: str
 
 
-def judge(champion: SlotWindow, challenger: SlotWindow, policy: GatePolicy) -> list[GateResult]:
+def judge_canary(champion: SlotWindow, challenger: SlotWindow, policy: GatePolicy) -> list[GateResult]:
     enough = min(champion.voice_searches, challenger.voice_searches) >= policy.min_samples
     ratios: tuple[tuple[str, Callable[[SlotWindow], int]], ...] = (
         ("server_errors", lambda w: w.server_errors),

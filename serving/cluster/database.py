@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from serving.launch import free_port
+from serving.local_server import free_port
 
 USER = "voice_search"
 DATABASE = "voice_search"
