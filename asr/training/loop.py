@@ -69,8 +69,8 @@ def _initial_model_dir(config: TrainConfig, log: Callable[[str], None]) -> Path:
     if config.init.startswith("scratch:"):
         return create_model_dir(config.out_dir / "init", shape=config.init.split(":", 1)[1], seed=config.seed)
     if config.init.startswith(WHISPER_START):
-        from asr.transplant import read_ctranslate2, whisper_weights_dir
         from asr.whisper_start import write_whisper_ctc
+        from asr.whisper_weights import read_ctranslate2, whisper_weights_dir
 
         folder = config.init.removeprefix(WHISPER_START)
         weights = read_ctranslate2(whisper_weights_dir(Path(folder) if folder else None) / "model.bin")

@@ -19,17 +19,14 @@ from asr.errors import DataError, ModelLoadError
 from asr.pretrained import adapt_checkpoint, speaks_our_vocabulary
 from asr.transplant import (
     STATE,
-    EncoderShape,
     FrontEnd,
     TransplantConfig,
-    WhisperEncoder,
     _start_positions_at_zero,
     copy_transformer,
-    read_ctranslate2,
     transplant,
     wav2vec2_config,
-    whisper_weights_dir,
 )
+from asr.whisper_weights import EncoderShape, WhisperEncoder, read_ctranslate2, whisper_weights_dir
 from tests.signals import SAMPLES_DIR, SPEECH_SAMPLE
 
 

@@ -18,7 +18,6 @@ from asr.errors import DataError
 from asr.model import Recognizer, create_model_dir, load_ctc_model
 from asr.pipeline import Pipeline
 from asr.training import DataSource, TrainConfig, train
-from asr.transplant import WhisperEncoder, read_ctranslate2, whisper_weights_dir
 from asr.vad import SileroVAD
 from asr.whisper_ctc import (
     WhisperCTCConfig,
@@ -30,6 +29,7 @@ from asr.whisper_ctc import (
     spec_augment,
 )
 from asr.whisper_start import from_whisper
+from asr.whisper_weights import WhisperEncoder, read_ctranslate2, whisper_weights_dir
 from tests.signals import SAMPLES_DIR, SPEECH_SAMPLE, noise, tone
 
 
