@@ -70,6 +70,19 @@ class ServiceMetrics:
             registry=r,
         )
         self.in_flight = Gauge(f"{p}_requests_in_flight", "Requests being handled now", registry=r)
+        self.streams_open = Gauge(f"{p}_streams_open", "Streaming voice searches open now", registry=r)
+        self.stream_first_partial = Histogram(
+            f"{p}_stream_first_partial_seconds",
+            "Streaming: from the first audio received to the first partial result sent",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.stream_final = Histogram(
+            f"{p}_stream_final_seconds",
+            "Streaming: from the end of the utterance (the client's end, or the endpoint) to the final sent",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.queue_depth = Gauge(f"{p}_queue_depth", "Clips waiting for the recognizer", registry=r)
         self.model_load = Gauge(
             f"{p}_model_load_seconds",

@@ -34,7 +34,7 @@ from monitoring.drift import ReferenceProfile
 from monitoring.events import EventStore, EventStoreError, purge_audio
 from monitoring.metrics import ServiceMetrics
 from monitoring.monitor import Monitor, MonitorOptions
-from serving import __version__
+from serving import __version__, streaming
 from serving.batching import MicroBatcher, TranscribeMany
 from serving.headers import EVENT_TIME_HEADER, REQUEST_ID_HEADER
 from serving.http_errors import BadRequestError, BodyTooLargeError, error_response, install_error_handlers
@@ -45,8 +45,8 @@ from serving.lifecycle.registry import registered_version
 from serving.lifecycle.review import ReviewQueue
 from serving.lifecycle.rollout import CHALLENGER_SLOT, ModelSlot, RolloutPlan
 from serving.lifecycle.triggers import RetrainWorker
-from serving.recording import EventDraft, draft_of
-from serving.routes import admin, feedback, health, monitoring, review, rollout, search, transcribe
+from serving.recording import EventDraft, draft_of, write_event
+from serving.routes import admin, feedback, health, monitoring, review, rollout, search, stream, transcribe
 from serving.routes.common import CLIENT_ERRORS
 from serving.search import CatalogIndex, SearchOptions
 from serving.settings import Settings
@@ -59,6 +59,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 ROUTERS = (
     search.router,
+    stream.router,
     transcribe.router,
     feedback.router,
     health.router,
@@ -117,7 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="voice-search",
         version=__version__,
-        description="Offline voice search: speak a query, get catalog results. Every request is recorded.",
+        description="Offline voice search: speak a query, get catalog results. Every request is recorded."
+        "\n\n## Streaming voice search (WebSocket, not listed below)\n\n" + (streaming.__doc__ or ""),
         lifespan=lifespan,
         responses=CLIENT_ERRORS,
         docs_url=None,  # served below from the swagger-ui-py package, not a CDN
@@ -436,13 +438,4 @@ async def _record(request: Request, status: int, latency_s: float) -> bool:
         # Not started, or shutting down: the answer is an error already, with nothing to record.
         logger.error("no event store to record %s", event.request_id)
         return status >= 500
-    try:
-        await run_in_threadpool(service.store.record, event)
-    except EventStoreError:
-        logger.exception("could not record event %s", event.request_id)
-        if service.monitor is not None:
-            service.monitor.metrics.event_store_errors.inc()
-        return False
-    if service.monitor is not None:
-        service.monitor.on_event(event)
-    return True
+    return await write_event(event, service.store, service.monitor)

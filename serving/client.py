@@ -4,17 +4,22 @@ Both run voice activity detection on the device, as a phone or a smart speaker w
 
 - **edge** recognizes and searches locally (an int8 edge folder is the usual model);
 - **cloud** cuts the speech out of the clip and uploads only that, as 16 kHz FLAC, to
-  `POST /v1/search`; silence costs nothing on the network.
+  `POST /v1/search`; silence costs nothing on the network;
+- **stream** (`StreamClient`) speaks the whole clip into `WS /v1/search/stream` as a microphone
+  would, and reads the partial results while it speaks.
 
 Results carry the same per-stage milliseconds either way, so the two can be compared clip by
 clip (`scripts/bench_edge_cloud.py`).
 """
 
 import io
+import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlencode
 
 import httpx
 import numpy as np
@@ -117,3 +122,64 @@ def flac_of_speech(samples: np.ndarray, spans: list[tuple[float, float]]) -> byt
     buffer = io.BytesIO()
     sf.write(buffer, np.concatenate(pieces[:-1]), SAMPLE_RATE_HZ, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
+
+
+class StreamError(RuntimeError):
+    """The server ended a stream with an error frame (its type and message)."""
+
+
+class StreamClient:
+    """A file spoken into `WS /v1/search/stream` as a microphone would: 16 kHz int16 PCM in
+    chunks of `chunk_s`, at `pace` times real time (0: as fast as the socket takes it), then
+    `end`. The messages come back as the server sends them: partials, then the final."""
+
+    def __init__(self, url: str, pace: float = 1.0, chunk_s: float = 0.1, timeout_s: float = 60.0) -> None:
+        self.url = url.rstrip("/").replace("https://", "wss://").replace("http://", "ws://")
+        self.pace, self.chunk_s, self.timeout_s = pace, chunk_s, timeout_s
+        self.end_sent_at: float | None = None
+        """When the last stream's `end` went out (`time.perf_counter`): the end of speech."""
+
+    def stream(self, audio: Path, session_id: str) -> Iterator[dict[str, Any]]:
+        """Partials as they come (read between chunks), then the final; raises `StreamError`."""
+        import websocket
+
+        from asr.audio import load_audio
+
+        pcm = (np.clip(load_audio(str(audio)).samples, -1, 1) * 32767).astype("<i2").tobytes()
+        query = urlencode({"session_id": session_id})
+        ws = websocket.create_connection(f"{self.url}/v1/search/stream?{query}", timeout=self.timeout_s)
+        try:
+            ws.send(json.dumps({"sample_rate": SAMPLE_RATE_HZ}))
+            step = 2 * int(SAMPLE_RATE_HZ * self.chunk_s)
+            for start in range(0, len(pcm), step):
+                ws.send_binary(pcm[start : start + step])
+                yield from _pending(ws, wait_s=self.chunk_s / self.pace if self.pace else 0.0)
+            ws.send(json.dumps({"event": "end"}))
+            self.end_sent_at = time.perf_counter()
+            yield from _pending(ws, wait_s=None)
+        finally:
+            ws.close()
+
+
+def _pending(ws: Any, wait_s: float | None) -> Iterator[dict[str, Any]]:
+    """The messages that arrive within `wait_s` (None: until the server closes the socket)."""
+    import websocket
+
+    deadline = None if wait_s is None else time.perf_counter() + wait_s
+    while True:
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and left <= 0:
+            return
+        ws.settimeout(left)
+        try:
+            opcode, data = ws.recv_data(control_frame=True)
+        except websocket.WebSocketTimeoutException:
+            return
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return
+        if opcode != websocket.ABNF.OPCODE_TEXT:
+            continue
+        message = json.loads(data)
+        if message.get("type") == "error":
+            raise StreamError(f"{message['error']['type']}: {message['error']['message']}")
+        yield message

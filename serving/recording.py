@@ -2,6 +2,7 @@
 (`serving.app`) opens when the request arrives and turns into the stored `Event` when the answer
 is ready, whatever happened in between (the error handlers note the error on it)."""
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,8 +12,11 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from asr.pipeline import STAGES, Transcript
-from monitoring.events import Event, Hit, Kind, Outcome
+from monitoring.events import Event, EventStore, EventStoreError, Hit, Kind, Outcome
+from monitoring.monitor import Monitor
 from serving.search import SearchResult
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,6 +125,21 @@ async def note_audio(draft: EventDraft, audio: bytes, content_type: str, keep_in
         path = keep_in / f"{draft.request_id}.audio"
         await run_in_threadpool(_write, path, audio)
         draft.audio_path = str(path)
+
+
+async def write_event(event: Event, store: EventStore, monitor: Monitor | None) -> bool:
+    """Store the event and count it in the metrics; whether it was written (a failure is logged
+    and counted, never raised). The HTTP middleware and the stream's final both end here."""
+    try:
+        await run_in_threadpool(store.record, event)
+    except EventStoreError:
+        logger.exception("could not record event %s", event.request_id)
+        if monitor is not None:
+            monitor.metrics.event_store_errors.inc()
+        return False
+    if monitor is not None:
+        monitor.on_event(event)
+    return True
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -90,6 +90,23 @@ class Settings:
     search_min_score: float = SearchOptions.min_score
     search_min_match: float = SearchOptions.min_match
     """Spotted names rank down to the first below this per-character match (`SearchOptions`)."""
+    # Streaming voice search (`WS /v1/search/stream`, serving/streaming.py).
+    stream_endpoint_ms: float = 600.0
+    """Silence after speech, as the VAD hears it, that ends an utterance: the final comes then,
+    without waiting for the client's `end`."""
+    stream_partial_ms: float = 200.0
+    """Least time between two partial results of one stream."""
+    stream_left_context_s: float = 6.0
+    """A partial recognizes at most this much of the latest audio, so its cost stays bounded."""
+    stream_max_concurrent: int = 32
+    """Streams open at once; one more is closed at once (1013, try again later)."""
+    stream_idle_timeout_s: float = 10.0
+    """A stream that sends nothing for this long is closed (1008)."""
+    stream_send_queue: int = 8
+    """Messages waiting for a slow client; beyond it the oldest partial is dropped (never the final)."""
+    stream_allowed_origins: str = ""
+    """Comma-separated origins (scheme://host[:port]) whose pages may open streams, besides the
+    server's own; a page elsewhere needs the admin token (`?token=`)."""
     retain_audio: bool = False
     """Keep request audio for retraining. Recordings are personal data: off unless enabled."""
     audio_retention_days: float = 30.0
@@ -196,6 +213,8 @@ class Settings:
             *("retrain_alarm_for_s", "retrain_max_running", "retrain_check_s", "retrain_steps"),
             "retrain_shadow_s",
             "retrain_max_rtf_ratio",
+            *("stream_endpoint_ms", "stream_partial_ms", "stream_left_context_s", "stream_max_concurrent"),
+            *("stream_idle_timeout_s", "stream_send_queue"),
             "retrain_new_weight",
         )
         for name in positive:

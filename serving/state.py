@@ -52,6 +52,8 @@ class ServiceState:
     """The registered version the champion was loaded from, when known."""
     champion_dir: Path | None = None
     """The folder the champion was loaded from."""
+    open_streams: int = 0
+    """Streaming voice searches open now (`stream_max_concurrent` bounds them)."""
     leads: bool = True
     """Whether this process judges alarms, the canary and retraining: always alone on SQLite; on a
     shared store, only the replica holding the leader lock (`monitoring.postgres.AdvisoryLeader`)."""

@@ -7,7 +7,10 @@ Why these directives:
   one is left alone for 5 s. A POST already sent to a replica that then dies is *not* retried
   (nginx never repeats a non-idempotent request), so the client gets a 502 and no answer: it was
   never acknowledged, and the client may retry it;
-- keep-alive to the replicas, so the balancer adds no connection set-up per request.
+- keep-alive to the replicas, so the balancer adds no connection set-up per request;
+- the stream (`WS /v1/search/stream`) is upgraded to a WebSocket through to one replica, with the
+  client's `Host` (port included) for the replica's origin check, and idle timeouts longer than
+  the replica's own `stream_idle_timeout_s`, which closes a silent stream with a reason first.
 """
 
 import json
@@ -23,6 +26,9 @@ from pathlib import Path
 import httpx
 
 from serving.local_server import stop_process
+
+STREAM_IDLE_S = 60
+"""nginx's idle limit on a stream's socket, either way: past any replica's own idle timeout."""
 
 
 class BalancerError(RuntimeError):
@@ -55,6 +61,17 @@ http {{
     server {{
         listen 127.0.0.1:{port};
 {_json_errors(max_body_bytes)}
+        location = /v1/search/stream {{
+            proxy_pass http://voice_search;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_connect_timeout 1s;
+            proxy_read_timeout {STREAM_IDLE_S}s;
+            proxy_send_timeout {STREAM_IDLE_S}s;
+        }}
         location / {{
             proxy_pass http://voice_search;
             proxy_http_version 1.1;

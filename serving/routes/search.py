@@ -13,6 +13,7 @@ from serving.lifecycle.review import routes_to_people
 from serving.lifecycle.rollout import ShadowJob
 from serving.recording import EventDraft, draft_of, note_audio
 from serving.routes.common import ERRORS, audio_body
+from serving.search import SearchResult
 from serving.state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["search"])
@@ -33,18 +34,24 @@ async def voice_search(
     event = draft_of(request)
     event.kind = "voice_search"
     upload = await read_audio_request(request, service.settings.max_upload_bytes)
-    session_id = upload.text("session_id", required=True)
-    event.session_id, event.user_id = session_id, upload.text("user_id")
+    event.session_id, event.user_id = upload.text("session_id", required=True), upload.text("user_id")
     await note_audio(event, upload.audio, upload.content_type, service.settings.retained_audio_dir)
-    slot = service.slot_for(session_id)
+    answer = await search_by_voice(event, service, upload.audio)
+    if answer.sent_for_review:
+        response.status_code = 202  # accepted: a person answers (the model's attempt is kept for them)
+    if service.shadow is not None:  # runs after the response is sent
+        background.add_task(service.shadow.offer, shadow_job(event, upload.audio))
+    return answer
+
+
+async def search_by_voice(event: EventDraft, service: ServiceState, audio: bytes) -> schemas.SearchResponse:
+    """A voice search once its audio is in: the session's model, the catalog, then the degree of
+    automation. The upload route and the stream's final both answer with it."""
+    slot = service.slot_for(event.session_id)
     event.slot = slot.name
-    event.transcript = transcript = await slot.batcher.submit(upload.audio)
+    event.transcript = transcript = await slot.batcher.submit(audio)
     if not transcript.no_speech:
         await _search(event, service, transcript)
-    if service.shadow is not None:  # runs after the response is sent
-        background.add_task(
-            service.shadow.offer, ShadowJob(upload.audio, event.request_id, session_id, event.at)
-        )
     answer = _response(event, service)
     automation = service.settings.automation
     threshold = service.settings.review_confidence_threshold
@@ -54,7 +61,7 @@ async def voice_search(
         review_id = await run_in_threadpool(
             service.review.add,
             event.request_id,
-            session_id,
+            event.session_id,
             event.audio_path or "",
             transcript.text,
             transcript.confidence,
@@ -62,12 +69,16 @@ async def voice_search(
             event.at,
             slot.model_version,
         )
-        response.status_code = 202  # accepted: a person answers (the model's attempt is kept for them)
         hidden: dict[str, Any] = {"transcript": None, "query": "", "hits": [], "confidence": None}
         return answer.model_copy(
             update=hidden | {"automation": automation, "sent_for_review": True, "review_id": review_id}
         )
     return answer.model_copy(update={"automation": automation, "needs_confirmation": automation == "assist"})
+
+
+def shadow_job(event: EventDraft, audio: bytes) -> ShadowJob:
+    """The shadow's copy of a voice search: its audio, after the answer."""
+    return ShadowJob(audio, event.request_id, event.session_id or "", event.at)
 
 
 @router.post(
@@ -98,14 +109,19 @@ async def _search(event: EventDraft, service: ServiceState, query: str | Transcr
     event.search_s = time.perf_counter() - started
 
 
-def _response(event: EventDraft, service: ServiceState) -> schemas.SearchResponse:
-    result, transcript = event.searched, event.transcript
-    hits = [
+def hits_of(result: SearchResult | None) -> list[schemas.Hit]:
+    """A search's hits as the API shows them (the final's and the stream's partials alike)."""
+    return [
         schemas.Hit(
             id=h.entry.id, title=h.entry.title, score=h.score, matched=h.matched, fields=dict(h.entry.fields)
         )
         for h in (result.hits if result else ())
     ]
+
+
+def _response(event: EventDraft, service: ServiceState) -> schemas.SearchResponse:
+    result, transcript = event.searched, event.transcript
+    hits = hits_of(result)
     stats = transcript.stats if transcript else None
     return schemas.SearchResponse(
         request_id=event.request_id,
