@@ -14,6 +14,8 @@ clip (`scripts/bench_edge_cloud.py`).
 
 import io
 import json
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -137,49 +139,76 @@ class StreamClient:
         self.url = url.rstrip("/").replace("https://", "wss://").replace("http://", "ws://")
         self.pace, self.chunk_s, self.timeout_s = pace, chunk_s, timeout_s
         self.end_sent_at: float | None = None
-        """When the last stream's `end` went out (`time.perf_counter`): the end of speech."""
+        """When the last stream's `end` went out (`time.perf_counter`): the end of speech. None
+        when the server ended the utterance itself (its endpoint came before the clip's end)."""
 
     def stream(self, audio: Path, session_id: str) -> Iterator[dict[str, Any]]:
-        """Partials as they come (read between chunks), then the final; raises `StreamError`."""
+        """Partials as they come, then the final; raises `StreamError` on an error frame. A reader
+        thread takes the messages whole while this one speaks (a socket timeout in the middle of
+        a frame would lose its place in the stream)."""
         import websocket
 
         from asr.audio import load_audio
 
-        pcm = (np.clip(load_audio(str(audio)).samples, -1, 1) * 32767).astype("<i2").tobytes()
+        pcm = pcm16(load_audio(str(audio)).samples)
         query = urlencode({"session_id": session_id})
         ws = websocket.create_connection(f"{self.url}/v1/search/stream?{query}", timeout=self.timeout_s)
+        inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        reader = threading.Thread(target=_read_all, args=(ws, inbox), name="stream-reader", daemon=True)
+        reader.start()
         try:
             ws.send(json.dumps({"sample_rate": SAMPLE_RATE_HZ}))
             step = 2 * int(SAMPLE_RATE_HZ * self.chunk_s)
             for start in range(0, len(pcm), step):
                 ws.send_binary(pcm[start : start + step])
-                yield from _pending(ws, wait_s=self.chunk_s / self.pace if self.pace else 0.0)
+                if self.pace:
+                    time.sleep(self.chunk_s / self.pace)
+                for message in _drain(inbox, block=False):
+                    yield message
+                    if message["type"] == "final":  # the server heard the end of speech first
+                        return
             ws.send(json.dumps({"event": "end"}))
             self.end_sent_at = time.perf_counter()
-            yield from _pending(ws, wait_s=None)
+            yield from _drain(inbox, block=True)
         finally:
             ws.close()
+            reader.join(timeout=5)
 
 
-def _pending(ws: Any, wait_s: float | None) -> Iterator[dict[str, Any]]:
-    """The messages that arrive within `wait_s` (None: until the server closes the socket)."""
+def pcm16(samples: np.ndarray) -> bytes:
+    """Float samples as little-endian int16 PCM, rounded as libsndfile writes a 16-bit WAV."""
+    pcm: bytes = np.round(np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    return pcm
+
+
+def _read_all(ws: Any, inbox: "queue.Queue[dict[str, Any] | None]") -> None:
+    """Every text message into `inbox` until the socket closes, then None."""
     import websocket
 
-    deadline = None if wait_s is None else time.perf_counter() + wait_s
-    while True:
-        left = None if deadline is None else deadline - time.perf_counter()
-        if left is not None and left <= 0:
-            return
-        ws.settimeout(left)
-        try:
+    try:
+        while True:
             opcode, data = ws.recv_data(control_frame=True)
-        except websocket.WebSocketTimeoutException:
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                inbox.put(json.loads(data))
+    except (websocket.WebSocketException, OSError):
+        return
+    finally:
+        inbox.put(None)
+
+
+def _drain(inbox: "queue.Queue[dict[str, Any] | None]", block: bool) -> Iterator[dict[str, Any]]:
+    """The messages waiting (`block`: every one until the socket closes)."""
+    while True:
+        try:
+            message = inbox.get(block=block)
+        except queue.Empty:
             return
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
+        if message is None:
+            if not block:
+                inbox.put(None)  # the close stays visible to the blocking drain after `end`
             return
-        if opcode != websocket.ABNF.OPCODE_TEXT:
-            continue
-        message = json.loads(data)
         if message.get("type") == "error":
             raise StreamError(f"{message['error']['type']}: {message['error']['message']}")
         yield message
