@@ -282,3 +282,43 @@ def test_a_slow_client_keeps_only_the_latest_partials_queued() -> None:
         stream._post({"type": "partial", "transcript": str(number)})
     queued = [stream.outbox.get_nowait()["transcript"] for _ in range(stream.outbox.qsize())]
     assert queued == ["3", "4"]
+
+
+def stream_final(server: Server, session: str, pcm: bytes, rate: int) -> dict[str, Any]:
+    ws = connect(server, f"session_id={session}")
+    ws.send(json.dumps({"sample_rate": rate}))
+    stream(ws, pcm, rate, pace=0)
+    ws.send(json.dumps({"event": "end"}))
+    final: dict[str, Any] = read_all(ws)[0][-1][1]
+    assert final["type"] == "final", final
+    return final
+
+
+def test_a_stream_is_routed_by_session_and_shadowed_like_an_upload(
+    tmp_path: Path, tiny_model_dir: Path, sentence: tuple[bytes, int]
+) -> None:
+    from serving.lifecycle.rollout import RolloutPlan, routes_to_challenger
+
+    pcm, rate = sentence
+    plan = RolloutPlan("canary", 0.5)
+    to_challenger = next(f"c-{i}" for i in range(100) if routes_to_challenger(plan, f"c-{i}"))
+    to_champion = next(f"c-{i}" for i in range(100) if not routes_to_challenger(plan, f"c-{i}"))
+    settings = {"challenger_dir": str(tiny_model_dir), "canary_share": "0.5"}
+    with running_server(tmp_path / "canary", rollout_mode="canary", **settings) as canary:
+        challenged, championed = (stream_final(canary, s, pcm, rate) for s in (to_challenger, to_champion))
+        assert challenged["slot"] == "challenger" and challenged["model_version"].startswith("tiny@")
+        assert championed["slot"] == "primary" and not championed["model_version"].startswith("tiny@")
+        slots = {e["session_id"]: e["slot"] for e in events_of(canary, "c-", count=2)}
+        assert slots == {to_challenger: "challenger", to_champion: "primary"}
+    with running_server(
+        tmp_path / "shadow", rollout_mode="shadow", challenger_dir=str(tiny_model_dir)
+    ) as shadow:
+        final = stream_final(shadow, "shadowed", pcm, rate)
+        deadline, shadows = time.monotonic() + 60, list[Any]()
+        while not shadows and time.monotonic() < deadline:
+            time.sleep(0.3)
+            with sqlite3.connect(shadow.db_path) as db:
+                shadows = db.execute(
+                    "SELECT target_request_id, slot FROM events WHERE kind = 'shadow'"
+                ).fetchall()
+        assert shadows == [(final["request_id"], "challenger")]
