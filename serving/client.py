@@ -126,7 +126,7 @@ def flac_of_speech(samples: np.ndarray, spans: list[tuple[float, float]]) -> byt
     return buffer.getvalue()
 
 
-class StreamError(RuntimeError):
+class StreamRefusedError(RuntimeError):
     """The server ended a stream with an error frame (its type and message)."""
 
 
@@ -143,7 +143,7 @@ class StreamClient:
         when the server ended the utterance itself (its endpoint came before the clip's end)."""
 
     def stream(self, audio: Path, session_id: str) -> Iterator[dict[str, Any]]:
-        """Partials as they come, then the final; raises `StreamError` on an error frame. A reader
+        """Partials as they come, then the final; raises `StreamRefusedError` on an error frame. A reader
         thread takes the messages whole while this one speaks (a socket timeout in the middle of
         a frame would lose its place in the stream)."""
         import websocket
@@ -210,5 +210,5 @@ def _drain(inbox: "queue.Queue[dict[str, Any] | None]", block: bool) -> Iterator
                 inbox.put(None)  # the close stays visible to the blocking drain after `end`
             return
         if message.get("type") == "error":
-            raise StreamError(f"{message['error']['type']}: {message['error']['message']}")
+            raise StreamRefusedError(f"{message['error']['type']}: {message['error']['message']}")
         yield message

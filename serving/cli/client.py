@@ -70,14 +70,14 @@ def _stream(paths: list[Path], url: str, pace: float) -> int:
     """Each file as a stream: one JSON line per message (partials, then the final)."""
     import websocket
 
-    from serving.client import StreamClient, StreamError
+    from serving.client import StreamClient, StreamRefusedError
 
     client, failed = StreamClient(url, pace), 0
     for number, path in enumerate(paths):
         try:
             for message in client.stream(path, session_id=f"cli-stream-{number}"):
                 print(json.dumps({"path": str(path)} | message), flush=True)
-        except (AudioError, StreamError, websocket.WebSocketException, OSError) as e:
+        except (AudioError, StreamRefusedError, websocket.WebSocketException, OSError) as e:
             print(f"voice-search: {path}: {e}", file=sys.stderr)
             failed += 1
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -150,8 +150,7 @@ class Stream:
             for task in listening:
                 task.cancel()
             await asyncio.gather(*listening, return_exceptions=True)
-            status = await self._final()
-            await self.outbox.join()
+            status = await self._final()  # returns once the final has been sent
         finally:
             for task in (*listening, sender):
                 task.cancel()
