@@ -138,6 +138,8 @@ class StreamClient:
     def __init__(self, url: str, pace: float = 1.0, chunk_s: float = 0.1, timeout_s: float = 60.0) -> None:
         self.url = url.rstrip("/").replace("https://", "wss://").replace("http://", "ws://")
         self.pace, self.chunk_s, self.timeout_s = pace, chunk_s, timeout_s
+        self.sent_at: list[float] = []
+        """When each chunk of the last stream went out (`time.perf_counter`)."""
         self.end_sent_at: float | None = None
         """When the last stream's `end` went out (`time.perf_counter`): the end of speech. None
         when the server ended the utterance itself (its endpoint came before the clip's end)."""
@@ -153,6 +155,7 @@ class StreamClient:
         pcm = pcm16(load_audio(str(audio)).samples)
         query = urlencode({"session_id": session_id})
         ws = websocket.create_connection(f"{self.url}/v1/search/stream?{query}", timeout=self.timeout_s)
+        self.sent_at, self.end_sent_at = [], None
         inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
         reader = threading.Thread(target=_read_all, args=(ws, inbox), name="stream-reader", daemon=True)
         reader.start()
@@ -161,6 +164,7 @@ class StreamClient:
             step = 2 * int(SAMPLE_RATE_HZ * self.chunk_s)
             for start in range(0, len(pcm), step):
                 ws.send_binary(pcm[start : start + step])
+                self.sent_at.append(time.perf_counter())
                 if self.pace:
                     time.sleep(self.chunk_s / self.pace)
                 for message in _drain(inbox, block=False):

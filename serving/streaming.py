@@ -9,9 +9,14 @@
   `POST /v1/search` for the whole utterance, and the socket closes with 1000. The server ends the
   utterance itself after `stream_endpoint_ms` of silence following speech (the VAD's), without
   waiting for `end`;
+- a page served from another origin needs that origin in `stream_allowed_origins`, or the admin
+  token: `Authorization: Bearer <token>` from a program, or from a browser (which cannot set
+  headers on a WebSocket) the subprotocols `voice-search` and `voice-search.bearer.<the token in
+  base64url without padding>`; the server answers `voice-search`. Never `?token=`: access logs
+  print URLs;
 - an error is `{"type": "error", "error": {"type", "message", "request_id"}}`, then a close code:
   1003 data it cannot take (not PCM, odd length, a rate outside 8-48 kHz, an unknown message),
-  1008 a policy (no session id, a foreign origin without the token, idle too long), 1009 an
+  1008 a policy (no session id, a foreign origin without the admin token, idle too long), 1009 an
   utterance over `api_max_clip_s`, 1013 too many streams or a full recognizer, 1011 a server fault.
 
 The final is the upload's answer: the same WAV bytes through the same front end, VAD, model and
@@ -19,6 +24,8 @@ decoding, so the transcript is what `POST /v1/search` gives for that audio. Part
 the latest `stream_left_context_s` of audio, recomputed at most every `stream_partial_ms`.
 """
 
+import base64
+import binascii
 import io
 import json
 import threading
@@ -27,11 +34,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.datastructures import Headers
+
 from asr.audio import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, SAMPLE_RATE_HZ, load_audio
-from asr.vad import SileroVAD
+from asr.vad import SileroVAD, segments_from_probabilities
 
 CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_POLICY = 1000, 1003, 1008
 CLOSE_TOO_BIG, CLOSE_SERVER_ERROR, CLOSE_TRY_LATER = 1009, 1011, 1013
+SUBPROTOCOL = "voice-search"
+"""The subprotocol a client may offer; a browser that cannot set headers offers the admin token
+beside it as `voice-search.bearer.<the token, base64url without padding>`."""
 STABLE_AFTER = 3
 """Partials that must agree on a word before it is `stable`."""
 VAD_TAIL_S = 3.0
@@ -102,6 +114,24 @@ class Utterance:
         return out.getvalue()
 
 
+def offered_token(headers: Headers, subprotocols: Sequence[str]) -> str:
+    """The admin token a client offers: `Authorization: Bearer` (a program), else the bearer
+    subprotocol (a browser). Never the query string, which access logs print. `subprotocols`:
+    the ASGI scope's, since servers keep them out of its headers."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return token
+    prefix = f"{SUBPROTOCOL}.bearer."
+    for offered in subprotocols:
+        if offered.startswith(prefix):
+            encoded = offered.removeprefix(prefix)
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return ""
+    return ""
+
+
 def parse_text_frame(text: str) -> dict[str, Any]:
     """A control message: `{"sample_rate": N}` or `{"event": "end"}`."""
     try:
@@ -142,7 +172,10 @@ class Endpointer:
 
     def __init__(self, silence_ms: float) -> None:
         self.silence_s = silence_ms / 1000
+        self.speech_began = False
+        """A VAD window over the threshold: enough for partials, which should start with speech."""
         self.heard_speech = False
+        """A whole speech segment (Silero's minimum length): what the endpoint needs first."""
 
     def ended(self, utterance: Utterance) -> bool:
         """Blocking (a few ms of ONNX on the latest seconds): call it off the event loop."""
@@ -151,7 +184,10 @@ class Endpointer:
         with Endpointer._lock:
             if Endpointer._vad is None:
                 Endpointer._vad = SileroVAD.load()
-            segments = Endpointer._vad.detect(samples)
+            vad = Endpointer._vad
+            probabilities = vad.probabilities(samples)
+        self.speech_began |= bool((probabilities >= vad.options.threshold).any())
+        segments = segments_from_probabilities(probabilities, len(samples), vad.options)
         if segments:
             self.heard_speech = True
             silence = len(samples) / SAMPLE_RATE_HZ - segments[-1].end_s

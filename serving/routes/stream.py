@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from asr.errors import ASRError
+from asr.pipeline import Transcript
 from serving.http_errors import OverloadedError, ServiceError, error_info
 from serving.recording import EventDraft, note_audio, write_event
 from serving.routes.search import hits_of, search_by_voice, shadow_job
@@ -27,9 +28,11 @@ from serving.streaming import (
     CLOSE_SERVER_ERROR,
     CLOSE_TRY_LATER,
     CLOSE_UNSUPPORTED,
+    SUBPROTOCOL,
     Endpointer,
     StreamError,
     Utterance,
+    offered_token,
     parse_text_frame,
     stable_prefix,
 )
@@ -41,13 +44,15 @@ ROUTE = "/v1/search/stream"
 CLIENT_GONE = 499
 """The status a stream's event records when the client vanished before the final (nginx's code)."""
 MIN_PARTIAL_S = 0.3
-"""Audio a stream needs before its first partial."""
+"""Audio a stream needs before its first partial (and the VAD's first speech in it)."""
 
 
 @router.websocket("/search/stream")
 async def search_stream(websocket: WebSocket) -> None:
     service: ServiceState = websocket.app.state.service
-    await websocket.accept()
+    # A browser that offered subprotocols fails the handshake unless one of them is chosen.
+    chosen = SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None
+    await websocket.accept(subprotocol=chosen)
     await Stream(websocket, service).run()
 
 
@@ -62,6 +67,11 @@ class Stream:
         self.endpointer = Endpointer(self.settings.stream_endpoint_ms)
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.settings.stream_send_queue)
         self.partials: list[str] = []
+        self.arrived = asyncio.Event()
+        """Set by each audio frame: the partials' loop wakes on it."""
+        self.recognizing: asyncio.Future[Transcript] | None = None
+        """The partial's recognition in flight: the final waits for it, so that a stream never
+        holds more than one place in the recognizer's queue."""
         self.first_audio_at: float | None = None
         self.gone = False
         """The client vanished while a message was being sent to it."""
@@ -108,11 +118,13 @@ class Stream:
         params = self.ws.query_params
         self.event.session_id, self.event.user_id = params.get("session_id"), params.get("user_id")
         origin = self.ws.headers.get("origin")
-        if origin and not self._trusted(origin, params.get("token", "")):
+        if origin and not self._trusted(
+            origin, offered_token(self.ws.headers, self.ws.scope.get("subprotocols", []))
+        ):
             raise StreamError(
                 "forbidden",
                 f"pages from {origin} may not open streams here (VOICE_SEARCH_STREAM_ALLOWED_ORIGINS, "
-                "or the admin token as ?token=)",
+                f"or the admin token as the subprotocol {SUBPROTOCOL}.bearer.<base64url> or a bearer header)",
                 CLOSE_POLICY,
                 403,
             )
@@ -150,6 +162,8 @@ class Stream:
             for task in listening:
                 task.cancel()
             await asyncio.gather(*listening, return_exceptions=True)
+            if self.recognizing is not None:
+                await asyncio.gather(self.recognizing, return_exceptions=True)
             status = await self._final()  # returns once the final has been sent
         finally:
             for task in (*listening, sender):
@@ -171,6 +185,7 @@ class Stream:
             if message.get("bytes") is not None:
                 self.first_audio_at = self.first_audio_at or time.perf_counter()
                 self.utterance.add(message["bytes"])
+                self.arrived.set()
                 continue
             control = parse_text_frame(message.get("text") or "")
             if control.get("event") == "end":
@@ -178,25 +193,36 @@ class Stream:
             self.utterance.set_rate(control.get("sample_rate"))
 
     async def _partials(self) -> None:
-        """Every `stream_partial_ms`, with new audio: the endpoint check, then a partial. Returns
-        at the endpoint."""
-        heard = 0
+        """On new audio, the endpoint check, then a partial once speech has been heard: the first
+        as soon as `MIN_PARTIAL_S` of audio is in, the next ones at most every `stream_partial_ms`
+        (from the start of one to the start of the next). Returns at the endpoint."""
+        period_s = self.settings.stream_partial_ms / 1000
+        last = -period_s
         while True:
-            await asyncio.sleep(self.settings.stream_partial_ms / 1000)
-            size = len(self.utterance.pcm)
-            if size == heard or self.utterance.duration_s < MIN_PARTIAL_S:
+            await self.arrived.wait()
+            if self.utterance.duration_s < MIN_PARTIAL_S:
+                self.arrived.clear()
                 continue
-            heard = size
+            await asyncio.sleep(max(0.0, last + period_s - time.perf_counter()))
+            self.arrived.clear()  # what came during the wait is heard now
+            last = time.perf_counter()
             if await run_in_threadpool(self.endpointer.ended, self.utterance):
                 return
-            await self._partial()
+            if self.endpointer.speech_began:
+                await self._partial()
 
     async def _partial(self) -> None:
+        """A partial is a courtesy: skipped while the recognizer has a batch waiting, so that
+        partials never lengthen its queue past one batch (finals and uploads keep the rest)."""
+        batcher = self.service.slot_for(self.event.session_id).batcher
+        if batcher.depth() >= batcher.max_batch:
+            return
         audio = self.utterance.wav(self.settings.stream_left_context_s)
+        self.recognizing = asyncio.ensure_future(batcher.submit(audio))
         try:
-            transcript = await self.service.slot_for(self.event.session_id).batcher.submit(audio)
+            transcript = await asyncio.shield(self.recognizing)
         except (OverloadedError, ASRError):
-            return  # a partial is a courtesy: the final still comes
+            return
         result = await run_in_threadpool(self.service.index.search_spoken, transcript.text, transcript.spots)
         self.partials.append(transcript.text)
         hits = [h.model_dump(include={"id", "title", "score", "matched"}) for h in hits_of(result)]

@@ -2,6 +2,7 @@
 (partials before one final equal to the upload's answer), endpointing, every bad input, a client
 that vanishes, the limits, and the stream's event in the store."""
 
+import base64
 import json
 import socket
 import sqlite3
@@ -44,11 +45,13 @@ def sentence() -> tuple[bytes, int]:
     return samples.tobytes(), int(rate)
 
 
-def connect(server: Server, query: str = "session_id=s1", origin: str | None = None) -> websocket.WebSocket:
+def connect(
+    server: Server, query: str = "session_id=s1", origin: str | None = None, **options: Any
+) -> websocket.WebSocket:
     """A client socket; like a browser's, it says the page's origin (websocket-client's default
-    is the server's own)."""
+    is the server's own). `options`: websocket-client's, such as `header` or `subprotocols`."""
     url = server.url.replace("http://", "ws://") + "/v1/search/stream?" + query
-    return websocket.create_connection(url, timeout=60, origin=origin)
+    return websocket.create_connection(url, timeout=60, origin=origin, **options)
 
 
 def stream(ws: websocket.WebSocket, pcm: bytes, rate: int, chunk_s: float = 0.1, pace: float = 1.0) -> None:
@@ -89,10 +92,10 @@ def events_of(server: Server, prefix: str, count: int = 1, timeout_s: float = 20
 
 
 def rejected(
-    server: Server, send: Any = None, query: str = "session_id=s1", origin: str | None = None
+    server: Server, send: Any = None, query: str = "session_id=s1", origin: str | None = None, **options: Any
 ) -> tuple[str, int | None]:
     """The error type and close code a stream gets for `send` (a callable given the socket)."""
-    ws = connect(server, query, origin)
+    ws = connect(server, query, origin, **options)
     try:
         if send is not None:
             send(ws)
@@ -187,10 +190,24 @@ def test_a_stream_needs_a_session_and_a_page_of_its_own_origin(server: Server) -
     assert rejected(server, query="user_id=u") == ("invalid_request", 1008)
     foreign = "http://elsewhere.example"
     assert rejected(server, query="session_id=o1", origin=foreign) == ("forbidden", 1008)
-    ws = connect(server, f"session_id=o2&token={TOKEN}", foreign)  # the token lets it in
-    ws.send(json.dumps({"event": "end"}))
-    messages, code = read_all(ws)
-    assert messages[-1][1]["error"]["type"] != "forbidden" and code == 1003
+    # The admin token lets a foreign page in, from a header or (a browser's only way) a
+    # subprotocol, never from the URL, which access logs print.
+    assert rejected(server, query=f"session_id=o1&token={TOKEN}", origin=foreign) == ("forbidden", 1008)
+    encoded = base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
+    wrong = base64.urlsafe_b64encode(b"not-the-token").decode().rstrip("=")
+    bad = ["voice-search", f"voice-search.bearer.{wrong}"]
+    assert rejected(server, query="session_id=o1", origin=foreign, subprotocols=bad) == ("forbidden", 1008)
+    admitted = [
+        connect(server, "session_id=o2", foreign, header=[f"Authorization: Bearer {TOKEN}"]),
+        connect(
+            server, "session_id=o2", foreign, subprotocols=["voice-search", f"voice-search.bearer.{encoded}"]
+        ),
+    ]
+    assert admitted[1].getsubprotocol() == "voice-search"
+    for ws in admitted:
+        ws.send(json.dumps({"event": "end"}))
+        messages, code = read_all(ws)
+        assert messages[-1][1]["error"]["type"] != "forbidden" and code == 1003
     host = server.url.removeprefix("http://")
     own = connect(server, "session_id=o3", f"http://{host}")
     own.send(json.dumps({"event": "end"}))
@@ -322,3 +339,24 @@ def test_a_stream_is_routed_by_session_and_shadowed_like_an_upload(
                     "SELECT target_request_id, slot FROM events WHERE kind = 'shadow'"
                 ).fetchall()
         assert shadows == [(final["request_id"], "challenger")]
+
+
+def test_the_readmes_ten_line_client_streams_a_file(server: Server, tmp_path: Path) -> None:
+    """The README's client, as printed there, against a real server: partials, then the final."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Streaming search") :]
+    code = section[section.index("```python\n") + len("```python\n") :]
+    code = code[: code.index("```")]
+    assert len(code.strip().splitlines()) <= 11  # ten lines and the blank after the imports
+    script = tmp_path / "client.py"
+    script.write_text(code.replace("ws://127.0.0.1:8000", server.url.replace("http://", "ws://")))
+    done = subprocess.run(
+        [sys.executable, str(script), str(SPEECH_SAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    kinds = [line.split()[0] for line in done.stdout.splitlines()]
+    assert kinds[-1] == "final" and "partial" in kinds[:-1], done.stdout
