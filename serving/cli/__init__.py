@@ -30,6 +30,7 @@ from serving.cli import (
 )
 from serving.cli.common import (
     EXIT_BROKEN_INSTALL,
+    EXIT_BROKEN_PIPE,
     EXIT_OK,
     EXIT_SOME_FAILED,
     EXIT_USAGE,
@@ -42,6 +43,7 @@ from serving.settings import Settings
 
 __all__ = [
     "EXIT_BROKEN_INSTALL",
+    "EXIT_BROKEN_PIPE",
     "EXIT_OK",
     "EXIT_SOME_FAILED",
     "EXIT_USAGE",
@@ -99,6 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("voice-search: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (`| head`): stop quietly, as Unix tools do, and keep the interpreter's
+        # final flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code
 
 

@@ -15,6 +15,8 @@ from asr.pipeline import Pipeline, PipelineOptions, build_pipeline
 from serving.settings import DEFAULT_MODEL_DIR, Settings
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_BROKEN_INSTALL = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141
+"""The reader of stdout left (`| head`): what a shell reports for a tool SIGPIPE ended."""
 
 
 class UsageError(Exception):
