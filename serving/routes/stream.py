@@ -219,6 +219,8 @@ class Stream:
             return
         audio = self.utterance.wav(self.settings.stream_left_context_s)
         self.recognizing = asyncio.ensure_future(batcher.submit(audio))
+        # Its error is handled below, or nobody's once the client has gone: never "unretrieved".
+        self.recognizing.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             transcript = await asyncio.shield(self.recognizing)
         except (OverloadedError, ASRError):
