@@ -1,6 +1,7 @@
 """What a training run is: its data sources, its settings, its progress, and its learning-rate schedule."""
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,30 @@ def schedule_name(config: TrainConfig) -> str:
     if config.schedule == "auto":
         return "tri-stage" if adapts_checkpoint(config) else "linear"
     return config.schedule
+
+
+@dataclass
+class TrainingClock:
+    """`max_minutes` of training time counted across resumes: a resumed run has only what the
+    runs before it left, and its learning rate goes on decaying from where they stopped (before,
+    each resume started a fresh budget and sent the rate back up)."""
+
+    max_minutes: float | None
+    spent_s: float = 0.0
+    """Training time before this process: the checkpoint's `elapsed_s`."""
+    started: float = field(default_factory=time.perf_counter)
+
+    def resume(self, spent_s: float) -> None:
+        self.spent_s, self.started = spent_s, time.perf_counter()
+
+    def share(self) -> float:
+        """The share of `max_minutes` spent (0 without a deadline)."""
+        if not self.max_minutes:
+            return 0.0
+        return (self.spent_s + time.perf_counter() - self.started) / (60 * self.max_minutes)
+
+    def out_of_time(self) -> bool:
+        return self.share() >= 1.0
 
 
 def lr_factor(step: int, config: TrainConfig, clock_share: float = 0.0) -> float:

@@ -14,7 +14,6 @@ averages the gradients, and rank 0 alone evaluates, logs and writes.
 """
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,7 +49,14 @@ from asr.training.checkpoints import (
     save_checkpoint,
     save_model,
 )
-from asr.training.config import WHISPER_START, TrainConfig, TrainState, adapts_checkpoint, lr_factor
+from asr.training.config import (
+    WHISPER_START,
+    TrainConfig,
+    TrainingClock,
+    TrainState,
+    adapts_checkpoint,
+    lr_factor,
+)
 from asr.training.data import (
     Augmenter,
     Batches,
@@ -136,6 +142,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
     state: TrainState
+    clock: TrainingClock
     forward: Any
     loader: Loader
     device_augmenter: Any
@@ -169,11 +176,10 @@ def _train(
     run = _prepare(config, ranks, device, log)
     started = time.perf_counter() - run.state.elapsed_s
     window_started = time.perf_counter()
-    stop_at = time.perf_counter() + 60 * config.max_minutes if config.max_minutes else math.inf
     with Batches(run.draw, run.sampler, run.state.step, config.prefetch_batches) as batches:
         while run.state.step < config.steps:
             drawn = batches.next()
-            out_of_time = _step(run, drawn, stop_at)
+            out_of_time = _step(run, drawn)
             if run.state.step % config.log_every == 0:
                 _log_progress(run, (time.perf_counter() - window_started) / config.log_every)
                 window_started = time.perf_counter()
@@ -216,20 +222,15 @@ def _prepare(config: TrainConfig, ranks: Ranks, device: str, log: Callable[[str]
     optimizer = torch.optim.AdamW(
         _parameter_groups(model, distiller, config), weight_decay=config.weight_decay
     )
-    clock_started = time.perf_counter()
-
-    def clock_share() -> float:
-        return (
-            (time.perf_counter() - clock_started) / (60 * config.max_minutes) if config.max_minutes else 0.0
-        )
-
+    clock = TrainingClock(config.max_minutes)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config, clock_share())
+        optimizer, lambda step: lr_factor(step, config, clock.share())
     )
     state = TrainState()
     if source_dir == resume:
         projection = distiller.projection if distiller is not None else None
         state = restore_checkpoint(resume, optimizer, schedule, sampler.rng, projection, config, ranks, log)
+        clock.resume(state.elapsed_s)
     # After the checkpoint is loaded: DDP starts every rank from rank 0's parameters.
     forward = data_parallel(Student(model, distiller, ranks), ranks)
     on_device = bool(config.augment) and config.augment_on_device
@@ -241,11 +242,12 @@ def _prepare(config: TrainConfig, ranks: Ranks, device: str, log: Callable[[str]
         (config.out_dir / "config.json").write_text(json.dumps(asdict(config), default=str, indent=1))
     return _Run(
         config, ranks, device, log, source_dir, model, features, sampler, distiller, optimizer, schedule,
-        state, forward, loader, device_augmenter(config, device) if on_device else None, dev, dev_pipeline,
+        state, clock, forward, loader, device_augmenter(config, device) if on_device else None, dev,
+        dev_pipeline,
     )  # fmt: skip
 
 
-def _step(run: _Run, drawn: Drawn, stop_at: float) -> bool:
+def _step(run: _Run, drawn: Drawn) -> bool:
     """One optimizer step on `drawn`. True when the clock says stop, on every rank alike: a rank
     that stopped alone would leave the others waiting."""
     run.model.train()
@@ -271,7 +273,7 @@ def _step(run: _Run, drawn: Drawn, stop_at: float) -> bool:
         [
             float(loss.detach()),
             float(distill_loss.detach()) if distill_loss is not None else 0.0,
-            float(time.perf_counter() >= stop_at),
+            float(run.clock.out_of_time()),
         ],
         run.ranks,
         run.device,

@@ -203,6 +203,21 @@ def test_max_minutes_stops_with_a_checkpoint(tmp_path: Path, tiny_set: Path) -> 
     assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()
 
 
+def test_max_minutes_counts_the_training_time_before_a_resume(tmp_path: Path, tiny_set: Path) -> None:
+    """A run resumed from its checkpoint has only the time the earlier run left: it used to get a
+    fresh `--max-minutes` at each resume, and its learning rate went back up."""
+    first = train(config(tmp_path / "run", tiny_set, 2), log=lambda _: None)
+    assert first.step == 2 and first.elapsed_s > 0
+    most_of_it = 0.9 * first.elapsed_s / 60
+    lines: list[str] = []
+    resumed = train(
+        replace(config(tmp_path / "run", tiny_set, 1000), max_minutes=most_of_it), log=lines.append
+    )
+    assert resumed.step == 3, lines  # the budget was spent before the resume: one step, then stop
+    assert any(line.startswith("stopped at step 3") for line in lines)
+    assert resumed.history[-1]["lr"] == pytest.approx(config(tmp_path, tiny_set, 1000).lr * 0.1)
+
+
 def test_a_step_with_a_non_finite_gradient_is_skipped(
     tmp_path: Path, tiny_set: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
