@@ -77,6 +77,8 @@ def _stream(paths: list[Path], url: str, pace: float) -> int:
         try:
             for message in client.stream(path, session_id=f"cli-stream-{number}"):
                 print(json.dumps({"path": str(path)} | message), flush=True)
+        except BrokenPipeError:
+            raise  # our own reader left (`| head`), not the server: `main` ends quietly
         except (AudioError, StreamRefusedError, websocket.WebSocketException, OSError) as e:
             print(f"voice-search: {path}: {e}", file=sys.stderr)
             failed += 1

@@ -275,6 +275,14 @@ def test_the_cli_client_streams_a_file_and_prints_partials_then_the_final(server
         [*command[:5], "edge", "--stream", str(SPEECH_SAMPLE)], capture_output=True, text=True
     )
     assert edge.returncode == 2 and "--stream needs --mode cloud" in edge.stderr
+    # `| head -1`: the reader leaves after the first partial; the client stops quietly, and
+    # does not report the closed pipe as a failed file.
+    piped = subprocess.Popen([*command, str(SPEECH_SAMPLE)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert piped.stdout is not None and piped.stderr is not None
+    assert json.loads(piped.stdout.readline())["type"] == "partial"
+    piped.stdout.close()
+    err = piped.stderr.read().decode()
+    assert piped.wait(timeout=120) == 141 and not err, err
 
 
 def test_stable_is_what_the_last_partials_agree_on() -> None:
