@@ -91,7 +91,7 @@ def stream_one(url: str, path: Path, session: str, onset_s: float = 0.0) -> Stre
     partials: list[dict[str, object]] = []
     final: dict[str, object] = {}
     for message in client.stream(path, session):
-        now = time.perf_counter()
+        now = client.received_at[-1]  # when it came, not when the sending loop looked
         if message["type"] == "partial":
             partials.append(message)
             firsts.setdefault("partial", now)
@@ -99,6 +99,7 @@ def stream_one(url: str, path: Path, session: str, onset_s: float = 0.0) -> Stre
                 firsts.setdefault("words", now)
         else:
             final = message
+            firsts["final"] = now
     ended = client.end_sent_at
     assert ended is not None and final, f"no final for {path}: {len(partials)} partials, end sent: {ended}"
     speech = client.sent_at[min(int(onset_s / client.chunk_s), len(client.sent_at) - 1)]
@@ -110,7 +111,7 @@ def stream_one(url: str, path: Path, session: str, onset_s: float = 0.0) -> Stre
         since(client.sent_at[0], "partial"),
         since(speech, "partial"),
         since(speech, "words"),
-        round(1000 * (time.perf_counter() - ended), 1),
+        since(ended, "final") or 0.0,
         str(final["transcript"]),
         [str(m["transcript"]) for m in partials],
         str(partials[-1]["stable"]) if partials else "",

@@ -140,6 +140,9 @@ class StreamClient:
         self.pace, self.chunk_s, self.timeout_s = pace, chunk_s, timeout_s
         self.sent_at: list[float] = []
         """When each chunk of the last stream went out (`time.perf_counter`)."""
+        self.received_at: list[float] = []
+        """When each message the last stream yielded came in, in order (the reader thread's clock,
+        not the moment this generator got round to it between chunks)."""
         self.end_sent_at: float | None = None
         """When the last stream's `end` went out (`time.perf_counter`): the end of speech. None
         when the server ended the utterance itself (its endpoint came before the clip's end)."""
@@ -155,8 +158,8 @@ class StreamClient:
         pcm = pcm16(load_audio(str(audio)).samples)
         query = urlencode({"session_id": session_id})
         ws = websocket.create_connection(f"{self.url}/v1/search/stream?{query}", timeout=self.timeout_s)
-        self.sent_at, self.end_sent_at = [], None
-        inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.sent_at, self.received_at, self.end_sent_at = [], [], None
+        inbox: queue.Queue[tuple[float, dict[str, Any]] | None] = queue.Queue()
         reader = threading.Thread(target=_read_all, args=(ws, inbox), name="stream-reader", daemon=True)
         reader.start()
         try:
@@ -167,13 +170,16 @@ class StreamClient:
                 self.sent_at.append(time.perf_counter())
                 if self.pace:
                     time.sleep(self.chunk_s / self.pace)
-                for message in _drain(inbox, block=False):
+                for received, message in _drain(inbox, block=False):
+                    self.received_at.append(received)
                     yield message
                     if message["type"] == "final":  # the server heard the end of speech first
                         return
             ws.send(json.dumps({"event": "end"}))
             self.end_sent_at = time.perf_counter()
-            yield from _drain(inbox, block=True)
+            for received, message in _drain(inbox, block=True):
+                self.received_at.append(received)
+                yield message
         finally:
             ws.close()
             reader.join(timeout=5)
@@ -185,8 +191,8 @@ def pcm16(samples: np.ndarray) -> bytes:
     return pcm
 
 
-def _read_all(ws: Any, inbox: "queue.Queue[dict[str, Any] | None]") -> None:
-    """Every text message into `inbox` until the socket closes, then None."""
+def _read_all(ws: Any, inbox: "queue.Queue[tuple[float, dict[str, Any]] | None]") -> None:
+    """Every text message, with the time it came, into `inbox` until the socket closes, then None."""
     import websocket
 
     try:
@@ -195,24 +201,28 @@ def _read_all(ws: Any, inbox: "queue.Queue[dict[str, Any] | None]") -> None:
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 return
             if opcode == websocket.ABNF.OPCODE_TEXT:
-                inbox.put(json.loads(data))
+                inbox.put((time.perf_counter(), json.loads(data)))
     except (websocket.WebSocketException, OSError):
         return
     finally:
         inbox.put(None)
 
 
-def _drain(inbox: "queue.Queue[dict[str, Any] | None]", block: bool) -> Iterator[dict[str, Any]]:
-    """The messages waiting (`block`: every one until the socket closes)."""
+def _drain(
+    inbox: "queue.Queue[tuple[float, dict[str, Any]] | None]", block: bool
+) -> Iterator[tuple[float, dict[str, Any]]]:
+    """The messages waiting, each with the time it came (`block`: every one until the socket
+    closes)."""
     while True:
         try:
-            message = inbox.get(block=block)
+            item = inbox.get(block=block)
         except queue.Empty:
             return
-        if message is None:
+        if item is None:
             if not block:
                 inbox.put(None)  # the close stays visible to the blocking drain after `end`
             return
+        message = item[1]
         if message.get("type") == "error":
             raise StreamRefusedError(f"{message['error']['type']}: {message['error']['message']}")
-        yield message
+        yield item

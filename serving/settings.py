@@ -106,7 +106,8 @@ class Settings:
     """Messages waiting for a slow client; beyond it the oldest partial is dropped (never the final)."""
     stream_allowed_origins: str = ""
     """Comma-separated origins (scheme://host[:port]) whose pages may open streams, besides the
-    server's own; a page elsewhere needs the admin token (`?token=`)."""
+    server's own; a page elsewhere needs the admin token (a bearer header, or the subprotocol
+    `voice-search.bearer.<base64url>`: `serving/streaming.py`)."""
     retain_audio: bool = False
     """Keep request audio for retraining. Recordings are personal data: off unless enabled."""
     audio_retention_days: float = 30.0

@@ -8,6 +8,7 @@ project's errors to exit codes.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -34,6 +35,7 @@ from serving.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     EXIT_USAGE,
+    OutputClosedError,
     UsageError,
     expand_inputs,
 )
@@ -101,10 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("voice-search: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except (OutputClosedError, BrokenPipeError):
         # The reader left (`| head`): stop quietly, as Unix tools do, and keep the interpreter's
-        # final flush of stdout from raising again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # final flush of stdout from raising again (when stdout is a real file descriptor).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     return code
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from asr.errors import AudioError
 from asr.pipeline import build_frontend, build_pipeline
-from serving.cli.common import EXIT_OK, EXIT_SOME_FAILED, UsageError, expand_inputs
+from serving.cli.common import EXIT_OK, EXIT_SOME_FAILED, UsageError, emit, expand_inputs
 from serving.settings import Settings
 
 
@@ -62,7 +62,7 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
             print(f"voice-search: {path}: {e}", file=sys.stderr)
             failed += 1
             continue
-        print(json.dumps({"path": str(path)} | asdict(result)))
+        emit(json.dumps({"path": str(path)} | asdict(result)))
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -76,9 +76,7 @@ def _stream(paths: list[Path], url: str, pace: float) -> int:
     for number, path in enumerate(paths):
         try:
             for message in client.stream(path, session_id=f"cli-stream-{number}"):
-                print(json.dumps({"path": str(path)} | message), flush=True)
-        except BrokenPipeError:
-            raise  # our own reader left (`| head`), not the server: `main` ends quietly
+                emit(json.dumps({"path": str(path)} | message))  # our reader leaving ends it all
         except (AudioError, StreamRefusedError, websocket.WebSocketException, OSError) as e:
             print(f"voice-search: {path}: {e}", file=sys.stderr)
             failed += 1

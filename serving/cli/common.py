@@ -19,6 +19,20 @@ EXIT_BROKEN_PIPE = 141
 """The reader of stdout left (`| head`): what a shell reports for a tool SIGPIPE ended."""
 
 
+class OutputClosedError(Exception):
+    """The reader of stdout left (`| head`): `main` ends the command quietly with `EXIT_BROKEN_PIPE`."""
+
+
+def emit(line: str) -> None:
+    """One line of a command's output, sent now. A closed stdout raises `OutputClosedError`, so that a
+    command talking to a socket can tell its own reader leaving from the server's connection
+    breaking (both are `BrokenPipeError`)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError as e:
+        raise OutputClosedError from e
+
+
 class UsageError(Exception):
     """A problem with how the command was called: reported in one line, exit code 2."""
 

@@ -146,7 +146,12 @@ class Stream:
         }
         own = urlsplit(origin).netloc == self.ws.headers.get("host", "")
         expected = self.settings.admin_token
-        return own or origin.rstrip("/") in allowed or bool(expected and hmac.compare_digest(token, expected))
+        # Bytes: `compare_digest` refuses str with non-ASCII characters, which any client may send.
+        return (
+            own
+            or origin.rstrip("/") in allowed
+            or bool(expected and hmac.compare_digest(token.encode(), expected.encode()))
+        )
 
     async def _converse(self) -> int:
         """Listen until `end` or the endpoint, answering partials; then the final. Its status."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import soundfile as sf
 import websocket
@@ -197,6 +198,9 @@ def test_a_stream_needs_a_session_and_a_page_of_its_own_origin(server: Server) -
     wrong = base64.urlsafe_b64encode(b"not-the-token").decode().rstrip("=")
     bad = ["voice-search", f"voice-search.bearer.{wrong}"]
     assert rejected(server, query="session_id=o1", origin=foreign, subprotocols=bad) == ("forbidden", 1008)
+    accented = base64.urlsafe_b64encode("tökén".encode()).decode().rstrip("=")  # not ASCII: refused, no fault
+    odd = ["voice-search", f"voice-search.bearer.{accented}"]
+    assert rejected(server, query="session_id=o1", origin=foreign, subprotocols=odd) == ("forbidden", 1008)
     admitted = [
         connect(server, "session_id=o2", foreign, header=[f"Authorization: Bearer {TOKEN}"]),
         connect(
@@ -252,7 +256,9 @@ def test_a_stream_goes_through_nginx(server: Server, sentence: tuple[bytes, int]
     assert [m["type"] for _, m in messages].count("partial") >= 1
 
 
-def test_the_cli_client_streams_a_file_and_prints_partials_then_the_final(server: Server) -> None:
+def test_the_cli_client_streams_a_file_and_prints_partials_then_the_final(
+    server: Server, tmp_path: Path
+) -> None:
     command = [
         sys.executable,
         "-m",
@@ -275,6 +281,14 @@ def test_the_cli_client_streams_a_file_and_prints_partials_then_the_final(server
         [*command[:5], "edge", "--stream", str(SPEECH_SAMPLE)], capture_output=True, text=True
     )
     assert edge.returncode == 2 and "--stream needs --mode cloud" in edge.stderr
+    # The server ending the stream (an utterance over its limit, sent as fast as it goes) is a
+    # failed file on stderr, exit 1, even when the client meets it as a broken socket.
+    too_long = tmp_path / "long.wav"
+    sf.write(too_long, np.zeros(16000 * (MAX_CLIP_S + 4), np.float32), 16000)
+    refused = subprocess.run(
+        [*command, "--pace", "0", str(too_long)], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 1 and str(too_long) in refused.stderr, refused.stderr
     # `| head -1`: the reader leaves after the first partial; the client stops quietly, and
     # does not report the closed pipe as a failed file.
     piped = subprocess.Popen([*command, str(SPEECH_SAMPLE)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
