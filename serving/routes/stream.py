@@ -243,14 +243,23 @@ class Stream:
         audio = self.utterance.wav()
         await note_audio(self.event, audio, "audio/wav", self.settings.retained_audio_dir)
         answer = await search_by_voice(self.event, self.service, audio)
-        await self.outbox.put({"type": "final", **answer.model_dump()})
-        await self.outbox.join()
+        await self._deliver({"type": "final", **answer.model_dump()})
         if self.gone:
             raise WebSocketDisconnect(1006)  # the final never reached the client: not a success
         self._observe("stream_final", time.perf_counter() - ended)
         if self.service.shadow is not None:
             self.service.shadow.offer(shadow_job(self.event, audio))
         return 202 if answer.sent_for_review else 200
+
+    async def _deliver(self, message: dict[str, Any]) -> None:
+        """Queue `message` after the partials and wait until it is sent. A client that takes
+        nothing for `stream_idle_timeout_s` (its socket open, its buffers full) counts as gone,
+        so that it cannot hold a stream's place for ever."""
+        await self.outbox.put(message)
+        try:
+            await asyncio.wait_for(self.outbox.join(), self.settings.stream_idle_timeout_s)
+        except TimeoutError:
+            self.gone = True
 
     def _post(self, message: dict[str, Any]) -> None:
         """Queue a partial for a slow client: when the queue is full, the oldest one goes."""

@@ -2,6 +2,7 @@
 (partials before one final equal to the upload's answer), endpointing, every bad input, a client
 that vanishes, the limits, and the stream's event in the store."""
 
+import asyncio
 import base64
 import json
 import socket
@@ -321,6 +322,30 @@ def test_a_slow_client_keeps_only_the_latest_partials_queued() -> None:
         stream._post({"type": "partial", "transcript": str(number)})
     queued = [stream.outbox.get_nowait()["transcript"] for _ in range(stream.outbox.qsize())]
     assert queued == ["3", "4"]
+
+
+def test_a_client_that_takes_nothing_cannot_hold_its_stream_for_ever() -> None:
+    """The final waits for its send at most `stream_idle_timeout_s`; then the client counts as
+    gone (a unit test: a socket that never drains needs the kernel's buffers filled first)."""
+    from types import SimpleNamespace
+
+    from serving.routes.stream import Stream
+    from serving.settings import Settings
+
+    class Stuck:
+        async def send_json(self, message: Any) -> None:
+            await asyncio.Event().wait()  # the peer's window stays shut
+
+    service = SimpleNamespace(settings=Settings(stream_idle_timeout_s=0.2))
+    stream = Stream(websocket=Stuck(), service=service)  # type: ignore[arg-type]
+
+    async def deliver() -> None:
+        sender = asyncio.create_task(stream._send_all())
+        await asyncio.wait_for(stream._deliver({"type": "final"}), timeout=30)  # a hang fails here
+        sender.cancel()
+
+    asyncio.run(deliver())
+    assert stream.gone
 
 
 def stream_final(server: Server, session: str, pcm: bytes, rate: int) -> dict[str, Any]:
