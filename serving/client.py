@@ -170,19 +170,24 @@ class StreamClient:
                 self.sent_at.append(time.perf_counter())
                 if self.pace:
                     time.sleep(self.chunk_s / self.pace)
-                for received, message in _drain(inbox, block=False):
-                    self.received_at.append(received)
+                for message in self._take(inbox, block=False):
                     yield message
                     if message["type"] == "final":  # the server heard the end of speech first
                         return
             ws.send(json.dumps({"event": "end"}))
             self.end_sent_at = time.perf_counter()
-            for received, message in _drain(inbox, block=True):
-                self.received_at.append(received)
-                yield message
+            yield from self._take(inbox, block=True)
         finally:
             ws.close()
             reader.join(timeout=5)
+
+    def _take(
+        self, inbox: "queue.Queue[tuple[float, dict[str, Any]] | None]", block: bool
+    ) -> Iterator[dict[str, Any]]:
+        """The messages `_drain` gives, each noting in `received_at` when it came."""
+        for received, message in _drain(inbox, block):
+            self.received_at.append(received)
+            yield message
 
 
 def pcm16(samples: np.ndarray) -> bytes:
