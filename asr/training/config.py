@@ -209,15 +209,17 @@ class TrainingClock:
 
 def lr_factor(step: int, config: TrainConfig, clock_share: float = 0.0) -> float:
     """The learning rate's multiplier at `step`. `clock_share` is the share of `max_minutes`
-    spent: with a deadline the linear decay runs to whichever end comes first, the last step or
-    the deadline, so a run stopped by the clock still ends on a small learning rate."""
+    spent: with a deadline either schedule's decay runs to whichever end comes first, the last
+    step or the deadline, so a run stopped by the clock still ends on a small learning rate."""
     if schedule_name(config) == "tri-stage":
-        warmup, hold = (int(share * config.steps) for share in TRI_STAGE_SHARES[:2])
-        if step < warmup:
+        warmup_share, hold_share = TRI_STAGE_SHARES[:2]
+        warmup = int(warmup_share * config.steps)
+        if step < warmup:  # the warm-up goes by steps, as the linear one does
             return config.final_lr_ratio + (1 - config.final_lr_ratio) * step / max(1, warmup)
-        if step < warmup + hold:
+        done = max(clock_share, step / max(1, config.steps))
+        if done < warmup_share + hold_share:
             return 1.0
-        progress = min(1.0, (step - warmup - hold) / max(1, config.steps - warmup - hold))
+        progress = min(1.0, (done - warmup_share - hold_share) / (1 - warmup_share - hold_share))
         return float(config.final_lr_ratio**progress)
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps

@@ -127,6 +127,15 @@ def test_tri_stage_schedule_warms_holds_and_decays(tmp_path: Path, tiny_set: Pat
     assert linear != factors  # "auto" on our own vocabulary is linear
 
 
+def test_with_a_deadline_the_tri_stage_decay_ends_at_the_clock(tmp_path: Path, tiny_set: Path) -> None:
+    settings = TrainConfig(out_dir=tmp_path, init="scratch:tiny", train=(DataSource(tiny_set),), steps=10_000,
+                           schedule="tri-stage", final_lr_ratio=0.05, max_minutes=8)  # fmt: skip
+    assert lr_factor(2_000, settings, clock_share=0.3) == 1.0  # held: neither steps nor clock past 50%
+    assert lr_factor(2_000, settings, clock_share=0.75) == pytest.approx(0.05**0.5)
+    assert lr_factor(2_000, settings, clock_share=1.0) == pytest.approx(0.05)
+    assert lr_factor(500, settings, clock_share=0.9) == pytest.approx(0.525)  # the warm-up goes by steps
+
+
 def test_with_a_deadline_the_linear_decay_ends_at_the_clock(tmp_path: Path, tiny_set: Path) -> None:
     settings = replace(config(tmp_path, tiny_set, 10_000), warmup_steps=10, final_lr_ratio=0.1, max_minutes=8)
     assert lr_factor(500, settings) > 0.9  # by steps alone, hardly decayed
