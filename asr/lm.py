@@ -21,7 +21,7 @@ from asr.text import normalize_text
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 LM_WEIGHT, WORD_SCORE = 1.5, 1.0
-"""Beam-search weights for a model built here: the best mean WER on real dev clips outside the
+"""Beam-search weights, tuned for the bundled model: the best mean WER on real dev clips outside the
 reported evaluation sample (`scripts/evaluate_models.py --complement`, docs/benchmarks.md)."""
 UNIGRAM_FLOOR = 0.01
 """Share of unigram mass spread evenly over the vocabulary, so that no lexicon word is impossible."""

@@ -170,24 +170,16 @@ class StreamClient:
                 self.sent_at.append(time.perf_counter())
                 if self.pace:
                     time.sleep(self.chunk_s / self.pace)
-                for message in self._take(inbox, block=False):
+                for message in _drain(inbox, self.received_at, block=False):
                     yield message
                     if message["type"] == "final":  # the server heard the end of speech first
                         return
             ws.send(json.dumps({"event": "end"}))
             self.end_sent_at = time.perf_counter()
-            yield from self._take(inbox, block=True)
+            yield from _drain(inbox, self.received_at, block=True)
         finally:
             ws.close()
             reader.join(timeout=5)
-
-    def _take(
-        self, inbox: "queue.Queue[tuple[float, dict[str, Any]] | None]", block: bool
-    ) -> Iterator[dict[str, Any]]:
-        """The messages `_drain` gives, each noting in `received_at` when it came."""
-        for received, message in _drain(inbox, block):
-            self.received_at.append(received)
-            yield message
 
 
 def pcm16(samples: np.ndarray) -> bytes:
@@ -214,10 +206,10 @@ def _read_all(ws: Any, inbox: "queue.Queue[tuple[float, dict[str, Any]] | None]"
 
 
 def _drain(
-    inbox: "queue.Queue[tuple[float, dict[str, Any]] | None]", block: bool
-) -> Iterator[tuple[float, dict[str, Any]]]:
-    """The messages waiting, each with the time it came (`block`: every one until the socket
-    closes)."""
+    inbox: "queue.Queue[tuple[float, dict[str, Any]] | None]", received_at: list[float], block: bool
+) -> Iterator[dict[str, Any]]:
+    """The messages waiting, each noting in `received_at` when it came (`block`: every one until
+    the socket closes)."""
     while True:
         try:
             item = inbox.get(block=block)
@@ -227,7 +219,8 @@ def _drain(
             if not block:
                 inbox.put(None)  # the close stays visible to the blocking drain after `end`
             return
-        message = item[1]
+        received, message = item
         if message.get("type") == "error":
             raise StreamRefusedError(f"{message['error']['type']}: {message['error']['message']}")
-        yield item
+        received_at.append(received)
+        yield message
