@@ -11,8 +11,10 @@ no query grammar is assumed.
 
 A short phrase fits some stretch of almost any clip, so ranking adds `char_bonus` per character
 of the phrase: the log-ratio a character may cost before a longer phrase stops being preferred.
-On the places catalog's 207 dev queries (held-out synthetic voices, bundled model) 3.0 gave the
-most right first hits of 1.0-4.0; see docs/benchmarks.md, "Spotting catalog names".
+On the places catalog's 207 dev queries (held-out synthetic voices, the bundled model) 3.0-3.5
+gave the most right first hits of 1.0-5.0, and 3.5 (with search's `min_match` of 0.13) the
+fewest hits on out-of-domain sentences among them; see docs/benchmarks.md, "Spotting catalog
+names". A model that hears more wants a larger bonus: 3.0 was best for the weaker one before.
 """
 
 import logging
@@ -40,7 +42,7 @@ _BUCKET = 128
 class SpotOptions:
     phrases: tuple[str, ...]
     """Normalized phrases (the catalog's names); ones the model's alphabet cannot spell are skipped."""
-    char_bonus: float = 3.0
+    char_bonus: float = 3.5
     keep: int = 20
     """Best phrases kept per clip: search needs the top few, events and memory need them bounded."""
 
