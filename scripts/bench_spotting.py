@@ -1,12 +1,14 @@
 """Voice search by spotted catalog names vs by the transcript: how often the intended entry is first.
 
     .venv/bin/python scripts/bench_spotting.py --split dev --char-bonus 1 2 3 4 --min-match 0 0.12 0.15 0.2
+    .venv/bin/python scripts/bench_spotting.py --split dev --carrier-floor none 0.25 0.35 0.5
     .venv/bin/python scripts/bench_spotting.py --split test      # the shipped settings, held out
 
 Runs the served recognition (bundled model, Silero VAD, catalog-biased beam search) once on each of
 the corpus's synthetic voice queries (`source=query`, voices held out of training) and on
 out-of-domain sentences (`source=sentence`, which name no catalog entry), keeping each clip's
-emissions. Then, for every `--char-bonus` and `--min-match`, it ranks the catalog by the names
+emissions. Then, for every `--char-bonus`, `--carrier-floor` (`none`: no carrier words closed)
+and `--min-match`, it ranks the catalog by the names
 spotted in those emissions (`asr.spotting`, `CatalogIndex.search_spoken`) and reports, beside the
 transcript search the service used before (`CatalogIndex.search`): the share of queries whose
 intended entry is first and in the top 5, and the share of sentences that got any hit (lower is
@@ -14,10 +16,11 @@ better: a sentence names no place). Tune on dev; report test once.
 """
 
 import argparse
+import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +89,12 @@ def main() -> int:
     settings = Settings()
     parser.add_argument("--char-bonus", type=float, nargs="+", default=[settings.spot_char_bonus])
     parser.add_argument("--min-match", type=float, nargs="+", default=[settings.search_min_match])
+    parser.add_argument(
+        "--carrier-floor",
+        type=lambda v: None if v == "none" else float(v),
+        nargs="+",
+        default=[settings.spot_carrier_floor],
+    )
     parser.add_argument("--sentences", type=int, default=150, help="out-of-domain sentences (0: none)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -123,8 +132,11 @@ def main() -> int:
         "spotting": [],
     }
     print(json.dumps({k: v for k, v in out.items() if k != "spotting"}), flush=True)
-    for bonus in args.char_bonus:
-        spotter = PhraseSpotter(vocab, pack.spotting(bonus))
+    for bonus, carrier_floor in itertools.product(args.char_bonus, args.carrier_floor):
+        options = pack.spotting(bonus, carrier_floor or 0.0)
+        spotter = PhraseSpotter(
+            vocab, options if carrier_floor is not None else replace(options, carriers=())
+        )
         clock = time.process_time()
         query_spots = spots_of(spotter, queries)
         cpu_ms = 1000 * (time.process_time() - clock) / max(1, len(queries))
@@ -133,7 +145,8 @@ def main() -> int:
             spoken = CatalogIndex(pack, SearchOptions(min_match=floor))
             found = [spoken.search_spoken(h.text, s) for h, s in zip(queries, query_spots, strict=True)]
             wrong = [spoken.search_spoken(h.text, s) for h, s in zip(sentences, sentence_spots, strict=True)]
-            row = {"char_bonus": bonus, "min_match": floor, "spot_cpu_ms_per_query": round(cpu_ms, 1)}
+            row = {"char_bonus": bonus, "carrier_floor": carrier_floor, "min_match": floor}
+            row["spot_cpu_ms_per_query"] = round(cpu_ms, 1)
             row |= rates(found, queries) | {"sentences_with_hits": hit_share(wrong)}
             out["spotting"].append(row)  # type: ignore[attr-defined]
             print(json.dumps(row), flush=True)

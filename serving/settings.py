@@ -73,6 +73,9 @@ class Settings:
     8 ms of CPU per 3 s query); false ranks them by the transcript alone, like typed queries."""
     spot_char_bonus: float = SpotOptions.char_bonus
     """Log-ratio a character of a name may cost before a longer name stops ranking higher."""
+    spot_carrier_floor: float = SpotOptions.carrier_floor
+    """How well the query templates' carrier words must fit before their frames are closed to
+    names (per-character ratio; 1.0: only those the best path spells exactly)."""
     micro_batch_size: int = 8
     """Concurrent requests recognized in one model call; 1 turns micro-batching off."""
     micro_batch_wait_ms: float = 5.0
@@ -245,8 +248,10 @@ class Settings:
             raise ValueError(f"torch_threads must be >= 0 (0: torch's default), not {self.torch_threads}")
         if min(self.micro_batch_wait_ms, self.spot_char_bonus) < 0:
             raise ValueError("micro_batch_wait_ms and spot_char_bonus must be >= 0")
-        if not (0 <= self.search_min_score <= 1 and 0 <= self.search_min_match <= 1):
-            raise ValueError("search_min_score and search_min_match must be in [0, 1]")
+        if not all(
+            0 <= x <= 1 for x in (self.search_min_score, self.search_min_match, self.spot_carrier_floor)
+        ):
+            raise ValueError("search_min_score, search_min_match and spot_carrier_floor must be in [0, 1]")
 
     def open_event_store(self) -> "EventStore":
         """The store these settings name (PostgreSQL by URL, else SQLite at `db_path`)."""

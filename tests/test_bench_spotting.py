@@ -1,5 +1,6 @@
 """The spotting benchmark runs end to end on a small corpus of real synthesized speech."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -27,8 +28,9 @@ def test_the_benchmark_compares_spotting_with_the_transcript_on_queries_and_sent
     (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "spotting.json"
     command = [sys.executable, "scripts/bench_spotting.py", "--corpus", str(tmp_path), "--split", "dev"]
+    grid = ["--char-bonus", "0", "3", "--carrier-floor", "none", "0.35", "--min-match", "0", "1"]
     done = subprocess.run(
-        [*command, "--char-bonus", "0", "3", "--min-match", "0", "1", "--json", str(out)],
+        [*command, *grid, "--json", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -37,7 +39,8 @@ def test_the_benchmark_compares_spotting_with_the_transcript_on_queries_and_sent
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert (report["queries"], report["sentences"]) == (2, 1)
-    assert [(r["char_bonus"], r["min_match"]) for r in report["spotting"]] == [(0, 0), (0, 1), (3, 0), (3, 1)]
+    ran = [(r["char_bonus"], r["carrier_floor"], r["min_match"]) for r in report["spotting"]]
+    assert ran == list(itertools.product((0, 3), (None, 0.35), (0, 1)))
     for row in report["spotting"]:
         assert 0 <= row["top1"] <= row["top5"] <= 1
     # A floor of 1 admits only names the best path spells exactly; a floor of 0 gives the sentence a hit.

@@ -20,6 +20,7 @@ from asr.spotting import SpotOptions
 from asr.text import normalize_text
 
 _SLOT = re.compile(r"\{(\w+)\}")
+_MIN_CARRIER_CHARS = 5
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,29 @@ class DomainPack:
             hotword_weight=hotword_weight,
         )
 
-    def spotting(self, char_bonus: float = SpotOptions.char_bonus) -> SpotOptions:
-        """Spot the catalog's names in each query's emissions, for search to rank by."""
-        return SpotOptions(self.phrases(), char_bonus=char_bonus)
+    def spotting(
+        self, char_bonus: float = SpotOptions.char_bonus, carrier_floor: float = SpotOptions.carrier_floor
+    ) -> SpotOptions:
+        """Spot the catalog's names in each query's emissions, for search to rank by, outside the
+        frames the templates' carrier words take."""
+        return SpotOptions(
+            self.phrases(), char_bonus=char_bonus, carriers=self.carriers(), carrier_floor=carrier_floor
+        )
+
+    def carriers(self) -> tuple[str, ...]:
+        """The templates' text between slots ("temperature in", "on the map"), normalized. Pieces
+        under 5 characters ("to", "from") are left out, as is any piece a catalog name contains:
+        closing their frames would hide names more often than it removes false ones."""
+        names = self.phrases()
+        pieces = {
+            normalize_text(piece)
+            for templates in self.intents.values()
+            for template in templates
+            for piece in _SLOT.split(template)[::2]  # split keeps the slot names at odd indices
+        }
+        return tuple(
+            sorted(p for p in pieces if len(p) >= _MIN_CARRIER_CHARS and not any(p in n for n in names))
+        )
 
     def phrases(self) -> tuple[str, ...]:
         """Normalized catalog names: the hotwords that bias recognition toward the catalog."""

@@ -49,7 +49,11 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
         return _stream(paths, args.url, args.pace)
     if args.mode == "edge":
         pack = DomainPack.load(args.domain or settings.domain_dir)
-        spotting = pack.spotting(settings.spot_char_bonus) if settings.spot_catalog else None
+        spotting = (
+            pack.spotting(settings.spot_char_bonus, settings.spot_carrier_floor)
+            if settings.spot_catalog
+            else None
+        )
         pipeline = build_pipeline(args.model or settings.model_dir, device="cpu", spotting=spotting)
         searcher: EdgeClient | CloudClient = EdgeClient(pipeline, CatalogIndex(pack))
     else:

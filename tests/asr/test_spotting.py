@@ -8,7 +8,15 @@ import pytest
 
 from asr.errors import DecoderConfigError
 from asr.model import Emissions, Vocabulary
-from asr.spotting import PhraseSpotter, Spot, SpotOptions, _without_sure_blanks, best_spots
+from asr.spotting import (
+    PhraseSpotter,
+    Spot,
+    SpotOptions,
+    _best_stretches,
+    _bucket,
+    _without_sure_blanks,
+    best_spots,
+)
 
 VOCAB = Vocabulary(("<pad>", "|", "a", "b", "l", "n", "t", "i"), blank_id=0, delimiter_id=1)
 
@@ -78,6 +86,44 @@ def test_unspellable_phrases_are_skipped_and_empty_emissions_spot_nothing() -> N
     assert spotter.spot(Emissions(np.zeros((0, len(VOCAB.tokens)), np.float32), 0.02)) == ()
     with pytest.raises(DecoderConfigError):
         SpotOptions(("bat",), keep=0)
+
+
+def test_a_carrier_that_fits_closes_its_frames_to_names() -> None:
+    emissions = emissions_for("--tal-l--bat--")  # "tall bat": "all" fits inside the carrier "tall"
+    open_ = PhraseSpotter(VOCAB, SpotOptions(("all", "bat"), char_bonus=0.0))
+    assert {s.phrase: s.match for s in open_.spot(emissions)} == pytest.approx(
+        {"all": 1.0, "bat": 1.0}, abs=1e-3
+    )
+    closed = PhraseSpotter(VOCAB, SpotOptions(("all", "bat"), char_bonus=0.0, carriers=("tall",)))
+    spots = {s.phrase: s.match for s in closed.spot(emissions)}
+    assert spots["bat"] == pytest.approx(1.0, abs=1e-3)
+    assert spots["all"] < 0.1  # only stretches outside "tall" are left: two of its frames misfit
+
+
+def test_a_carrier_that_fits_badly_closes_nothing() -> None:
+    emissions = emissions_for("--bat-in--")
+    options = SpotOptions(("bat", "tin"), char_bonus=0.0, carriers=("tall",), carrier_floor=0.35)
+    assert PhraseSpotter(VOCAB, options).spot(emissions) == PhraseSpotter(
+        VOCAB, SpotOptions(("bat", "tin"), char_bonus=0.0)
+    ).spot(emissions)
+    with pytest.raises(DecoderConfigError):
+        SpotOptions(("bat",), carrier_floor=1.5)
+
+
+def test_the_best_stretch_is_where_brute_force_finds_the_best_fit() -> None:
+    rng = np.random.default_rng(11)
+    small = Vocabulary(("<pad>", "|", "a", "b"), blank_id=0, delimiter_id=1)
+    for trial in range(20):
+        log_probs = np.log(rng.dirichlet(np.ones(4) * 0.3, size=6)).astype(np.float32)
+        phrases = [(tuple(small.index(str(t)) for t in small.spell(p) or []), p) for p in ("ab", "a", "ba")]
+        ratios = np.zeros((7, 5), dtype=np.float32)  # as `spot` builds them: a free column, a last frame
+        ratios[:-1, :-1] = log_probs - log_probs.max(axis=1, keepdims=True)
+        ratios[-1, :-1] = -1e9
+        fits, starts, ends = _best_stretches(ratios, _bucket(phrases, small.blank_id, 4))
+        for (_, phrase), fit, start, end in zip(phrases, fits, starts, ends, strict=True):
+            assert fit == pytest.approx(_brute_force(phrase, log_probs, small), abs=1e-3), (trial, phrase)
+            inside = _brute_force(phrase, log_probs[start:end], small)  # the stretch alone holds the fit
+            assert inside == pytest.approx(fit, abs=1e-3), (trial, phrase, start, end)
 
 
 def test_segments_merge_to_each_phrases_best_spot() -> None:

@@ -62,6 +62,20 @@ def test_a_minimal_pack(tmp_path: Path) -> None:
     assert {q.text for q in pack.expand(5, seed=0)} == {"open blue cafe", "open the blue"}
 
 
+def test_carriers_are_the_templates_words_around_the_slots(tmp_path: Path) -> None:
+    catalog = '{"id": "1", "title": "Map Room", "fields": {"kind": "cafe"}}\n'
+    templates = {
+        "slots": {"cafe": {"kind": "cafe"}},
+        "intents": {
+            "go": ["How do I get to {cafe}?", "{cafe} on the map", "from {cafe} to {cafe}", "map room"]
+        },
+    }
+    pack = DomainPack.load(write_pack(tmp_path / "p", catalog, templates))
+    # "from", "to": too short to close; "map room": inside a name; the rest normalized.
+    assert pack.carriers() == ("how do i get to", "on the map")
+    assert pack.spotting().carriers == pack.carriers()
+
+
 @pytest.mark.parametrize(
     ("catalog", "templates", "message"),
     [
