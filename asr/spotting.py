@@ -11,16 +11,17 @@ no query grammar is assumed.
 
 A short phrase fits some stretch of almost any clip, so ranking adds `char_bonus` per character
 of the phrase: the log-ratio a character may cost before a longer phrase stops being preferred.
-On the places catalog's 207 dev queries (held-out synthetic voices, the bundled model) 3.0-3.5
-gave the most right first hits of 1.0-5.0, and 3.5 (with search's `min_match` of 0.13) the
-fewest hits on out-of-domain sentences among them; see docs/benchmarks.md, "Spotting catalog
-names". A model that hears more wants a larger bonus: 3.0 was best for the weaker one before.
+On the places catalog's 207 dev queries (held-out synthetic voices, the bundled model, carrier
+words closed) 4.0 with search's `min_match` of 0.12 gave the most right first hits of 3.5-4.5,
+and fewer hits on out-of-domain sentences than 3.5; see docs/benchmarks.md, "Spotting catalog
+names". A model that hears more wants a larger bonus: 3.0 was best for the wav2vec2 transplant,
+3.5 for the model bundled before this one.
 
 A name also fits inside the carrier words themselves: "pretoria" in "temperature in", "peking"
 in "speak in ghana". So the spotter first aligns the domain's carrier phrases (the query
 templates' words around the slot) the same way, and the frames of each carrier that fits well
-(per-character ratio at least `carrier_floor`) are closed to names. On the dev queries this put
-the intended entry first for 73.9% of them instead of 68.6%.
+(per-character ratio at least `carrier_floor`) are closed to names. On the dev queries, with the
+model bundled before this one, this put the intended entry first for 73.9% of them instead of 68.6%.
 """
 
 import logging
@@ -51,7 +52,7 @@ _BUCKET = 128
 class SpotOptions:
     phrases: tuple[str, ...]
     """Normalized phrases (the catalog's names); ones the model's alphabet cannot spell are skipped."""
-    char_bonus: float = 3.5
+    char_bonus: float = 4.0
     keep: int = 20
     """Best phrases kept per clip: search needs the top few, events and memory need them bounded."""
     carriers: tuple[str, ...] = ()

@@ -32,12 +32,12 @@ class SearchOptions:
     five-letter name scores ~0.8; unrelated names of similar length score under 0.6."""
     spelling_weight: float = 0.6
     """Share of the score from spelling; the rest comes from sound (Metaphone)."""
-    min_match: float = 0.13
+    min_match: float = 0.12
     """A spotted name below this per-character likelihood ratio (`Spot.match`) counts as not
-    found. Chosen with `SpotOptions.char_bonus` on dev clips with the bundled model: 0.13 (at a
-    bonus of 3.5) kept 68.6% of 207 queries' intended entries first and left 64% of 122
-    out-of-domain sentences with a hit (0.15 at 3.0, tuned on an older model: 66.7% and 78%;
-    typed-style search of their transcripts: 41.1% and 89%). docs/benchmarks.md, "Spotting"."""
+    found. Chosen with `SpotOptions.char_bonus` on dev clips with the bundled model, carrier words
+    closed: 0.12 (at a bonus of 4.0) kept 77.8% of 207 queries' intended entries first and left
+    55% of 122 out-of-domain sentences with a hit (0.13 at 3.5: 74.9% and 69%; typed-style search
+    of their transcripts: 51.2% and 81%). docs/benchmarks.md, "Spotting catalog names"."""
 
     def __post_init__(self) -> None:
         scores = (self.min_score, self.spelling_weight, self.min_match)
