@@ -227,9 +227,7 @@ def _decoding(settings: Settings, pack: DomainPack) -> _Decoding:
     as configured, within the API's limits."""
     return _Decoding(
         beam=pack.bias(settings.beam_size, settings.hotword_weight) if settings.bias_decoding else None,
-        spotting=pack.spotting(settings.spot_char_bonus, settings.spot_carrier_floor)
-        if settings.spot_catalog
-        else None,
+        spotting=settings.spotting(pack),
         options=PipelineOptions(
             limits=AudioLimits(max_clip_s=settings.api_max_clip_s), batch_size=settings.micro_batch_size
         ),

@@ -9,12 +9,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from asr.model import Device
 from asr.spotting import SpotOptions
 from monitoring.events import EventStore, EventStoreError, SQLiteEventStore
 from serving.search import SearchOptions
+
+if TYPE_CHECKING:
+    from asr.corpus.domain import DomainPack
 
 Mode = Literal["off", "shadow", "canary"]
 """How a challenger serves beside the champion (`serving.lifecycle.rollout`)."""
@@ -252,6 +255,10 @@ class Settings:
             0 <= x <= 1 for x in (self.search_min_score, self.search_min_match, self.spot_carrier_floor)
         ):
             raise ValueError("search_min_score, search_min_match and spot_carrier_floor must be in [0, 1]")
+
+    def spotting(self, pack: "DomainPack") -> SpotOptions | None:
+        """How voice queries spot `pack`'s names, as configured; None when spotting is off."""
+        return pack.spotting(self.spot_char_bonus, self.spot_carrier_floor) if self.spot_catalog else None
 
     def open_event_store(self) -> "EventStore":
         """The store these settings name (PostgreSQL by URL, else SQLite at `db_path`)."""

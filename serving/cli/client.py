@@ -49,12 +49,9 @@ def _client(args: argparse.Namespace, settings: Settings) -> int:
         return _stream(paths, args.url, args.pace)
     if args.mode == "edge":
         pack = DomainPack.load(args.domain or settings.domain_dir)
-        spotting = (
-            pack.spotting(settings.spot_char_bonus, settings.spot_carrier_floor)
-            if settings.spot_catalog
-            else None
+        pipeline = build_pipeline(
+            args.model or settings.model_dir, device="cpu", spotting=settings.spotting(pack)
         )
-        pipeline = build_pipeline(args.model or settings.model_dir, device="cpu", spotting=spotting)
         searcher: EdgeClient | CloudClient = EdgeClient(pipeline, CatalogIndex(pack))
     else:
         searcher = CloudClient(args.url, build_frontend())
