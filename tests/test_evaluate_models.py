@@ -101,3 +101,19 @@ def test_ours_lm_is_scored_beside_ours_clip_by_clip(
     assert results["ours-lm"]["fsdd"]["overall"]["utterances"] == 3
     assert results["paired_lm"]["fsdd"]["candidate_wer"] == results["ours-lm"]["fsdd"]["overall"]["wer"]
     assert "vs ours-lm" in done.stdout
+
+
+def test_a_tuning_run_survives_a_set_its_sample_uses_up(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path
+) -> None:
+    """AN4 has 40 dev clips: a 50-clip sample takes them all and leaves its complement empty."""
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "scripts/evaluate_models.py", "--model", str(tiny_model_dir), "--systems", "ours",
+         "--limit", "50", "--sets", "an4", "--complement", "--min-speech-ms", "250", "--threads", "1",
+         "--shared-data", str(shared_data), "--corpus", str(tmp_path / "no-corpus"), "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(out.read_text())["ours"]["an4"]["overall"]["utterances"] == 0
+    assert "| an4 | RTF |  |" in done.stdout

@@ -1,6 +1,7 @@
 import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,16 @@ def test_finds_real_speech_between_silences(vad: SileroVAD, speech_16k: np.ndarr
 @pytest.mark.parametrize("signal", [silence(3.0), noise(3.0, amplitude=0.005)], ids=["zeros", "noise"])
 def test_no_speech_in_silence_or_steady_noise(vad: SileroVAD, signal: np.ndarray) -> None:
     assert vad.detect(signal) == []
+
+
+def test_a_short_spoken_word_is_speech(vad: SileroVAD, shared_data: Path) -> None:
+    """FSDD's "six" from its dev speaker: 0.22 s in all, its confident speech about 150 ms, which
+    Silero's own 250 ms minimum dropped, so the query came back empty."""
+    clip = load_audio(shared_data / "fsdd" / "audio" / "recordings__6_nicolas_0.flac").samples
+    assert vad.probabilities(clip).max() > 0.9
+    assert SileroVAD.load(VADOptions(min_speech_ms=250)).detect(clip) == []
+    (segment,) = vad.detect(clip)
+    assert segment.start_s == 0.0 and segment.end_s == pytest.approx(len(clip) / 16000)
 
 
 def test_long_speech_is_cut_to_the_maximum_segment(speech_16k: np.ndarray) -> None:
