@@ -1,6 +1,7 @@
 """What a training run is: its data sources, its settings, its progress, and its learning-rate schedule."""
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,25 +184,75 @@ def schedule_name(config: TrainConfig) -> str:
     return config.schedule
 
 
+class PauseMeter:
+    """Time the process spent stopped (`kill -STOP` while a benchmark or CI runs, a suspended
+    machine), measured by a heartbeat thread: a stopped process runs no thread, so a beat that
+    comes far later than it was due measures the stop. Late beats under `min_gap_s` count as
+    running time: a loaded machine may delay a wake-up by a few seconds, never by half a minute."""
+
+    def __init__(self, beat_s: float = 1.0, min_gap_s: float = 30.0) -> None:
+        self.beat_s, self.min_gap_s = beat_s, min_gap_s
+        self._paused_s = 0.0
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def paused_s(self) -> float:
+        with self._lock:
+            return self._paused_s
+
+    def __enter__(self) -> "PauseMeter":
+        self._done.clear()
+        self._thread = threading.Thread(target=self._beat, name="pause-meter", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        last = time.perf_counter()
+        while not self._done.wait(self.beat_s):
+            now = time.perf_counter()
+            late = now - last - self.beat_s
+            if late >= self.min_gap_s:
+                with self._lock:
+                    self._paused_s += late
+            last = now
+
+
 @dataclass
 class TrainingClock:
     """`max_minutes` of training time counted across resumes: a resumed run has only what the
     runs before it left, and its learning rate goes on decaying from where they stopped (before,
-    each resume started a fresh budget and sent the rate back up)."""
+    each resume started a fresh budget and sent the rate back up). Time the process spends
+    stopped is not training time (before, a run paused for a CI run lost that much of its
+    budget and its learning rate fell early)."""
 
     max_minutes: float | None
     spent_s: float = 0.0
     """Training time before this process: the checkpoint's `elapsed_s`."""
     started: float = field(default_factory=time.perf_counter)
+    pauses: PauseMeter = field(default_factory=PauseMeter)
+    paused_before_s: float = 0.0
+    """The pauses measured before `started`."""
 
     def resume(self, spent_s: float) -> None:
         self.spent_s, self.started = spent_s, time.perf_counter()
+        self.paused_before_s = self.pauses.paused_s()
+
+    def elapsed_s(self) -> float:
+        """Training time so far, across resumes, less the time this process spent stopped."""
+        paused = self.pauses.paused_s() - self.paused_before_s
+        return self.spent_s + time.perf_counter() - self.started - paused
 
     def share(self) -> float:
         """The share of `max_minutes` spent (0 without a deadline)."""
         if not self.max_minutes:
             return 0.0
-        return (self.spent_s + time.perf_counter() - self.started) / (60 * self.max_minutes)
+        return self.elapsed_s() / (60 * self.max_minutes)
 
     def out_of_time(self) -> bool:
         return self.share() >= 1.0

@@ -174,9 +174,11 @@ def _train(
     torch.manual_seed(config.seed + ranks.rank)
     np.random.seed(config.seed + ranks.rank)
     run = _prepare(config, ranks, device, log)
-    started = time.perf_counter() - run.state.elapsed_s
     window_started = time.perf_counter()
-    with Batches(run.draw, run.sampler, run.state.step, config.prefetch_batches) as batches:
+    with (
+        run.clock.pauses,
+        Batches(run.draw, run.sampler, run.state.step, config.prefetch_batches) as batches,
+    ):
         while run.state.step < config.steps:
             drawn = batches.next()
             out_of_time = _step(run, drawn)
@@ -184,7 +186,7 @@ def _train(
                 _log_progress(run, (time.perf_counter() - window_started) / config.log_every)
                 window_started = time.perf_counter()
             if run.state.step % config.eval_every == 0 or run.state.step == config.steps or out_of_time:
-                run.state.elapsed_s = time.perf_counter() - started
+                run.state.elapsed_s = run.clock.elapsed_s()
                 _save(run, _evaluate(run), drawn, on_record)
             if out_of_time:
                 log(f"stopped at step {run.state.step}: --max-minutes {config.max_minutes} reached")

@@ -124,8 +124,8 @@ def _add_train(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--max-minutes",
         type=float,
         metavar="MIN",
-        help="stop (with a checkpoint) after this much training time: wall time across resumes, time the "
-        "process spends stopped (kill -STOP) included, and the learning rate decays to meet it",
+        help="stop (with a checkpoint) after this much training time: wall time across resumes, less "
+        "any time the process spent stopped (kill -STOP); the learning rate decays to meet it",
     )
     trainer.add_argument(
         "--schedule",

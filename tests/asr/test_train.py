@@ -3,6 +3,11 @@
 import itertools
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,8 +19,10 @@ import torch
 from asr.errors import DataError
 from asr.model import Recognizer
 from asr.training import DataSource, TrainConfig, encode_labels, export_model, train
+from asr.training.config import PauseMeter
 from asr.training.data import Example, Sampler
 from asr.training.distill import Student
+from tests.signals import REPO
 
 
 def config(out: Path, data: Path, steps: int) -> TrainConfig:
@@ -216,6 +223,43 @@ def test_max_minutes_counts_the_training_time_before_a_resume(tmp_path: Path, ti
     assert resumed.step == 3, lines  # the budget was spent before the resume: one step, then stop
     assert any(line.startswith("stopped at step 3") for line in lines)
     assert resumed.history[-1]["lr"] == pytest.approx(config(tmp_path, tiny_set, 1000).lr * 0.1)
+
+
+STOPPABLE = """
+import sys, time
+from asr.training.config import PauseMeter, TrainingClock
+clock = TrainingClock(max_minutes=1.0, pauses=PauseMeter(beat_s=0.05, min_gap_s=0.5))
+with clock.pauses:
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test stops and continues this process meanwhile
+    time.sleep(0.3)  # beats after the continue: the late one has landed
+    print(clock.pauses.paused_s(), clock.elapsed_s(), time.perf_counter() - clock.started, flush=True)
+"""
+
+
+def test_the_training_clock_leaves_out_the_time_a_process_spends_stopped() -> None:
+    """A training run paused with SIGSTOP for a CI run used to lose that time from its budget,
+    and its learning rate fell early."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", STOPPABLE], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        os.kill(child.pid, signal.SIGSTOP)
+        time.sleep(2.0)
+        os.kill(child.pid, signal.SIGCONT)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        paused, elapsed, wall = map(float, child.stdout.readline().split())
+    finally:
+        child.kill()
+        child.wait()
+    assert 1.5 < paused < 4.0
+    assert elapsed == pytest.approx(wall - paused, abs=0.01)
+    with PauseMeter() as meter:  # a process that runs on, at the default gap: nothing counted
+        time.sleep(0.2)
+    assert meter.paused_s() == 0.0
 
 
 def test_a_step_with_a_non_finite_gradient_is_skipped(
