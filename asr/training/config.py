@@ -236,17 +236,14 @@ class TrainingClock:
     """Training time before this process: the checkpoint's `elapsed_s`."""
     started: float = field(default_factory=time.perf_counter)
     pauses: PauseMeter = field(default_factory=PauseMeter)
-    paused_before_s: float = 0.0
-    """The pauses measured before `started`."""
+    """Runs around the training loop (`_train`), after any `resume`."""
 
     def resume(self, spent_s: float) -> None:
         self.spent_s, self.started = spent_s, time.perf_counter()
-        self.paused_before_s = self.pauses.paused_s()
 
     def elapsed_s(self) -> float:
         """Training time so far, across resumes, less the time this process spent stopped."""
-        paused = self.pauses.paused_s() - self.paused_before_s
-        return self.spent_s + time.perf_counter() - self.started - paused
+        return self.spent_s + time.perf_counter() - self.started - self.pauses.paused_s()
 
     def share(self) -> float:
         """The share of `max_minutes` spent (0 without a deadline)."""
